@@ -1,0 +1,32 @@
+"""spatialprobe: which vision encoder makes the best REPA/iREPA teacher, and which cheap property of
+its features predicts that.
+
+Importing the package is cheap: heavy libraries (torch, transformers, open_clip) load only when a
+function that needs them is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "correlate": "spatialprobe.correlation",
+    "CorrelateConfig": "spatialprobe.correlation",
+    "reference": "spatialprobe.reference",
+    "stats": "spatialprobe.stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        mod = importlib.import_module(_LAZY[name])
+        return mod if mod.__name__.endswith("." + name) else getattr(mod, name)
+    raise AttributeError(f"module 'spatialprobe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

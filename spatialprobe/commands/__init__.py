@@ -1,0 +1,1 @@
+"""CLI command modules. Each module defines ``register(app, ls_app)`` and is picked up automatically."""

@@ -1,0 +1,37 @@
+"""Helpers shared by command modules: error handling and option parsing."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable
+
+import typer
+
+from ..errors import SpatialProbeError
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """Turn a :class:`SpatialProbeError` into one ``error: ...`` line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpatialProbeError as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """'a,b, c' -> ['a', 'b', 'c']; None stays None."""
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def quiet_warnings_to_stderr() -> None:
+    """Library warnings (e.g. dropped NaN rows) go to stderr as 'warning: ...'."""
+    logging.getLogger("spatialprobe").setLevel(logging.INFO)

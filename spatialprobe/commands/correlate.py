@@ -1,0 +1,67 @@
+"""`spatialprobe correlate` and `spatialprobe ls references`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import cli_errors, split_list
+
+
+def _print_table(df) -> None:
+    cols = ["x", "y", "n", "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p_perm",
+            "spearman_rho", "kendall_tau", "loo_min", "loo_max", "lofo_min", "lofo_max"]
+    show = df[cols].copy()
+    typer.echo(show.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+
+
+def register(app: typer.Typer, ls_app: typer.Typer) -> None:
+    @app.command("correlate")
+    @cli_errors
+    def correlate_cmd(
+        reference: Optional[str] = typer.Option(None, "--reference", "-r",
+                                                help="Packaged table, e.g. sit-xl-100k (see `spatialprobe ls references`)."),
+        table: Optional[Path] = typer.Option(None, "--table", "-t", help="Your results table (.csv, .tsv or .parquet)."),
+        x: Optional[str] = typer.Option(None, "--x", help="Comma-separated x columns [default: lp_acc,lds,cds,srss,rmsc]."),
+        y: Optional[str] = typer.Option(None, "--y", help="Comma-separated y columns [default: gfid]."),
+        family_col: Optional[str] = typer.Option(None, "--family-col",
+                                                 help="Column with encoder families, for leave-one-family-out [default: 'family' if present]."),
+        control: Optional[str] = typer.Option(None, "--control", help="Also report the partial correlation controlling for this column."),
+        n_resamples: Optional[int] = typer.Option(None, "--n-resamples", help="Bootstrap and permutation resamples [default: 10000]."),
+        confidence: Optional[float] = typer.Option(None, "--confidence", help="CI level [default: 0.95]."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the bootstrap and permutation test [default: 0]."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: correlations.csv, config.json, correlation_panel.png/.pdf."),
+        no_figure: bool = typer.Option(False, "--no-figure", help="Skip the figure."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+    ) -> None:
+        """Correlate encoder properties (x) with generation quality (y): Pearson r with a bootstrap CI,
+        permutation p, Spearman, Kendall, leave-one-out and leave-one-family-out ranges, and the paper's
+        1×N figure.
+
+        Examples:
+
+          spatialprobe correlate --reference sit-xl-100k --out out/
+
+          spatialprobe correlate --table results.csv --x lds,lp_acc --y gfid --family-col family --out out/
+        """
+        from ..correlation import correlate
+
+        result = correlate(config=config, reference=reference, table=str(table) if table else None,
+                           x=split_list(x), y=split_list(y), family_col=family_col, control=control,
+                           n_resamples=n_resamples, confidence=confidence, seed=seed, out=str(out),
+                           figure=False if no_figure else None)
+        _print_table(result)
+        typer.echo(f"\nwrote {out / 'correlations.csv'}, {out / 'config.json'}"
+                   + ("" if no_figure else f", {out / 'correlation_panel.png'} (+ .pdf)"))
+
+    @ls_app.command("references")
+    @cli_errors
+    def ls_references() -> None:
+        """List the packaged reference tables: name, rows, description, source."""
+        from .. import reference
+
+        for t in reference.tables():
+            n = len(reference.load(t.name))
+            typer.echo(f"{t.name:<20} {n:>4} rows  {t.description}\n{'':<31}source: {t.source}")

@@ -1,0 +1,118 @@
+"""``correlate``: encoder properties vs generation quality, with uncertainty, table and figure."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import reference as _reference
+from .config import resolve, sha256_file, write_config
+from .errors import ConfigError, DataError, InputFileError
+from .stats import correlation_table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_X = ("lp_acc", "lds", "cds", "srss", "rmsc")
+DEFAULT_Y = ("gfid",)
+
+
+@dataclass
+class CorrelateConfig:
+    """Options of :func:`correlate` (and ``spatialprobe correlate``)."""
+
+    reference: str | None = None  #: packaged table name, e.g. ``sit-xl-100k``
+    table: str | None = None  #: CSV or parquet file of your own results
+    x: list[str] = field(default_factory=lambda: list(DEFAULT_X))
+    y: list[str] = field(default_factory=lambda: list(DEFAULT_Y))
+    family_col: str | None = None  #: default: ``family`` when the table has it
+    id_col: str | None = None  #: names rows in warnings and the figure; default ``encoder``/``id`` if present
+    control: str | None = None  #: partial correlation controlling for this column
+    n_resamples: int = 10_000
+    confidence: float = 0.95
+    seed: int = 0
+    out: str | None = None
+    figure: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.x, str):
+            self.x = [c.strip() for c in self.x.split(",") if c.strip()]
+        if isinstance(self.y, str):
+            self.y = [c.strip() for c in self.y.split(",") if c.strip()]
+        if (self.reference is None) == (self.table is None):
+            raise ConfigError("Give exactly one input: --reference NAME (see `spatialprobe ls references`) "
+                              "or --table FILE.csv|.parquet.")
+        if self.n_resamples < 1000:
+            raise ConfigError(f"n_resamples={self.n_resamples} is too few for a stable CI; use >= 1000.")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence={self.confidence} must lie in (0, 1), e.g. 0.95.")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a results table (.csv, .tsv or .parquet) with a clear error when it is missing or unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"Table file {str(p)!r} does not exist.")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(p)
+        if suffix in (".tsv", ".tab"):
+            return pd.read_csv(p, sep="\t")
+        return pd.read_csv(p)
+    except Exception as exc:  # noqa: BLE001 - surface any parser error as the user's input problem
+        raise DataError(f"Table file {str(p)!r} could not be read as {suffix or 'CSV'}: {exc}") from exc
+
+
+def _pick(df: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...]) -> str | None:
+    if wanted:
+        return wanted
+    return next((c for c in candidates if c in df.columns), None)
+
+
+def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | Path | None = None,
+              **options) -> pd.DataFrame:
+    """Correlate each x column with each y column; return the table of :data:`spatialprobe.stats.COLUMNS`.
+
+    ``table`` is a DataFrame or a CSV/parquet path; alternatively pass ``reference="sit-xl-100k"``.
+    ``config`` is an optional YAML/JSON file of options; keyword options override it.
+    With ``out=DIR`` it writes ``correlations.csv``, ``config.json`` and ``correlation_panel.{png,pdf}``.
+    """
+    frame = table if isinstance(table, pd.DataFrame) else None
+    if table is not None and frame is None:
+        options["table"] = str(table)
+    if frame is not None:
+        options.setdefault("table", "<DataFrame>")
+    cfg = resolve(CorrelateConfig, config, **options)
+    if frame is not None:
+        df, source = frame, {"table": "<DataFrame>"}
+    elif cfg.reference is not None:
+        df = _reference.load(cfg.reference)
+        source = {"reference": cfg.reference}
+    else:
+        df = read_table(cfg.table)
+        source = {"table": cfg.table, "sha256": sha256_file(cfg.table)}
+    family_col = _pick(df, cfg.family_col, ("family",))
+    id_col = _pick(df, cfg.id_col, ("encoder", "id", "point_id"))
+    label_col = next((c for c in ("point_id", "id", "encoder") if c in df.columns), None)
+    result = correlation_table(df, cfg.x, cfg.y, family_col=family_col, control=cfg.control,
+                               id_col=label_col or id_col, n_resamples=cfg.n_resamples,
+                               confidence=cfg.confidence, seed=cfg.seed)
+    if cfg.out:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.to_csv(out / "correlations.csv", index=False)
+        extra = {"input": source, "family_col": family_col, "rows_in_input": len(df)}
+        if cfg.figure:
+            from .report.figures import correlation_panel
+
+            for yname in cfg.y:
+                stem = "correlation_panel" if len(cfg.y) == 1 else f"correlation_panel_{yname}"
+                paths = correlation_panel(df, cfg.x, yname, result[result["y"] == yname],
+                                          family_col=family_col, out=out / stem)
+                extra.setdefault("figures", []).extend(str(p) for p in paths)
+        write_config(out / "config.json", cfg, **extra)
+        log.info("wrote %s", out)
+    return result

@@ -1,0 +1,173 @@
+"""Correlations with the uncertainty a 27-point study needs.
+
+For each (x, y) pair: n, Pearson r with a seeded bootstrap CI over rows, a two-sided permutation
+p-value, Spearman rho, Kendall tau, leave-one-out and leave-one-family-out ranges of r, and an
+optional partial correlation controlling for another column.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from .errors import ColumnError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Column order of the correlation table (the first 13 are a stable contract).
+COLUMNS = [
+    "x", "y", "n", "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p_perm",
+    "spearman_rho", "kendall_tau", "loo_min", "loo_max", "lofo_min", "lofo_max",
+    "pearson_p", "spearman_p", "kendall_p", "n_families", "control", "partial_r",
+]
+
+
+def _pearson_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    xm = x - x.mean(axis=axis, keepdims=True)
+    ym = y - y.mean(axis=axis, keepdims=True)
+    num = (xm * ym).sum(axis=axis)
+    den = np.sqrt((xm * xm).sum(axis=axis) * (ym * ym).sum(axis=axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def pearson(x, y) -> float:
+    """Plain Pearson r of two 1-D sequences."""
+    return float(_pearson_along(np.asarray(x, float), np.asarray(y, float)))
+
+
+def bootstrap_ci(x, y, *, n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0,
+                 method: str = "BCa") -> tuple[float, float]:
+    """Bootstrap CI of Pearson r, resampling (x, y) rows together."""
+    res = sps.bootstrap((np.asarray(x, float), np.asarray(y, float)), _pearson_along, paired=True,
+                        vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
+                        method=method, rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa can degenerate; fall back to percentile
+        res = sps.bootstrap((np.asarray(x, float), np.asarray(y, float)), _pearson_along, paired=True,
+                            vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
+                            method="percentile", rng=np.random.default_rng(seed))
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return lo, hi
+
+
+def permutation_p(x, y, *, n_resamples: int = 10_000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Pearson r (y shuffled against x)."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    res = sps.permutation_test((x,), lambda xs, axis=-1: _pearson_along(xs, y, axis=axis),
+                               permutation_type="pairings", n_resamples=n_resamples,
+                               alternative="two-sided", vectorized=True,
+                               rng=np.random.default_rng(seed))
+    return float(res.pvalue)
+
+
+def leave_one_out(x, y) -> tuple[float, float]:
+    """Min and max of Pearson r over the n fits that each drop one row."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    keep = ~np.eye(len(x), dtype=bool)
+    rs = _pearson_along(np.broadcast_to(x, keep.shape)[keep].reshape(len(x), -1),
+                        np.broadcast_to(y, keep.shape)[keep].reshape(len(x), -1))
+    return float(np.nanmin(rs)), float(np.nanmax(rs))
+
+
+def leave_one_family_out(x, y, families) -> tuple[float, float, int]:
+    """Min/max of r over fits that each drop one known family (rows without family always stay)."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    fam = pd.Series(list(families), dtype="object")
+    known = [f for f in pd.unique(fam.dropna()) if str(f).strip()]
+    rs = []
+    for f in known:
+        keep = (fam != f).to_numpy()
+        if keep.sum() >= 3:
+            rs.append(pearson(x[keep], y[keep]))
+    rs = [r for r in rs if np.isfinite(r)]
+    if not rs:
+        return float("nan"), float("nan"), len(known)
+    return float(min(rs)), float(max(rs)), len(known)
+
+
+def partial_correlation(x, y, z) -> float:
+    """Pearson r of x and y after removing a linear fit on z (with intercept) from each."""
+    z = np.column_stack([np.ones(len(z)), np.asarray(z, float)])
+    rx = np.asarray(x, float) - z @ np.linalg.lstsq(z, np.asarray(x, float), rcond=None)[0]
+    ry = np.asarray(y, float) - z @ np.linalg.lstsq(z, np.asarray(y, float), rcond=None)[0]
+    return pearson(rx, ry)
+
+
+@dataclass
+class PairResult:
+    row: dict
+    dropped: list[str]
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    if col not in df.columns:
+        raise ColumnError(f"Column {col!r} is not in the table. Columns: {', '.join(map(str, df.columns))}.")
+    s = df[col]
+    if s.dtype == object:
+        conv = pd.to_numeric(s, errors="coerce")
+        bad = s[conv.isna() & s.notna()]
+        if len(bad):
+            raise ColumnError(
+                f"Column {col!r} is not numeric: e.g. {bad.iloc[0]!r} in row {bad.index[0]}. "
+                "Fix the values or choose another column.")
+        s = conv
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        raise ColumnError(f"Column {col!r} is not numeric (dtype {s.dtype}).")
+    return s.astype(float)
+
+
+def correlate_pair(df: pd.DataFrame, x: str, y: str, *, family_col: str | None = None,
+                   control: str | None = None, id_col: str | None = None, n_resamples: int = 10_000,
+                   confidence: float = 0.95, seed: int = 0) -> PairResult:
+    """All statistics for one (x, y) pair; rows with NaN in x, y (or control) are dropped and named."""
+    cols = {"x": _numeric(df, x), "y": _numeric(df, y)}
+    if control:
+        cols["z"] = _numeric(df, control)
+    data = pd.DataFrame(cols, index=df.index)
+    bad = data.isna().any(axis=1)
+    labels = df[id_col].astype(str) if id_col and id_col in df.columns else pd.Series(df.index.astype(str), index=df.index)
+    dropped = labels[bad].tolist()
+    if dropped:
+        log.warning("%s vs %s: dropped %d row(s) with NaN: %s", x, y, len(dropped), ", ".join(dropped))
+    data = data[~bad]
+    n = len(data)
+    if n < 3:
+        raise DataError(f"{x} vs {y}: only {n} usable row(s) after dropping NaNs; need at least 3.")
+    for name, key in ((x, "x"), (y, "y")) + (((control, "z"),) if control else ()):
+        if np.ptp(data[key].to_numpy()) == 0:
+            raise DataError(f"Column {name!r} is constant over the {n} usable rows, so r is undefined. "
+                            "Drop it from --x/--y.")
+    xv, yv = data["x"].to_numpy(), data["y"].to_numpy()
+    r, p = sps.pearsonr(xv, yv)
+    rho, rho_p = sps.spearmanr(xv, yv)
+    tau, tau_p = sps.kendalltau(xv, yv)
+    lo, hi = bootstrap_ci(xv, yv, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    loo = leave_one_out(xv, yv)
+    lofo = (float("nan"), float("nan"), 0)
+    if family_col:
+        if family_col not in df.columns:
+            raise ColumnError(f"Family column {family_col!r} is not in the table. Columns: {', '.join(map(str, df.columns))}.")
+        lofo = leave_one_family_out(xv, yv, df.loc[data.index, family_col].where(lambda s: s.notna(), None))
+    row = {
+        "x": x, "y": y, "n": n, "pearson_r": float(r), "pearson_ci_low": lo, "pearson_ci_high": hi,
+        "pearson_p_perm": permutation_p(xv, yv, n_resamples=n_resamples, seed=seed),
+        "spearman_rho": float(rho), "kendall_tau": float(tau), "loo_min": loo[0], "loo_max": loo[1],
+        "lofo_min": lofo[0], "lofo_max": lofo[1], "pearson_p": float(p), "spearman_p": float(rho_p),
+        "kendall_p": float(tau_p), "n_families": lofo[2] if family_col else None,
+        "control": control, "partial_r": partial_correlation(xv, yv, data["z"].to_numpy()) if control else float("nan"),
+    }
+    return PairResult(row, dropped)
+
+
+def correlation_table(df: pd.DataFrame, xs: list[str], ys: list[str], **kw) -> pd.DataFrame:
+    """One row per (x, y) pair, columns :data:`COLUMNS`."""
+    rows = [correlate_pair(df, x, y, **kw).row for y in ys for x in xs]
+    return pd.DataFrame(rows, columns=COLUMNS)
