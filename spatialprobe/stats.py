@@ -8,6 +8,7 @@ optional partial correlation controlling for another column.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,9 +44,11 @@ def pearson(x, y) -> float:
 def bootstrap_ci(x, y, *, n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0,
                  method: str = "BCa") -> tuple[float, float]:
     """Bootstrap CI of Pearson r, resampling (x, y) rows together."""
-    res = sps.bootstrap((np.asarray(x, float), np.asarray(y, float)), _pearson_along, paired=True,
-                        vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
-                        method=method, rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # BCa warns on degenerate (e.g. perfectly linear) data; handled below
+        warnings.simplefilter("ignore")
+        res = sps.bootstrap((np.asarray(x, float), np.asarray(y, float)), _pearson_along, paired=True,
+                            vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
+                            method=method, rng=np.random.default_rng(seed))
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa can degenerate; fall back to percentile
         res = sps.bootstrap((np.asarray(x, float), np.asarray(y, float)), _pearson_along, paired=True,
