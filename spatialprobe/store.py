@@ -1,0 +1,333 @@
+"""The feature store: id-keyed safetensors shards, a manifest, per-shard done markers.
+
+Layout written by ``spatialprobe extract``::
+
+    <root>/<encoder-id>/<fingerprint[:16]>/
+        manifest.json            resolved config, versions, git revision, weights checksum,
+                                 image-source fingerprint, ids, labels, shard list, bad images
+        shard-00000.safetensors  patch [n,T,D] (fp16/bf16/fp32), pooled [n,D] fp32, prefix [n,P,D]
+        shard-00000.done         JSON: ids, bad images, file size (written after the shard is durable)
+
+Shard k always holds the images at positions [k·S, (k+1)·S) of the source's id list (S = shard size),
+whatever the number of processes, so a resume works with any world size. A shard is written to a
+temporary name, fsynced, renamed, then its done marker is written the same way: a shard without a
+marker never counts. ``manifest.json`` carries ``"complete": false`` until every shard is done.
+
+Reading (:func:`open`) is memory-mapped through ``safetensors.safe_open``: :meth:`FeatureStore.iter_chunks`
+streams ``chunk_size`` rows at a time, so metrics and linear probes run on stores larger than RAM.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .errors import DataError, InputFileError, StoreError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPES = ("fp16", "bf16", "fp32")
+_KEYS = ("patch", "pooled", "prefix")
+
+
+def torch_dtype(name: str):
+    """'fp16' | 'bf16' | 'fp32' → torch dtype."""
+    import torch
+
+    try:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+    except KeyError:
+        raise DataError(f"Unknown store dtype {name!r}; use one of {', '.join(DTYPES)}.") from None
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def done_name(k: int) -> str:
+    return f"shard-{k:05d}.done"
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    """sha256 of a JSON-serialisable record (sorted keys): the store fingerprint."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp name in the same folder, fsync, rename over ``path``, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with builtins.open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def write_shard(folder: Path, k: int, ids: Sequence[str], tensors: dict[str, Any],
+                bad: Sequence[tuple[str, str]] = ()) -> dict:
+    """Durably write shard ``k`` (tensors keyed 'patch'/'pooled'/'prefix', rows aligned with ``ids``),
+    then its done marker. Returns the marker record."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    tens = {key: t.detach().cpu().contiguous() for key, t in tensors.items() if t is not None}
+    for key, t in tens.items():
+        if t.shape[0] != len(ids):
+            raise DataError(f"Shard {k}: {key} has {t.shape[0]} rows for {len(ids)} ids.")
+    data = save(tens, metadata={"ids": json.dumps(list(ids)), "format": str(FORMAT_VERSION)})
+    atomic_write_bytes(folder / shard_name(k), data)
+    marker = {"shard": k, "file": shard_name(k), "n": len(ids), "bytes": len(data), "ids": list(ids),
+              "bad": [list(b) for b in bad], "keys": sorted(tens)}
+    atomic_write_json(folder / done_name(k), marker)
+    return marker
+
+
+def read_marker(folder: Path, k: int) -> dict | None:
+    """The done marker of shard k when the shard is complete and intact, else None."""
+    folder = Path(folder)
+    m, s = folder / done_name(k), folder / shard_name(k)
+    if not (m.is_file() and s.is_file()):
+        return None
+    try:
+        rec = json.loads(m.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("bytes") == s.stat().st_size else None
+
+
+def clean_temp_files(folder: Path) -> None:
+    """Remove temp files a killed writer left behind."""
+    for p in Path(folder).glob(".*.tmp-*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------- reader
+
+@dataclass
+class _Shard:
+    file: Path
+    ids: list[str]
+
+
+class FeatureStore:
+    """Read access to one store folder (see the module docstring).
+
+    Attributes: ``path``, ``manifest``, ``encoder``, ``grid``, ``dim``, ``ids``, ``labels``,
+    ``label_names``, ``has_patch``, ``has_prefix``, ``dtype``, ``fingerprint``.
+    """
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.encoder: str = manifest["encoder"]
+        self.grid: tuple[int, int] = tuple(manifest["grid"])  # type: ignore[assignment]
+        self.dim: int = int(manifest["dim"])
+        self.ids: list[str] = list(manifest["ids"])
+        self.labels: list[int] | None = manifest.get("labels")
+        self.label_names: list[str] | None = manifest.get("label_names")
+        keys = set(manifest.get("keys", []))
+        self.has_patch, self.has_prefix = "patch" in keys, "prefix" in keys
+        self.keys = sorted(keys)
+        self.dtype: str = manifest.get("dtype", "fp32")
+        self.fingerprint: str = manifest.get("fingerprint", "")
+        self._shards = [_Shard(self.path / s["file"], list(s["ids"])) for s in manifest["shards"]]
+        self._where: dict[str, tuple[int, int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.path)!r}, encoder={self.encoder!r}, n={len(self)}, grid={self.grid}, "
+                f"dim={self.dim}, keys={self.keys})")
+
+    def _check_keys(self, keys: Sequence[str]) -> None:
+        for k in keys:
+            if k not in self.keys:
+                hint = " (the store was written with --pooled-only; re-extract without it)" if k == "patch" else ""
+                raise StoreError(f"Store {str(self.path)!r} has no {k!r} features{hint}; it has {', '.join(self.keys)}.")
+
+    def _locate(self, ids: Sequence[str]) -> list[tuple[int, int]]:
+        if self._where is None:
+            self._where = {i: (s, r) for s, sh in enumerate(self._shards) for r, i in enumerate(sh.ids)}
+        try:
+            return [self._where[i] for i in ids]
+        except KeyError as exc:
+            raise StoreError(f"Image id {exc.args[0]!r} is not in store {str(self.path)!r}.") from None
+
+    def iter_chunks(self, keys: Sequence[str] = ("patch",), chunk_size: int = 256,
+                    ids: Sequence[str] | None = None) -> Iterator[dict]:
+        """Yield ``{"ids": [...], key: float32 tensor, ...}`` with at most ``chunk_size`` rows each,
+        in store order (or in the order of ``ids``), reading memory-mapped shards."""
+        import torch
+        from safetensors import safe_open
+
+        keys = tuple([keys] if isinstance(keys, str) else keys)
+        self._check_keys(keys)
+        chunk_size = max(1, int(chunk_size))
+        if ids is None:
+            plan = [(s, r) for s, sh in enumerate(self._shards) for r in range(len(sh.ids))]
+        else:
+            plan = self._locate(list(ids))
+        handles: dict[int, Any] = {}
+
+        def rows(s: int, r0: int, r1: int, key: str):
+            if s not in handles:
+                handles.clear()  # keep one shard open at a time
+                handles[s] = safe_open(str(self._shards[s].file), framework="pt")
+            return handles[s].get_slice(key)[r0:r1]
+
+        for c0 in range(0, len(plan), chunk_size):
+            part = plan[c0:c0 + chunk_size]
+            out: dict[str, Any] = {"ids": [self._shards[s].ids[r] for s, r in part]}
+            # contiguous runs inside one shard are read as one slice
+            runs: list[tuple[int, int, int]] = []
+            for s, r in part:
+                if runs and runs[-1][0] == s and runs[-1][2] == r:
+                    runs[-1] = (s, runs[-1][1], r + 1)
+                else:
+                    runs.append((s, r, r + 1))
+            for key in keys:
+                pieces = [rows(s, a, b, key) for s, a, b in runs]
+                out[key] = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).float()
+            yield out
+
+    def load(self, key: str = "patch", ids: Sequence[str] | None = None):
+        """All rows of ``key`` (or those of ``ids``, in that order) as one float32 tensor."""
+        import torch
+
+        parts = [c[key] for c in self.iter_chunks((key,), chunk_size=1 << 30 if ids is None else len(ids) or 1, ids=ids)]
+        if not parts:
+            shape = {"pooled": (0, self.dim)}.get(key, (0, self.grid[0] * self.grid[1], self.dim))
+            return torch.zeros(shape)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @property
+    def bad(self) -> list[tuple[str, str]]:
+        """(id, reason) of images that could not be decoded during extraction."""
+        return [tuple(b) for b in self.manifest.get("bad", [])]  # type: ignore[misc]
+
+
+def find_stores(path: str | Path) -> list[Path]:
+    """Store folders at or below ``path`` (folders holding a manifest.json)."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return [p]
+    return sorted(m.parent for m in p.rglob(MANIFEST)) if p.is_dir() else []
+
+
+def open(path: str | Path) -> FeatureStore:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open a store folder, or a parent holding exactly one store."""
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"Feature store {str(p)!r} does not exist; write one with `spatialprobe extract`.")
+    found = find_stores(p)
+    if not found:
+        raise StoreError(f"No feature store (manifest.json) under {str(p)!r}; write one with `spatialprobe extract`.")
+    if len(found) > 1:
+        listing = ", ".join(str(f.relative_to(p)) for f in found[:6])
+        raise StoreError(f"{str(p)!r} holds {len(found)} feature stores ({listing}); pass one of them.")
+    folder = found[0]
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"Manifest {str(folder / MANIFEST)!r} is unreadable ({exc}); re-run the extraction.") from None
+    if not manifest.get("complete"):
+        raise StoreError(f"Feature store {str(folder)!r} is incomplete (an extraction was interrupted); "
+                         "run the same `spatialprobe extract` command again to resume it.")
+    return FeatureStore(folder, manifest)
+
+
+# ----------------------------------------------------------------------------- in-memory writer
+
+def write_store(path: str | Path, ids: Sequence[str], *, patch=None, pooled=None, prefix=None,
+                grid: tuple[int, int], encoder: str, labels: Sequence[int] | None = None,
+                label_names: Sequence[str] | None = None, config: dict | None = None,
+                shard_size: int = 1024, dtype: str | None = None, overwrite: bool = True) -> Path:
+    """Write a complete store at ``path`` from in-memory tensors (tests, synthetic data, derived features).
+
+    ``patch`` ``[N,T,D]`` (T = grid[0]·grid[1]) and/or ``pooled`` ``[N,D]``; ``pooled`` defaults to the
+    patch mean. ``dtype`` (fp16/bf16/fp32) applies to patch and prefix; default: the patch's own dtype.
+    """
+    import torch
+
+    ids = [str(i) for i in ids]
+    n = len(ids)
+    if len(set(ids)) != n:
+        raise DataError("write_store: ids must be unique.")
+    if patch is None and pooled is None:
+        raise DataError("write_store: pass patch [N,T,D] and/or pooled [N,D].")
+    if patch is not None:
+        if patch.ndim != 3 or patch.shape[0] != n or patch.shape[1] != grid[0] * grid[1]:
+            raise DataError(f"write_store: patch must be [N={n}, T={grid[0] * grid[1]}, D], got {tuple(patch.shape)}.")
+        if pooled is None:
+            pooled = patch.float().mean(dim=1)
+    if pooled.ndim != 2 or pooled.shape[0] != n:
+        raise DataError(f"write_store: pooled must be [N={n}, D], got {tuple(pooled.shape)}.")
+    if prefix is not None and (prefix.ndim != 3 or prefix.shape[0] != n):
+        raise DataError(f"write_store: prefix must be [N={n}, P, D], got {tuple(prefix.shape)}.")
+    if labels is not None and len(labels) != n:
+        raise DataError(f"write_store: {len(labels)} labels for {n} ids.")
+    if dtype is None:
+        dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(patch.dtype if patch is not None else None, "fp32")
+    tdt = torch_dtype(dtype)
+    folder = Path(path)
+    if folder.exists():
+        if not overwrite:
+            raise StoreError(f"{str(folder)!r} already exists; pass overwrite=True to replace it.")
+        if (folder / MANIFEST).is_file() or any(folder.glob("shard-*.safetensors")):
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shard_size = max(1, int(shard_size))
+    shards = []
+    for k, a in enumerate(range(0, n, shard_size)):
+        b = min(a + shard_size, n)
+        t = {"pooled": pooled[a:b].float()}
+        if patch is not None:
+            t["patch"] = patch[a:b].to(tdt)
+        if prefix is not None:
+            t["prefix"] = prefix[a:b].to(tdt)
+        m = write_shard(folder, k, ids[a:b], t)
+        shards.append({"file": m["file"], "n": m["n"], "ids": m["ids"]})
+    keys = ["pooled"] + (["patch"] if patch is not None else []) + (["prefix"] if prefix is not None else [])
+    record = {"config": config or {}, "encoder": encoder, "grid": list(grid), "dim": int(pooled.shape[1]),
+              "dtype": dtype, "keys": sorted(keys), "ids": ids,
+              "labels": None if labels is None else [int(x) for x in labels],
+              "label_names": None if label_names is None else list(label_names), "shard_size": shard_size,
+              "shards": shards, "bad": [], "complete": True, "format": FORMAT_VERSION,
+              "prefix_tokens": int(prefix.shape[1]) if prefix is not None else 0}
+    record["fingerprint"] = fingerprint({k: v for k, v in record.items() if k != "shards"})
+    from .config import environment
+
+    record["environment"] = environment()
+    atomic_write_json(folder / MANIFEST, record)
+    return folder
