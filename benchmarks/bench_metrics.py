@@ -1,0 +1,194 @@
+"""Benchmark: the shared-pass spatial metrics vs a per-metric baseline structured like the official code.
+
+The baseline follows the official iREPA metric code's structure as described in irepa-spec §2: each
+metric normalises the tokens, builds its own Gram and its own distance masks; SRSS runs per image in a
+Python loop (vectorised over anchors inside an image); CDS takes one boolean-masked mean per distance.
+The shared pass is :func:`spatialprobe.metrics.spatial_metrics` (one Gram, one distance histogram).
+
+Run:  python benchmarks/bench_metrics.py [--sizes 128,256,512,1024] [--threads 2] [--device cpu]
+Prints a markdown table: time per method, speed-up, largest |difference| and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+METRICS = ("lds", "cds", "srss", "rmsc")
+
+
+# ---------------------------------------------------------------- per-metric baseline (official structure)
+def _distances(h: int, w: int, device) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()], 1)
+    return (coords[:, None, :] - coords[None, :, :]).abs().sum(-1)
+
+
+def _gram(u: torch.Tensor) -> torch.Tensor:
+    x = F.normalize(u.float(), dim=-1, eps=1e-8)
+    return torch.bmm(x, x.transpose(1, 2))
+
+
+def lds_baseline(u: torch.Tensor, grid, far_dist: int = 6) -> torch.Tensor:
+    h, w = grid
+    g = _gram(u)
+    dist = _distances(h, w, u.device)
+    idx = torch.arange(h * w, device=u.device).view(h, w)
+    a = torch.cat([idx[:-1, :].flatten(), idx[:, :-1].flatten()])  # vertical then horizontal pairs
+    b = torch.cat([idx[1:, :].flatten(), idx[:, 1:].flatten()])
+    local = g[:, a, b].mean(1)
+    far_mask = (dist >= far_dist) & (dist > 0)
+    far = (g * far_mask).sum((1, 2)) / far_mask.sum()
+    return local - far
+
+
+def cds_baseline(u: torch.Tensor, grid, dmax: int = 8) -> torch.Tensor:
+    h, w = grid
+    g = _gram(u)
+    dist = _distances(h, w, u.device)
+    ds, means = [], []
+    for d in range(1, dmax + 1):
+        m = dist == d
+        if m.any():
+            ds.append(float(d))
+            means.append(g[:, m].mean(1))
+    if not means:
+        return torch.zeros(u.shape[0], device=u.device)
+    s = torch.stack(means, 1)
+    x = torch.tensor(ds, device=u.device)
+    xc = x - x.mean()
+    slope = ((s - s.mean(1, keepdim=True)) * xc).sum(1) / (xc ** 2).sum()
+    return -slope
+
+
+def srss_baseline(u: torch.Tensor, grid, masks: torch.Tensor, d_pos: int = 1, d_pos_min: int = 1,
+                  d_neg: int = 6) -> torch.Tensor:
+    h, w = grid
+    g = _gram(u)
+    dist = _distances(h, w, u.device)
+    out = []
+    for i in range(u.shape[0]):
+        fg = masks[i].bool()
+        bg = ~fg
+        if fg.sum() < 2 or bg.sum() < 1:
+            out.append(torch.tensor(float("nan"), device=u.device))
+            continue
+        ga, da = g[i][fg], dist[fg]
+        pos = (da >= d_pos_min) & (da <= d_pos) & fg[None, :]
+        neg = (da >= d_neg) & bg[None, :]
+        pc, nc = pos.sum(1), neg.sum(1)
+        pm = (ga * pos).sum(1) / pc.clamp_min(1)
+        nm = (ga * neg).sum(1) / nc.clamp_min(1)
+        valid = (pc > 0) & (nc > 0)
+        out.append((pm - nm)[valid].mean() if valid.any() else torch.tensor(float("nan"), device=u.device))
+    return torch.stack(out)
+
+
+def rmsc_baseline(u: torch.Tensor, grid=None, sqrt: bool = True) -> torch.Tensor:
+    x = F.normalize(u.float(), dim=-1, eps=1e-8)
+    v = (x - x.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1)
+    return v.sqrt() if sqrt else v
+
+
+def baseline(u: torch.Tensor, grid, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"lds": lds_baseline(u, grid), "cds": cds_baseline(u, grid), "srss": srss_baseline(u, grid, masks),
+            "rmsc": rmsc_baseline(u, grid)}
+
+
+# ---------------------------------------------------------------- data
+def make_tokens(b: int, grid=(16, 16), d: int = 768, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatially smooth random tokens (a low-resolution field upsampled + noise) and blob FG masks."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = grid
+    coarse = torch.randn(b, d, 4, 4, generator=gen)
+    smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    tokens = (smooth.flatten(2).transpose(1, 2) + 0.7 * torch.randn(b, h * w, d, generator=gen)).contiguous()
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    cy = torch.rand(b, 1, 1, generator=gen) * h
+    cx = torch.rand(b, 1, 1, generator=gen) * w
+    rad = 3 + torch.rand(b, 1, 1, generator=gen) * (min(h, w) / 2)
+    masks = (((yy - cy) ** 2 + (xx - cx) ** 2) <= rad ** 2).reshape(b, h * w)
+    return tokens, masks
+
+
+# ---------------------------------------------------------------- measurement (one subprocess per run)
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def _measure(method: str, b: int, threads: int, device: str, repeats: int, queue) -> None:
+    torch.set_num_threads(threads)
+    from spatialprobe.metrics import spatial_metrics
+
+    tokens, masks = make_tokens(b)
+    tokens, masks = tokens.to(device), masks.to(device)
+    fn = (lambda: baseline(tokens, (16, 16), masks)) if method == "baseline" else \
+        (lambda: spatial_metrics(tokens, (16, 16), masks))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn(); sync()  # warm-up (caches, allocator)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    before = _rss_mib()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+        extra = peak - tokens.numel() * 4 / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        extra = max(peak - max(before, peak_before), 0.0) if peak > peak_before else 0.0
+        extra = max(extra, 0.0)
+    queue.put((min(times), peak, extra, {k: v.cpu() for k, v in out.items()}))
+
+
+def run_one(method: str, b: int, threads: int, device: str, repeats: int):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure, args=(method, b, threads, device, repeats, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="128,256,512,1024", help="batch sizes B (tokens [B, 256, 768])")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        (platform.processor() or platform.machine())
+    print(f"machine: {dev_name}, {os.cpu_count()} cpu, torch {torch.__version__}, threads {args.threads}, "
+          f"device {args.device}")
+    print(f"command: python {' '.join(sys.argv)}\n")
+    mem = "peak GPU MiB (extra over tokens)" if args.device.startswith("cuda") else "peak RSS MiB (growth)"
+    print(f"| B | baseline s | shared pass s | speed-up | max abs diff | baseline {mem} | shared {mem} |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for b in sizes:
+        tb, pb, eb, ob = run_one("baseline", b, args.threads, args.device, args.repeats)
+        tf, pf, ef, of = run_one("fast", b, args.threads, args.device, args.repeats)
+        diff = max(float((ob[k].double() - of[k].double()).abs().nan_to_num(0).max()) for k in METRICS)
+        nan_ok = all(torch.equal(ob[k].isnan(), of[k].isnan()) for k in METRICS)
+        print(f"| {b} | {tb:.3f} | {tf:.3f} | {tb / tf:.1f}x | {diff:.1e}{'' if nan_ok else ' (NaN mismatch!)'} "
+              f"| {pb:.0f} ({eb:.0f}) | {pf:.0f} ({ef:.0f}) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
