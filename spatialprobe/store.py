@@ -91,7 +91,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def write_shard(folder: Path, k: int, ids: Sequence[str], tensors: dict[str, Any],
-                bad: Sequence[tuple[str, str]] = ()) -> dict:
+                bad: Sequence[tuple[str, str]] = (), extra: dict | None = None) -> dict:
     """Durably write shard ``k`` (tensors keyed 'patch'/'pooled'/'prefix', rows aligned with ``ids``),
     then its done marker. Returns the marker record."""
     from safetensors.torch import save
@@ -104,7 +104,7 @@ def write_shard(folder: Path, k: int, ids: Sequence[str], tensors: dict[str, Any
     data = save(tens, metadata={"ids": json.dumps(list(ids)), "format": str(FORMAT_VERSION)})
     atomic_write_bytes(folder / shard_name(k), data)
     marker = {"shard": k, "file": shard_name(k), "n": len(ids), "bytes": len(data), "ids": list(ids),
-              "bad": [list(b) for b in bad], "keys": sorted(tens)}
+              "bad": [list(b) for b in bad], "keys": sorted(tens), **(extra or {})}
     atomic_write_json(folder / done_name(k), marker)
     return marker
 
