@@ -1,0 +1,234 @@
+"""Offline-first weights: find a checkpoint on disk, checksum it, load it strictly. Nothing is downloaded.
+
+Search order for each accepted file name of an encoder (``encoders.yaml`` ``weights.files`` plus the
+generic ``<id>.safetensors`` / ``<id>.pth``):
+
+1. ``weights_dir`` (the ``--weights-dir`` option), flat or under ``<weights_dir>/<id>/``;
+2. ``$SPATIALPROBE_WEIGHTS``, same layout;
+3. the Hugging Face hub cache (``$HF_HUB_CACHE`` / ``$HF_HOME/hub`` / ``~/.cache/huggingface/hub``) for the
+   yaml's ``hf_repos`` and, for timm models, timm's own hub repo (``model.safetensors``);
+4. the torch hub cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import WeightsMismatchError, WeightsNotFoundError
+from .spec import EncoderSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WeightsLocation:
+    """Where an encoder's checkpoint was (or would be) found."""
+
+    id: str
+    path: Path | None  #: found file or folder, None if missing
+    expected: list[str]  #: every place that was searched
+    source: str
+
+    @property
+    def present(self) -> bool:
+        return self.path is not None
+
+
+def _hf_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def _torch_hub_checkpoints() -> Path:
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "torch")
+    return Path(home) / "hub" / "checkpoints"
+
+
+def _timm_hub_repo(spec: EncoderSpec) -> str | None:
+    if not spec.backend.startswith("timm") or "." not in spec.model:
+        return None
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(spec.model)
+    except Exception:  # unknown tag: nothing to add
+        return None
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    return f"{cfg.hf_hub_id}:{cfg.hf_hub_filename or 'model.safetensors'}"
+
+
+def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Every path searched for ``spec``'s checkpoint, in priority order (folders end with '/')."""
+    names = list(spec.weights.files) + [f"{spec.id}.safetensors", f"{spec.id}.pth"]
+    if spec.backend == "hf_dinov2":
+        names = list(spec.weights.files) + [f"{spec.id}/"]
+    out: list[Path] = []
+    roots = [weights_dir, os.environ.get("SPATIALPROBE_WEIGHTS")]
+    for root in roots:
+        if root:
+            for n in names:
+                out.append(Path(root) / n)
+                if not n.startswith(spec.id):
+                    out.append(Path(root) / spec.id / n)
+    repos = list(spec.weights.hf_repos)
+    timm_repo = _timm_hub_repo(spec)
+    if timm_repo:
+        repos.append(timm_repo)
+    for r in repos:
+        repo, _, fname = r.partition(":")
+        snap = _hf_cache() / f"models--{repo.replace('/', '--')}" / "snapshots" / "*"
+        out.append(snap / (fname or ""))
+    for n in spec.weights.files:
+        if not n.endswith("/"):
+            out.append(_torch_hub_checkpoints() / n)
+    return out
+
+
+def locate(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> WeightsLocation:
+    """Find ``spec``'s checkpoint without loading it."""
+    cands = candidate_paths(spec, weights_dir)
+    for c in cands:
+        matches = sorted(c.parent.parent.glob(f"{c.parent.name}/{c.name}")) if "*" in str(c) else [c]
+        for m in matches:
+            want_dir = str(c).endswith("/") or c.name == ""
+            if want_dir and m.is_dir() and (m / "config.json").is_file():
+                return WeightsLocation(spec.id, m, [str(x) for x in cands], spec.weights.source)
+            if not want_dir and m.is_file():
+                return WeightsLocation(spec.id, m, [str(x) for x in cands], spec.weights.source)
+    return WeightsLocation(spec.id, None, [str(x) for x in cands], spec.weights.source)
+
+
+def require(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> Path:
+    """The checkpoint path, or :class:`WeightsNotFoundError` naming the expected files and their source."""
+    loc = locate(spec, weights_dir)
+    if loc.path is not None:
+        return loc.path
+    files = ", ".join(spec.weights.files) or f"{spec.id}.safetensors"
+    gated = " (gated: accept the licence first)" if spec.weights.gated else ""
+    where = "\n  ".join(loc.expected[:8]) + ("\n  ..." if len(loc.expected) > 8 else "")
+    raise WeightsNotFoundError(
+        f"no weights for encoder {spec.id!r}: expected {files} in --weights-dir or $SPATIALPROBE_WEIGHTS "
+        f"(flat or under {spec.id}/), or in the Hugging Face / torch hub caches. Get them from "
+        f"{spec.weights.source}{gated}; nothing is downloaded at run time. Use pretrained=False "
+        f"(--random-init) for a random-init model. Searched:\n  {where}")
+
+
+_SHA_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spatialprobe" / "sha256.json"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file (or of a folder's files, sorted by name), cached by (path, size, mtime)."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    try:
+        cache = json.loads(_SHA_CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    try:
+        _SHA_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        cache[key] = digest
+        _SHA_CACHE.write_text(json.dumps(cache))
+    except OSError:
+        pass
+    return digest
+
+
+def check_sha(spec: EncoderSpec, path: Path, digest: str) -> None:
+    """Fail if the yaml pins a (prefix of a) sha256 and the file does not match it."""
+    want = spec.weights.sha256
+    if want and not digest.startswith(str(want).lower()):
+        raise WeightsMismatchError(f"{path}: sha256 {digest[:12]}... does not match {want} for encoder "
+                                   f"{spec.id!r}; the file is corrupt or a different checkpoint. "
+                                   f"Re-fetch it from {spec.weights.source}.")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a raw checkpoint file (.safetensors, torch pickle, or a TorchScript archive) on CPU."""
+    import torch
+
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # TorchScript archives (OpenAI CLIP) or legacy pickles
+        try:
+            return torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception:
+            raise WeightsMismatchError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def unwrap(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Take the state dict out of the usual wrappers ('state_dict', 'model', 'encoder', ...)."""
+    for k in ("state_dict", "model", "encoder", "module"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict) and ckpt[k]:
+            return unwrap(ckpt[k])
+    return ckpt
+
+
+def assert_complete(eid: str, path: Any, missing: list[str], unexpected: list[str] | None = None,
+                    allowed_unexpected: tuple[str, ...] = ()) -> None:
+    """Raise :class:`WeightsMismatchError` if any model weight stayed unloaded (never a silent random model)."""
+    unexpected = [k for k in (unexpected or []) if not k.startswith(allowed_unexpected)] if allowed_unexpected \
+        else list(unexpected or [])
+    if missing or unexpected:
+        msg = [f"checkpoint {path} does not fit encoder {eid!r}"]
+        if missing:
+            msg.append(f"{len(missing)} model weight(s) not in the checkpoint, e.g. {missing[:4]}")
+        if unexpected:
+            msg.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:4]}")
+        msg.append("it is the wrong file or key layout for this encoder; check encoders.yaml weights.files "
+                   "and the source")
+        raise WeightsMismatchError("; ".join(msg) + ".")
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def record_loads() -> Iterator[list[Any]]:
+    """Record every ``nn.Module.load_state_dict`` result inside the block (to catch non-strict loads)."""
+    import torch
+
+    calls: list[Any] = []
+    orig = torch.nn.Module.load_state_dict
+
+    def wrapped(self, state_dict, strict=True, assign=False):
+        try:
+            res = orig(self, state_dict, strict=False, assign=assign)
+        except RuntimeError as exc:  # shape mismatch
+            raise WeightsMismatchError(f"checkpoint shapes do not fit the model: {exc}") from None
+        calls.append(res)
+        return res
+
+    with _PATCH_LOCK:
+        torch.nn.Module.load_state_dict = wrapped
+        try:
+            yield calls
+        finally:
+            torch.nn.Module.load_state_dict = orig
