@@ -1,0 +1,142 @@
+"""Foreground/background masks for SRSS: PNGs keyed by image id, patch rules, the official filter, id join.
+
+A mask file ``<id>.png`` (the file stem is the image id) holds a per-pixel mask of the image as fed to
+the encoders (the 256-px centre crop). It is binarised with ``> 0``, resized with **nearest neighbour**
+(no ringing, unlike a bicubic resize) to ``(H·p, W·p)`` pixels with ``p = round(resolution / H)``, and
+cut into ``p×p`` patches. A patch is foreground if **any** of its pixels is (``rule="any"``, the
+official max-pool) or if **more than half** are (``rule="majority"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DataError, InputFileError
+
+log = logging.getLogger(__name__)
+
+RULES = ("any", "majority")
+MASK_SUFFIXES = (".png",)
+OFFICIAL_MIN_FRACTION = 0.25  # >= 64 FG and >= 64 BG patches of 256
+
+
+def read_mask(path: str | Path, channel: int | None = None) -> torch.Tensor:
+    """Read one mask image as a bool tensor ``[h, w]`` (pixel > 0 is foreground).
+
+    Grey, 1-bit, 16-bit and palette images are read as one channel (palette index > 0 is FG). For colour
+    images pass ``channel`` (0 = R, 1 = G, 2 = B, 3 = A); without it the colour channels must agree.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            mode = im.mode
+            arr = np.asarray(im)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputFileError(f"Mask {str(p)!r} could not be read as an image ({exc}); replace or remove it.") from None
+    if arr.ndim == 3:
+        if channel is not None:
+            if not 0 <= channel < arr.shape[2]:
+                raise ConfigError(f"Mask {str(p)!r} ({mode}) has {arr.shape[2]} channels; --mask-channel "
+                                  f"{channel} does not exist.")
+            arr = arr[..., channel]
+        else:
+            colour = arr[..., : min(3, arr.shape[2])] if mode != "LA" else arr[..., :1]
+            if not (colour == colour[..., :1]).all():
+                raise DataError(f"Mask {str(p)!r} is a colour ({mode}) image whose channels differ; say which "
+                                f"channel holds the mask with --mask-channel (0=R, 1=G, 2=B, 3=A).")
+            arr = colour[..., 0]
+    return torch.from_numpy(np.ascontiguousarray(arr) > 0)
+
+
+def patch_mask(mask: torch.Tensor, grid: tuple[int, int], *, rule: str = "any", resolution: int = 256) -> torch.Tensor:
+    """Pixel mask ``[h, w]`` -> patch mask ``[H·W]`` (bool, row-major) for a token grid ``(H, W)``.
+
+    The mask is resized with nearest neighbour to ``(H·ph, W·pw)``, ``ph = max(1, round(resolution/H))``
+    (likewise pw), then each ``ph×pw`` patch is FG under ``rule``: ``"any"`` FG pixel (official) or a
+    strict ``"majority"`` of FG pixels.
+    """
+    if rule not in RULES:
+        raise ConfigError(f"Unknown mask rule {rule!r}; use one of {', '.join(RULES)}.")
+    if mask.ndim != 2:
+        raise DataError(f"A pixel mask must be 2-D [h, w]; got shape {tuple(mask.shape)}.")
+    gh, gw = grid
+    ph, pw = max(1, round(resolution / gh)), max(1, round(resolution / gw))
+    m = mask.to(torch.float32)[None, None]
+    if tuple(m.shape[-2:]) != (gh * ph, gw * pw):
+        m = F.interpolate(m, size=(gh * ph, gw * pw), mode="nearest-exact")
+    blocks = m.reshape(gh, ph, gw, pw)
+    if rule == "any":
+        out = blocks.amax(dim=(1, 3)) > 0
+    else:
+        out = blocks.sum(dim=(1, 3)) * 2 > ph * pw
+    return out.reshape(-1)
+
+
+def mask_files(folder: str | Path) -> dict[str, Path]:
+    """``{id: path}`` of the PNG masks in ``folder`` (id = file stem)."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputFileError(f"Mask folder {str(d)!r} does not exist; pass a folder of <image-id>.png masks.")
+    files: dict[str, Path] = {}
+    for f in sorted(d.iterdir()):
+        if f.is_file() and f.suffix.lower() in MASK_SUFFIXES:
+            if f.stem in files:
+                raise DataError(f"Mask folder {str(d)!r} has two masks for id {f.stem!r} ({files[f.stem].name}, "
+                                f"{f.name}); keep one.")
+            files[f.stem] = f
+    if not files:
+        raise InputFileError(f"Mask folder {str(d)!r} holds no .png masks; masks are <image-id>.png files.")
+    return files
+
+
+def load_masks(folder: str | Path, grid: tuple[int, int], *, ids: Sequence[str] | None = None, rule: str = "any",
+               resolution: int = 256, channel: int | None = None) -> dict[str, torch.Tensor]:
+    """``{id: bool Tensor[H·W]}`` patch masks from a folder of ``<id>.png`` files (all, or only ``ids``)."""
+    files = mask_files(folder)
+    keys = list(files) if ids is None else [i for i in ids if i in files]
+    return {i: patch_mask(read_mask(files[i], channel), grid, rule=rule, resolution=resolution) for i in keys}
+
+
+def min_patches(t: int, fraction: float = OFFICIAL_MIN_FRACTION) -> int:
+    """Minimum FG (and BG) patch count of the official filter scaled to ``t`` tokens (64 of 256)."""
+    return max(1, math.ceil(fraction * t - 1e-9))
+
+
+def official_filter(masks: torch.Tensor, fraction: float = OFFICIAL_MIN_FRACTION) -> torch.Tensor:
+    """Keep-flags ``[N]`` of the official filter: at least ``fraction·T`` FG and as many BG patches."""
+    k = min_patches(masks.shape[-1], fraction)
+    fg = masks.sum(-1)
+    return (fg >= k) & (masks.shape[-1] - fg >= k)
+
+
+def join_ids(feature_ids: Sequence[str], mask_ids: Sequence[str], *, allow_missing: bool = False,
+             what: str = "features") -> list[str]:
+    """Feature ids that have a mask, in feature order. Ids on one side only are an error listing them,
+    unless ``allow_missing`` (then they are logged and skipped)."""
+    fset, mset = set(feature_ids), set(mask_ids)
+    no_mask = [i for i in feature_ids if i not in mset]
+    no_feat = sorted(mset - fset)
+    if no_mask or no_feat:
+        def show(xs: list[str]) -> str:
+            return ", ".join(xs[:10]) + (f" … (+{len(xs) - 10} more)" if len(xs) > 10 else "")
+
+        parts = []
+        if no_mask:
+            parts.append(f"{len(no_mask)} image id(s) in {what} have no mask: {show(no_mask)}")
+        if no_feat:
+            parts.append(f"{len(no_feat)} mask id(s) have no features: {show(no_feat)}")
+        msg = "; ".join(parts)
+        if not allow_missing:
+            raise DataError(f"Masks and features must share image ids (joined by id, never by position). {msg}. "
+                            "Fix the ids (mask files are <image-id>.png) or pass --allow-missing to skip them.")
+        log.warning("skipping unmatched ids (--allow-missing): %s", msg)
+    return [i for i in feature_ids if i in mset]
