@@ -1,0 +1,152 @@
+"""Training and sampling configs. Precedence: defaults < YAML/JSON file < CLI flags (``spatialprobe.config.resolve``).
+
+Fields left ``None`` take the per-model defaults in :data:`MODEL_DEFAULTS` and the alignment preset of
+``method`` (:mod:`spatialprobe.train.presets`); :func:`finalize` fills them, and the filled-in config is what
+every checkpoint and ``config.json`` records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from . import presets
+from .models import canonical, family
+
+#: per-model training defaults (the paper's recipe for full models; CPU-sized values for the tiny ones)
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # SiT (REPA/iREPA LDM recipe): AdamW 1e-4 constant, betas (0.9, 0.999), clip 1.0, EMA 0.9999, batch 256,
+    # SD-VAE ft-MSE latents at 256 px, no flips, encoder depth 8 (the study's enc8 runs)
+    "sit": dict(batch_size=256, lr=1e-4, betas=[0.9, 0.999], grad_clip=1.0, ema_decays=[0.9999], hflip=False,
+                warmup_epochs=0.0, vae="sd-vae-ft-mse", resolution=256),
+    # JiT (iREPA jit/ recipe): lr = 5e-5·batch/256, betas (0.9, 0.95), no clip, two EMAs, 5 warm-up epochs, flips
+    "jit": dict(batch_size=256, lr=None, betas=[0.9, 0.95], grad_clip=0.0, ema_decays=[0.9999, 0.9996], hflip=True,
+                warmup_epochs=5.0, vae=None, resolution=256),
+    "sit-tiny": dict(batch_size=32, lr=1e-3, warmup_epochs=0.0, vae="tiny-random", resolution=64),
+    "jit-tiny": dict(batch_size=32, lr=1e-3, warmup_epochs=0.0, resolution=32),
+}
+JIT_BLR = 5e-5
+
+
+@dataclass
+class TrainConfig:
+    """Options of one REPA/iREPA training run (``spatialprobe train``)."""
+
+    model: str = "jit-tiny"              #: sit-b/2, sit-l/2, sit-xl/2, sit-tiny, jit-b/16, jit-l/16, jit-h/16, jit-tiny
+    method: str = "irepa"                #: alignment preset (see `spatialprobe ls presets`)
+    teacher: str | None = None           #: zoo encoder id(s), comma-separated; required unless method is none
+    images: str = "builtin:digits"       #: image source spec (folder, ImageNet tree, list file, builtin[:name])
+    out: str = "runs/train"              #: run folder: config.json, log.jsonl, checkpoints/
+    steps: int = 80
+    batch_size: int | None = None        #: global batch
+    lr: float | None = None
+    betas: list[float] | None = None
+    weight_decay: float = 0.0
+    grad_clip: float | None = None       #: max grad norm; 0 = off
+    warmup_epochs: float | None = None   #: linear lr warm-up, then constant
+    ema_decays: list[float] | None = None
+    label_dropout: float = 0.1
+    encoder_depth: int | None = None     #: align after this block (1-indexed)
+    projector: str | None = None         #: override the preset: mlp | linear | conv
+    kernel_size: int | None = None
+    spnorm: bool | None = None
+    gamma: float | None = None
+    proj_coeff: float | None = None
+    resolution: int | None = None        #: image side fed to the model (SiT: before the VAE)
+    teacher_resolution: int = 256        #: image side fed to the teacher (its canonical 16x16 grid at 256)
+    teacher_pretrained: bool = True      #: False: the teacher's architecture with random init (smoke tests)
+    weights_dir: str | None = None
+    hflip: bool | None = None
+    vae: str | None = None               #: sd-vae-ft-mse | tiny-random[:seed] | a diffusers folder
+    latent_norm: str = "channel"         #: channel: per-channel mean/std of the cached latents; scalar: vae scaling_factor
+    latents_dir: str | None = None       #: latent cache root [default: <out>/latents]
+    num_classes: int | None = None       #: default: from the image source labels
+    max_images: int | None = None        #: use only the first N images of the source
+    seed: int = 0
+    device: str = "auto"                 #: auto | cpu | cuda | cuda:N
+    precision: str = "auto"              #: auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    log_every: int = 10
+    ckpt_every: int = 1000
+    workers: int = 2
+    resume: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: fields that may differ between a run and its --resume (everything else must match the checkpoint)
+RESUMABLE_CHANGES = {"steps", "log_every", "ckpt_every", "workers", "resume", "device", "out", "weights_dir",
+                     "latents_dir", "compile"}
+
+
+def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
+    """Fill every ``None`` field from the model defaults and the method preset; validate."""
+    c = dataclasses.replace(cfg)
+    c.model = canonical(c.model)
+    fam = family(c.model)
+    pre = presets.get(c.method, fam)
+    c.method = pre.method
+    d = {**MODEL_DEFAULTS[fam], **MODEL_DEFAULTS.get(c.model, {})}
+    for k, v in d.items():
+        if getattr(c, k) is None:
+            setattr(c, k, v)
+    if c.lr is None:  # JiT: blr scaled by the global batch
+        c.lr = JIT_BLR * c.batch_size / 256
+    for k in ("projector", "kernel_size", "spnorm", "gamma", "proj_coeff"):
+        if getattr(c, k) is None:
+            setattr(c, k, getattr(pre, k))
+    if pre.align and not c.teacher:
+        raise ConfigError(f"Method {c.method!r} aligns to a teacher: pass --teacher (e.g. dinov2-vit-b, or hog "
+                          "for a weight-free one), or use --method none.")
+    if not pre.align:
+        c.teacher = None
+    if c.steps < 1 or c.batch_size < 1:
+        raise ConfigError(f"steps ({c.steps}) and batch_size ({c.batch_size}) must be positive.")
+    if c.latent_norm not in ("channel", "scalar"):
+        raise ConfigError(f"latent_norm {c.latent_norm!r} must be 'channel' or 'scalar'.")
+    if c.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision {c.precision!r} must be auto, bf16 or fp32.")
+    if c.projector not in ("mlp", "linear", "conv"):
+        raise ConfigError(f"projector {c.projector!r} must be mlp, linear or conv.")
+    if fam == "jit":
+        c.vae = None
+    return c
+
+
+def check_resume(saved: dict[str, Any], now: TrainConfig) -> None:
+    """Fail when a resumed run would silently change something that changes the numbers."""
+    diff = [k for k, v in now.as_dict().items()
+            if k not in RESUMABLE_CHANGES and k in saved and _norm(saved[k]) != _norm(v)]
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {getattr(now, k)!r}" for k in diff)
+        raise ConfigError(f"--resume with different settings ({detail}). Use the run's config.json "
+                          "(--config OUT/config.json) or a new --out.")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+@dataclass
+class SampleConfig:
+    """Options of ``spatialprobe sample``."""
+
+    run: str = "runs/train"            #: run folder (uses the newest checkpoint) or a checkpoint file
+    out: str | None = None             #: default: <run>/samples-<step>
+    n: int = 64
+    batch_size: int = 64
+    sampler: str | None = None         #: sde | ode-euler | ode-heun (SiT), heun | euler (JiT)
+    steps: int | None = None           #: default: 250 (sde), 50 (ode, JiT)
+    cfg: float = 1.0
+    interval: list[float] | None = None  #: guidance interval in the family's own time [default: SiT 0,1; JiT 0.1,1]
+    weights: str = "ema"               #: ema (first EMA) | ema2 | model
+    seed: int = 0
+    device: str = "auto"
+    png: bool = True
+    weights_dir: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,88 @@
+"""Building blocks shared by the SiT and JiT backbones (embeddings, modulation, sin-cos tables)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """MAE 1-D sin-cos embedding: ``[len(pos), dim]`` = [sin(p·ω), cos(p·ω)], ω_k = 10000^(-k/(dim/2))."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = pos.double().reshape(-1)[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """MAE 2-D sin-cos position embedding ``[H·W, dim]``, row-major; first half encodes the column
+    coordinate (MAE's meshgrid(w, h) order), second half the row."""
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar t -> 256-d sinusoid ([cos, sin], max period 1e4) -> Linear-SiLU-Linear."""
+
+    def __init__(self, hidden: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    @staticmethod
+    def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = self.sinusoid(t, self.freq_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with ``num_classes + 1`` rows; row ``num_classes`` is the null (unconditional) class.
+
+    Label dropout is applied by the training objective (:func:`drop_labels`) with the step's generator,
+    so runs are reproducible and resumable bit for bit.
+    """
+
+    def __init__(self, num_classes: int, hidden: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(y)
+
+
+def drop_labels(y: torch.Tensor, prob: float, null: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Replace each label by ``null`` with probability ``prob`` (classifier-free guidance training)."""
+    if prob <= 0:
+        return y
+    u = torch.rand(y.shape, generator=generator, device=y.device)
+    return torch.where(u < prob, torch.full_like(y, null), y)
+
+
+def xavier_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases on every nn.Linear (the SiT/JiT ``_basic_init``)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def xavier_conv(conv: nn.Conv2d) -> None:
+    """Xavier-uniform on a conv seen as a flattened linear layer; zero bias."""
+    w = conv.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)

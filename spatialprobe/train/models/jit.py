@@ -1,0 +1,299 @@
+"""JiT backbone (pixel space) with REPA/iREPA projectors, and its x-prediction / v-loss objective.
+
+Architecture as in JiT: bottleneck patch embedding (p×p conv to a small width, then 1×1 conv), fixed 2-D
+sin-cos position embedding, RMSNorm + adaLN-Zero blocks, qk-RMSNorm, 2-D RoPE (identity for the in-context
+class tokens), SwiGLU FFN, in-context class tokens prepended before block ``in_context_start``.
+Time convention: ``z_t = t·x + (1 − t)·ε`` (t = 0 is noise, t = 1 is data); the network predicts x̂.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..repa import build_projector
+from .common import LabelEmbedder, TimestepEmbedder, drop_labels, modulate, sincos_2d, xavier_conv, xavier_linears
+
+
+@dataclass
+class JiTConfig:
+    """Shape of a JiT model (``input_size`` in pixels)."""
+
+    depth: int = 12
+    hidden: int = 768
+    heads: int = 12
+    patch: int = 16
+    input_size: int = 256
+    in_channels: int = 3
+    bottleneck: int = 128
+    in_context_len: int = 32
+    in_context_start: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    encoder_depth: int = 8
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
+    z_dims: list[int] = field(default_factory=list)
+    projector: str = "mlp"
+    kernel_size: int = 3
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.input_size // self.patch, self.input_size // self.patch)
+
+
+VARIANTS: dict[str, dict] = {
+    "jit-b/16": dict(depth=12, hidden=768, heads=12, patch=16, bottleneck=128, in_context_start=4),
+    "jit-l/16": dict(depth=24, hidden=1024, heads=16, patch=16, bottleneck=128, in_context_start=8),
+    "jit-h/16": dict(depth=32, hidden=1280, heads=16, patch=16, bottleneck=256, in_context_start=10),
+    # CPU-sized: 32x32 RGB, patch 4 -> 8x8 tokens, head_dim 16
+    "jit-tiny": dict(depth=4, hidden=64, heads=4, patch=4, input_size=32, bottleneck=16, in_context_len=4,
+                     in_context_start=2, encoder_depth=2),
+}
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learnable weight, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).type_as(x)
+
+
+def rope_tables(head_dim: int, grid: tuple[int, int], n_prefix: int = 0, theta: float = 10000.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D RoPE cos/sin tables ``[n_prefix + H·W, head_dim]``.
+
+    Per axis ``head_dim/2`` channels with frequencies θ^(−2k/(head_dim/2)), each repeated for an (even, odd)
+    pair; the row frequencies fill the first half of the head, the column frequencies the second half.
+    ``n_prefix`` leading positions get cos = 1, sin = 0 (no rotation: the in-context tokens).
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}.")
+    dim = head_dim // 2
+    freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64)[: dim // 2] / dim)
+    gh, gw = grid
+    fr = torch.outer(torch.arange(gh, dtype=torch.float64), freqs).repeat_interleave(2, dim=-1)  # [gh, dim]
+    fc = torch.outer(torch.arange(gw, dtype=torch.float64), freqs).repeat_interleave(2, dim=-1)  # [gw, dim]
+    ang = torch.cat([fr[:, None, :].expand(gh, gw, dim), fc[None, :, :].expand(gh, gw, dim)], dim=-1)
+    ang = ang.reshape(gh * gw, head_dim)
+    cos, sin = ang.cos(), ang.sin()
+    if n_prefix:
+        cos = torch.cat([torch.ones(n_prefix, head_dim, dtype=cos.dtype), cos])
+        sin = torch.cat([torch.zeros(n_prefix, head_dim, dtype=sin.dtype), sin])
+    return cos.float(), sin.float()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1) pairs -> (−x1, x0)."""
+    x = x.unflatten(-1, (-1, 2))
+    return torch.stack((-x[..., 1], x[..., 0]), dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with qk-RMSNorm, 2-D RoPE and an fp32 softmax."""
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+        self.attn_drop, self.proj = nn.Dropout(attn_drop), nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
+        attn = (q.float() @ k.float().transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        attn = self.attn_drop(attn.softmax(dim=-1)).to(v.dtype)
+        x = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(x))
+
+
+class SwiGLU(nn.Module):
+    """w3(silu(x·W1) ⊙ x·W2) with hidden = int(4h·2/3)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.w12, self.w3, self.drop = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim), nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(self.drop(F.silu(x1) * x2))
+
+
+class JiTBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(hidden), RMSNorm(hidden)
+        self.attn = Attention(hidden, heads, attn_drop, proj_drop)
+        self.mlp = SwiGLU(hidden, int(hidden * mlp_ratio * 2 / 3), proj_drop)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope) -> torch.Tensor:
+        sa, ca, ga, sm, cm, gm = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + ga.unsqueeze(1) * self.attn(modulate(self.norm1(x), sa, ca), rope)
+        return x + gm.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sm, cm))
+
+
+class BottleneckPatchEmbed(nn.Module):
+    """Conv2d(3, bottleneck, p, stride p, no bias) → Conv2d(bottleneck, h, 1): a low-rank patch embedding."""
+
+    def __init__(self, in_ch: int, bottleneck: int, hidden: int, patch: int):
+        super().__init__()
+        self.proj1 = nn.Conv2d(in_ch, bottleneck, patch, stride=patch, bias=False)
+        self.proj2 = nn.Conv2d(bottleneck, hidden, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj2(self.proj1(x)).flatten(2).transpose(1, 2)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden: int, out_dim: int):
+        super().__init__()
+        self.norm_final = RMSNorm(hidden)
+        self.linear = nn.Linear(hidden, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class JiT(nn.Module):
+    """JiT with REPA projectors on the patch tokens after block ``encoder_depth``.
+
+    ``forward(z, t, y)`` returns ``(x̂, zs)``: the predicted clean image ``[B, 3, H, W]`` and one projected token
+    tensor per teacher. In-context tokens are removed before projection (alignment uses patch tokens only).
+    """
+
+    family = "jit"
+
+    def __init__(self, cfg: JiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden
+        self.x_embedder = BottleneckPatchEmbed(cfg.in_channels, cfg.bottleneck, h, cfg.patch)
+        self.t_embedder = TimestepEmbedder(h)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, h)
+        self.register_buffer("pos_embed", sincos_2d(h, cfg.grid).unsqueeze(0), persistent=False)
+        if cfg.in_context_len:
+            self.in_context_posemb = nn.Parameter(torch.zeros(1, cfg.in_context_len, h))
+        head_dim = h // cfg.heads
+        for name, n_pre in (("rope", 0), ("rope_ctx", cfg.in_context_len)):
+            cos, sin = rope_tables(head_dim, cfg.grid, n_pre)
+            self.register_buffer(f"{name}_cos", cos, persistent=False)
+            self.register_buffer(f"{name}_sin", sin, persistent=False)
+        lo, hi = cfg.depth // 4, 3 * cfg.depth // 4
+        self.blocks = nn.ModuleList(
+            JiTBlock(h, cfg.heads, cfg.mlp_ratio, cfg.attn_drop if lo <= i < hi else 0.0,
+                     cfg.proj_drop if lo <= i < hi else 0.0) for i in range(cfg.depth))
+        self.projectors = nn.ModuleList(build_projector(cfg.projector, h, d, kernel_size=cfg.kernel_size, grid=cfg.grid)
+                                        for d in cfg.z_dims)
+        self.final_layer = FinalLayer(h, cfg.patch ** 2 * cfg.in_channels)
+        self._init_weights()
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.cfg.grid
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def _init_weights(self) -> None:
+        xavier_linears(self)
+        xavier_conv(self.x_embedder.proj1)
+        xavier_conv(self.x_embedder.proj2)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.cfg.in_context_len:
+            nn.init.normal_(self.in_context_posemb, std=0.02)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        for proj in self.projectors:
+            if hasattr(proj, "conv"):
+                proj.conv.reset_parameters()
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        (gh, gw), p, c = self.grid, self.cfg.patch, self.cfg.in_channels
+        x = x.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, gh * p, gw * p)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        cfg = self.cfg
+        x = self.x_embedder(z) + self.pos_embed.to(z.dtype)
+        y_emb = self.y_embedder(y)
+        c = self.t_embedder(t) + y_emb
+        n_ctx = 0
+        zs: list[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            if cfg.in_context_len and i == cfg.in_context_start:
+                ctx = y_emb.unsqueeze(1).expand(-1, cfg.in_context_len, -1) + self.in_context_posemb
+                x = torch.cat([ctx.to(x.dtype), x], dim=1)
+                n_ctx = cfg.in_context_len
+            rope = (self.rope_ctx_cos, self.rope_ctx_sin) if n_ctx else (self.rope_cos, self.rope_sin)
+            x = blk(x, c, rope)
+            if i + 1 == cfg.encoder_depth and len(self.projectors):
+                patch_tokens = x[:, n_ctx:]
+                zs = [proj(patch_tokens) for proj in self.projectors]
+        x = x[:, n_ctx:]
+        return self.unpatchify(self.final_layer(x, c)), zs
+
+
+def build(name: str, **overrides) -> JiT:
+    """A named JiT variant (``jit-b/16``, ``jit-l/16``, ``jit-h/16``, ``jit-tiny``) with config overrides."""
+    return JiT(JiTConfig(**{**VARIANTS[name], **overrides}))
+
+
+P_MEAN, P_STD, T_EPS, NOISE_SCALE = -0.8, 0.8, 0.05, 1.0
+
+
+def training_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+                  label_dropout: float = 0.1, null_class: int = 1000, *, p_mean: float = P_MEAN,
+                  p_std: float = P_STD, t_eps: float = T_EPS, noise_scale: float = NOISE_SCALE
+                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x-prediction with a v-loss: t = sigmoid(N(p_mean, p_std²)), z = t·x + (1−t)·ε·noise_scale,
+    v = (x − z)/max(1−t, t_eps), loss = mean_B mean_CHW (v̂ − v)² with v̂ from the predicted x̂.
+
+    ``x`` is the image in [−1, 1]; ``net`` may be DDP-wrapped.
+    """
+    b = x.shape[0]
+    t = torch.sigmoid(torch.randn(b, generator=generator, device=x.device) * p_std + p_mean)
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * noise_scale
+    y = drop_labels(y, label_dropout, null_class, generator)
+    tb = t.view(b, 1, 1, 1).to(x.dtype)
+    z = tb * x + (1 - tb) * eps
+    x_hat, zs = net(z, t, y)
+    denom = (1 - tb).float().clamp_min(t_eps)
+    v = (x.float() - z.float()) / denom
+    v_hat = (x_hat.float() - z.float()) / denom
+    loss = ((v_hat - v) ** 2).mean(dim=(1, 2, 3)).mean()
+    return loss, zs
+
+
+def velocity(net: nn.Module, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor, t_eps: float = T_EPS) -> torch.Tensor:
+    """dz/dt at JiT time ``t`` (t = 0 noise): (x̂ − z)/max(1 − t, t_eps)."""
+    x_hat = net(z, t, y)[0]
+    return (x_hat - z) / (1 - t).view(-1, 1, 1, 1).clamp_min(t_eps)
