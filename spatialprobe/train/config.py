@@ -24,8 +24,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # JiT (iREPA jit/ recipe): lr = 5e-5·batch/256, betas (0.9, 0.95), no clip, two EMAs, 5 warm-up epochs, flips
     "jit": dict(batch_size=256, lr=None, betas=[0.9, 0.95], grad_clip=0.0, ema_decays=[0.9999, 0.9996], hflip=True,
                 warmup_epochs=5.0, vae=None, resolution=256),
-    "sit-tiny": dict(batch_size=32, lr=1e-3, warmup_epochs=0.0, vae="tiny-random", resolution=64),
-    "jit-tiny": dict(batch_size=32, lr=1e-3, warmup_epochs=0.0, resolution=32),
+    "sit-tiny": dict(batch_size=16, lr=1e-3, warmup_epochs=0.0, vae="tiny-random", resolution=64),
+    "jit-tiny": dict(batch_size=16, lr=1e-3, warmup_epochs=0.0, resolution=32),
 }
 JIT_BLR = 5e-5
 

@@ -185,12 +185,12 @@ def _open_source(spec: str, resolution: int):
 
 
 def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None, source=None,
-          teachers: Sequence | None = None, vae=None, callback: Callable[[int, dict], None] | None = None,
+          teachers: Sequence | None = None, vae_model=None, callback: Callable[[int, dict], None] | None = None,
           **overrides: Any) -> TrainResult:
     """Train a SiT/JiT model with the chosen alignment method; see :class:`TrainConfig`.
 
     ``config``, or ``config_file`` + ``overrides`` (defaults < file < overrides). ``source``, ``teachers``
-    and ``vae`` may be passed as objects (tests, notebooks) instead of being opened from the config.
+    and ``vae_model`` (a diffusers AutoencoderKL) may be passed as objects (tests, notebooks) instead of being opened from the config.
     ``callback(step, record)`` runs after every optimizer step (rank 0).
     """
     from ..config import resolve, write_config
@@ -250,6 +250,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     if fam == "sit":
         from .vae import cache_latents, load_vae
 
+        vae = vae_model
         vae_id = getattr(vae, "_spatialprobe_id", None)
         if vae is None:
             vae, vae_id = load_vae(cfg.vae, weights_dir=cfg.weights_dir, device=device)
