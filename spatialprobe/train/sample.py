@@ -1,0 +1,221 @@
+"""Samplers and ``spatialprobe sample``.
+
+Time conventions differ by family and each sampler keeps its own:
+
+- SiT (t = 1 noise, t = 0 data; the model gives the velocity v of ``x_t = (1 − t)x + tε``):
+  :func:`sit_sde` Euler–Maruyama on ``linspace(1, 0.04, N)`` then a deterministic mean step to 0 (the REPA
+  default, N = 250), and :func:`sit_ode` Euler or Heun on ``linspace(1, 0, N + 1)`` (Heun except the last step).
+  Guidance ``v = v_u + w(v_c − v_u)`` is active iff ``low ≤ t ≤ high``.
+- JiT (t = 0 noise, t = 1 data; the model predicts x̂ and ``v = (x̂ − z)/max(1 − t, 0.05)``): :func:`jit_ode`
+  Heun on ``linspace(0, 1, N + 1)`` with a final Euler step (N = 50). Guidance on x̂ is active iff
+  ``t < high`` and (``low == 0`` or ``t > low``).
+
+Labels are class-balanced (``i mod num_classes``). Output: ``samples.npz`` with ``arr_0`` uint8 [N, H, W, 3]
+(ADM layout) and ``labels``, plus PNGs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x, t) -> dx/dt in the family's own time
+
+
+# ------------------------------------------------------------------ SiT (t = 1 noise)
+
+
+def sit_score(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
+    """Score of the linear path from the velocity: s = (−(1 − t)·v − x)/t."""
+    return (-(1 - t) * v - x) / t
+
+
+@torch.no_grad()
+def sit_sde(fn: VelocityFn, x: torch.Tensor, *, steps: int = 250, t_last: float = 0.04,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Euler–Maruyama for dx = (v − ½g²s)dt + g dW̄ with g² = 2t, from t = 1 to ``t_last`` in ``steps − 1``
+    stochastic steps, then one deterministic mean step to t = 0 (NFE = ``steps``)."""
+    ts = torch.linspace(1.0, t_last, steps, dtype=torch.float64).tolist() + [0.0]
+    for i in range(steps):
+        t, t_next = ts[i], ts[i + 1]
+        dt = t_next - t
+        v = fn(x, t)
+        drift = v - t * sit_score(v, x, t)  # ½·g² = t
+        if i < steps - 1:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + drift * dt + math.sqrt(2 * t) * math.sqrt(abs(dt)) * noise
+        else:
+            x = x + drift * dt
+    return x
+
+
+@torch.no_grad()
+def sit_ode(fn: VelocityFn, x: torch.Tensor, *, steps: int = 50, heun: bool = True) -> torch.Tensor:
+    """Probability-flow ODE dx/dt = v from t = 1 to 0 on ``linspace(1, 0, steps + 1)``; Heun (2nd order) except
+    for the last step, or Euler."""
+    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    for i in range(steps):
+        t, t_next = ts[i], ts[i + 1]
+        v = fn(x, t)
+        x_next = x + (t_next - t) * v
+        if heun and i < steps - 1:
+            x_next = x + (t_next - t) * 0.5 * (v + fn(x_next, t_next))
+        x = x_next
+    return x
+
+
+# ------------------------------------------------------------------ JiT (t = 0 noise)
+
+
+@torch.no_grad()
+def jit_ode(fn: VelocityFn, z: torch.Tensor, *, steps: int = 50, method: str = "heun") -> torch.Tensor:
+    """JiT's ODE from t = 0 (noise) to 1 on ``linspace(0, 1, steps + 1)``: Heun for the first ``steps − 1``
+    intervals and Euler for the last (NFE = 2·steps − 1), or Euler throughout."""
+    if method not in ("heun", "euler"):
+        raise ConfigError(f"JiT sampler {method!r} must be heun or euler.")
+    ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+    for i in range(steps):
+        t, t_next = ts[i], ts[i + 1]
+        v = fn(z, t)
+        z_next = z + (t_next - t) * v
+        if method == "heun" and i < steps - 1:
+            z_next = z + (t_next - t) * 0.5 * (v + fn(z_next, t_next))
+        z = z_next
+    return z
+
+
+# ------------------------------------------------------------------ guidance
+
+
+def sit_guidance_active(t: float, interval: tuple[float, float]) -> bool:
+    """SiT time: guidance iff low ≤ t ≤ high (t = 1 is noise)."""
+    return interval[0] <= t <= interval[1]
+
+
+def jit_guidance_active(t: float, interval: tuple[float, float]) -> bool:
+    """JiT time: guidance iff t < high and (low == 0 or t > low) (t = 0 is noise)."""
+    lo, hi = interval
+    return t < hi and (lo == 0 or t > lo)
+
+
+def sit_velocity_fn(net, y: torch.Tensor, *, null_class: int, cfg: float = 1.0,
+                    interval: tuple[float, float] = (0.0, 1.0)) -> VelocityFn:
+    """(x, t) -> guided SiT velocity (guidance on all latent channels)."""
+
+    def fn(x: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
+        if cfg != 1.0 and sit_guidance_active(t, interval):
+            v = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null_class)]))[0]
+            v_c, v_u = v.chunk(2)
+            return v_u + cfg * (v_c - v_u)
+        return net(x, tt, y)[0]
+
+    return fn
+
+
+def jit_velocity_fn(net, y: torch.Tensor, *, null_class: int, cfg: float = 1.0,
+                    interval: tuple[float, float] = (0.1, 1.0), t_eps: float = 0.05) -> VelocityFn:
+    """(z, t) -> JiT velocity from the guided x̂: (x̂ − z)/max(1 − t, t_eps)."""
+
+    def fn(z: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.float32)
+        if cfg != 1.0 and jit_guidance_active(t, interval):
+            xh = net(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null_class)]))[0]
+            x_c, x_u = xh.chunk(2)
+            x_hat = x_u + cfg * (x_c - x_u)
+        else:
+            x_hat = net(z, tt, y)[0]
+        return (x_hat - z) / max(1.0 - t, t_eps)
+
+    return fn
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """Class-balanced labels: 0, 1, ..., C−1, 0, 1, ... (every prefix is as balanced as possible)."""
+    return torch.arange(n) % num_classes
+
+
+# ------------------------------------------------------------------ driver
+
+
+def sample(config=None, *, config_file=None, **overrides) -> Path:
+    """Generate images from a training run; returns the output folder (``samples.npz``, ``png/``, ``config.json``).
+
+    ``config`` is a :class:`~spatialprobe.train.config.SampleConfig`, or pass ``config_file`` + overrides.
+    """
+    import dataclasses
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..config import resolve, write_config
+    from .config import SampleConfig
+    from .loop import load_run, resolve_device
+    from .vae import decode, to_uint8
+
+    if config is None:
+        config = resolve(SampleConfig, config_file, **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    c = config
+    device = resolve_device(c.device)
+    model, state = load_run(c.run, weights=c.weights, device=device)
+    fam = state["family"]
+    sampler = c.sampler or ("sde" if fam == "sit" else "heun")
+    valid = ("sde", "ode-euler", "ode-heun") if fam == "sit" else ("heun", "euler")
+    if sampler not in valid:
+        raise ConfigError(f"Sampler {sampler!r} does not fit a {fam} model; use one of {', '.join(valid)}.")
+    steps = c.steps or (250 if sampler == "sde" else 50)
+    interval = tuple(c.interval) if c.interval else ((0.0, 1.0) if fam == "sit" else (0.1, 1.0))
+    if len(interval) != 2:
+        raise ConfigError(f"interval {c.interval!r} needs two numbers: low,high.")
+    out = Path(c.out) if c.out else Path(state["path"]).parent.parent / f"samples-{state['step']:07d}"
+    out.mkdir(parents=True, exist_ok=True)
+    num_classes = int(state["model_args"]["num_classes"])
+    labels = balanced_labels(c.n, num_classes)
+    vae = None
+    if fam == "sit":
+        from .vae import load_vae
+
+        lat = state["latent"]
+        vae, _ = load_vae(lat["vae"], weights_dir=c.weights_dir, device=device)
+        scale, bias = torch.tensor(lat["scale"]), torch.tensor(lat["bias"])
+    mc = model.cfg
+    images = []
+    for b0 in tqdm(range(0, c.n, c.batch_size), desc=f"sample {sampler}", unit="batch"):
+        y = labels[b0:b0 + c.batch_size].to(device)
+        g = torch.Generator(device=device).manual_seed(c.seed * 1_000_003 + b0)
+        x0 = torch.randn((len(y), mc.in_channels, mc.input_size, mc.input_size), generator=g, device=device)
+        if fam == "sit":
+            fn = sit_velocity_fn(model, y, null_class=model.null_class, cfg=c.cfg, interval=interval)
+            if sampler == "sde":
+                z = sit_sde(fn, x0, steps=steps, generator=g)
+            else:
+                z = sit_ode(fn, x0, steps=steps, heun=sampler == "ode-heun")
+            x = decode(vae, z, scale, bias)
+        else:
+            from .models.jit import NOISE_SCALE
+
+            fn = jit_velocity_fn(model, y, null_class=model.null_class, cfg=c.cfg, interval=interval)
+            x = jit_ode(fn, x0 * NOISE_SCALE, steps=steps, method=sampler)
+        images.append(to_uint8(x).permute(0, 2, 3, 1).cpu())
+    arr = torch.cat(images).numpy()
+    np.savez(out / "samples.npz", arr_0=arr, labels=labels.numpy())
+    if c.png:
+        from PIL import Image
+
+        (out / "png").mkdir(exist_ok=True)
+        for i, im in enumerate(arr):
+            Image.fromarray(im).save(out / "png" / f"{i:06d}_{int(labels[i])}.png")
+    write_config(out / "config.json", c, checkpoint=state["path"], step=state["step"], family=fam,
+                 sampler=sampler, steps=steps, interval=list(interval))
+    log.info("wrote %d samples to %s", len(arr), out)
+    return out
