@@ -89,9 +89,25 @@ def dist_info() -> tuple[int, int, int]:
     import torch
     import torch.distributed as dist
 
+    global _OWN_GROUP
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        _OWN_GROUP = True
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+_OWN_GROUP = False
+
+
+def release_distributed() -> None:
+    """Destroy the process group if :func:`dist_info` created it (a clean, fast exit under torchrun)."""
+    global _OWN_GROUP
+    if _OWN_GROUP:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _OWN_GROUP = False
 
 
 def _barrier(world: int) -> None:
@@ -459,6 +475,15 @@ def extract(config: str | Path | None = None, *, encoder_objects: Sequence[Any] 
     todo: list[Any] = list(encoder_objects) if encoder_objects else [e.strip() for e in cfg.encoder.split(",") if e.strip()]
     if not todo:
         raise ConfigError("--encoder is empty; name at least one encoder (see `spatialprobe ls encoders`).")
+    results = []
+    try:
+        results = _extract_all(todo, cfg, source, device)
+    finally:
+        release_distributed()
+    return results
+
+
+def _extract_all(todo: list[Any], cfg: ExtractConfig, source: ImageSource, device: str) -> list[ExtractResult]:
     results = []
     for item in todo:
         name = item if isinstance(item, str) else getattr(item, "name", repr(item))
