@@ -185,9 +185,10 @@ class StreamingInceptionScore:
 
     def _score(self, logp: np.ndarray) -> float:
         p = np.exp(logp)
-        logpbar = np.log(p.mean(axis=0))
-        # p·(log p − log p̄) with the convention 0·log 0 = 0
-        kl = np.where(p > 0, p * (logp - logpbar), 0.0).sum(axis=1).mean()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logpbar = np.log(p.mean(axis=0))
+            # p·(log p − log p̄) with the convention 0·log 0 = 0 (p̄ = 0 implies p = 0)
+            kl = np.where(p > 0, p * (logp - logpbar), 0.0).sum(axis=1).mean()
         return float(np.exp(kl))
 
     def update(self, x: Any) -> None:

@@ -1,0 +1,110 @@
+"""`spatialprobe fid` (score samples with the ADM protocol) and `spatialprobe fid-ref` (build a reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import cli_errors, split_list
+
+_WEIGHTS_HELP = ("Inception weights file (weights-inception-2015-12-05-6726825d.pth) or a folder holding it "
+                 "[default: $SPATIALPROBE_WEIGHTS, then $TORCH_HOME/hub/checkpoints]. Never downloaded.")
+
+
+def register(app: typer.Typer, ls_app: typer.Typer) -> None:
+    @app.command("fid")
+    @cli_errors
+    def fid_cmd(
+        samples: str = typer.Argument(..., help="ADM .npz (arr_0 uint8 [N,H,W,3]), a folder of PNGs, or the "
+                                                "output folder of `spatialprobe sample`."),
+        ref: Path = typer.Option(..., "--ref", help="Reference .npz (mu, sigma, mu_s, sigma_s, arr_0), e.g. ADM's "
+                                                    "VIRTUAL_imagenet256_labeled.npz or one from `spatialprobe fid-ref`."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: fid.json (result) and config.json."),
+        inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated subset of "
+                                              "fid,sfid,is,precision,recall [default: all]."),
+        num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Use only the first N samples."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward [default: 64]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, … [default: auto]."),
+        protocol: Optional[str] = typer.Option(None, "--protocol", help="Protocol id to record "
+                                               "[default: derived, e.g. adm-in256-50k]."),
+        fd_method: Optional[str] = typer.Option(None, "--fd-method", help="sqrtm (ADM) or eigh (same value, "
+                                                "~10x faster on CPU) [default: sqrtm]."),
+        fd_encoder: Optional[str] = typer.Option(None, "--fd-encoder", help="Also a Fréchet distance on this zoo "
+                                                 "encoder's pooled features (FD-DINOv2 style), e.g. dinov2-vit-b."),
+        fd_pool: Optional[str] = typer.Option(None, "--fd-pool", help="mean (patch tokens) or cls [default: mean]."),
+        weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Weights folder for --fd-encoder."),
+        random_init: bool = typer.Option(False, "--random-init", help="Random-init Inception (plumbing tests only: "
+                                         "the numbers mean nothing)."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+    ) -> None:
+        """Score generated samples with the ADM evaluator's protocol: FID, sFID, IS (splits of 5000),
+        precision/recall (k = 3), on torch-fidelity's port of the TF-2015 Inception. The result records the
+        protocol id, the sample count, and the sha256 of the reference and of the Inception weights.
+
+        Examples:
+
+          spatialprobe fid samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out eval/
+
+          spatialprobe fid runs/sit-b/samples/ --ref ref.npz --inception-weights ~/weights/ --out eval/ --metrics fid,is
+        """
+        from ..fid import evaluate
+
+        rec = evaluate(samples, ref, out=out, config=config, inception_weights=inception_weights,
+                       metrics=split_list(metrics), num_samples=num_samples, batch_size=batch_size, device=device,
+                       protocol=protocol, fd_method=fd_method, fd_encoder=fd_encoder, fd_pool=fd_pool,
+                       encoder_weights_dir=weights_dir, pretrained=False if random_init else None,
+                       progress=False if no_progress else None)
+        typer.echo(f"protocol {rec['protocol']}  samples {rec['num_samples']}  reference sha256 "
+                   f"{rec['reference']['sha256'][:12]}…")
+        for k, v in rec["metrics"].items():
+            typer.echo(f"{k:<12} {v:.4f}")
+        for k, why in rec["skipped"].items():
+            typer.echo(f"{k:<12} skipped: {why}")
+        typer.echo(f"wrote {out / 'fid.json'}, {out / 'config.json'}")
+
+    @app.command("fid-ref")
+    @cli_errors
+    def fid_ref_cmd(
+        images: str = typer.Argument(..., help="Real images: an .npz with arr_0, a folder, an ImageNet-style tree, "
+                                               "a list file, or builtin."),
+        out: Path = typer.Option(..., "--out", "-o", help="Reference .npz to write."),
+        name: Optional[str] = typer.Option(None, "--name", help="Short tag for protocol ids, e.g. in256 "
+                                           "[default: from the file name]."),
+        resolution: int = typer.Option(256, "--resolution", "-r", help="ADM centre crop size for image folders."),
+        pr_images: int = typer.Option(10_000, "--pr-images", help="Images kept in arr_0 for precision/recall "
+                                      "(a seeded random subset)."),
+        inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
+        num_images: Optional[int] = typer.Option(None, "--num-images", "-n", help="Use only the first N images."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward [default: 64]."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, … [default: auto]."),
+        fd_encoder: Optional[str] = typer.Option(None, "--fd-encoder", help="Also store this zoo encoder's pooled "
+                                                 "statistics (fd_<encoder>_mu/_sigma)."),
+        fd_pool: Optional[str] = typer.Option(None, "--fd-pool", help="mean or cls [default: mean]."),
+        weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Weights folder for --fd-encoder."),
+        random_init: bool = typer.Option(False, "--random-init", help="Random-init Inception (plumbing tests only)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the arr_0 subset [default: 0]."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+    ) -> None:
+        """Build an ADM-format reference .npz from real images: mu/sigma (pool_3) and mu_s/sigma_s (sFID) over
+        all images, arr_0 = up to --pr-images images for precision/recall, plus a meta record.
+
+        Examples:
+
+          spatialprobe fid-ref /data/imagenet/train --name in256 --out ref_in256.npz
+
+          spatialprobe fid-ref builtin --resolution 64 --pr-images 8 --random-init --out /tmp/ref.npz
+        """
+        from ..fid import build_reference
+
+        meta = build_reference(images, out, config=config, name=name, pr_images=pr_images, resolution=resolution,
+                               inception_weights=inception_weights, num_samples=num_images, batch_size=batch_size,
+                               device=device, fd_encoder=fd_encoder, fd_pool=fd_pool, encoder_weights_dir=weights_dir,
+                               pretrained=False if random_init else None, seed=seed,
+                               progress=False if no_progress else None)
+        typer.echo(f"wrote {meta['path']}: {meta['num_images']} images ({meta['pr_images']} in arr_0), "
+                   f"tag {meta['name']}, sha256 {meta['sha256'][:12]}…")
