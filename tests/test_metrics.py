@@ -306,3 +306,21 @@ def test_aggregate_is_nanmean_with_count():
     a = aggregate(torch.tensor([1.0, float("nan"), 3.0, float("nan")]))
     assert a == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2, "n_nan": 2}
     assert math.isnan(aggregate(torch.tensor([float("nan")]))["mean"])
+
+
+def test_large_grid_histogram_path_equals_gemm_path(monkeypatch):
+    """Grids too large for the one-hot GEMM sum the Gram per distance with index_add: same values."""
+    from spatialprobe.metrics import spatial as sp
+
+    tok = torch.randn(3, 35, 6)
+    fg = torch.rand(3, 35) > 0.5
+    a = spatial_metrics(tok, (5, 7), fg, lds_far=3, srss_neg=3)
+    monkeypatch.setattr(sp, "ONEHOT_LIMIT", 0)
+    sp._geometry.cache_clear()
+    try:
+        assert sp._geometry(5, 7, "cpu")[1] is None
+        b = spatial_metrics(tok, (5, 7), fg, lds_far=3, srss_neg=3)
+    finally:
+        sp._geometry.cache_clear()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, equal_nan=True), k

@@ -59,17 +59,35 @@ def spatial_norm(tokens: torch.Tensor, gamma: float) -> torch.Tensor:
     return (x - gamma * mean) / (std + SPNORM_EPS)
 
 
+#: largest one-hot distance table (bytes) used for the histogram GEMM; bigger grids use index_add
+ONEHOT_LIMIT = 64 << 20
+
+
 @functools.lru_cache(maxsize=32)
-def _geometry(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Manhattan distances [T, T] (long), the one-hot distance classes [T·T, H+W−1] (fp32) and the
-    number of ordered pairs per class [H+W−1] (fp64), for one grid on one device."""
+def _geometry(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Manhattan distances [T, T] (long), the one-hot distance classes [T·T, H+W−1] (fp32; None for
+    large grids) and the number of ordered pairs per class [H+W−1] (fp64), for one grid on one device."""
     dev = torch.device(device)
     r = torch.arange(h, device=dev).repeat_interleave(w)
     c = torch.arange(w, device=dev).repeat(h)
     dist = (r[:, None] - r[None, :]).abs() + (c[:, None] - c[None, :]).abs()
-    onehot = F.one_hot(dist.reshape(-1), h + w - 1).to(torch.float32)
-    counts = onehot.sum(0).double()
+    k = h + w - 1
+    counts = torch.bincount(dist.reshape(-1), minlength=k).double()
+    onehot = None
+    if dist.numel() * k * 4 <= ONEHOT_LIMIT:
+        onehot = F.one_hot(dist.reshape(-1), k).to(torch.float32)
     return dist, onehot, counts
+
+
+def _histogram(g: torch.Tensor, h: int, w: int, device: str) -> torch.Tensor:
+    """Sum of the Gram ``g`` [c, T, T] per distance class -> [c, H+W−1] fp64 (one GEMM, or index_add)."""
+    dist, onehot, counts = _geometry(h, w, device)
+    c = g.shape[0]
+    flat = g.reshape(c, -1)
+    if onehot is not None:
+        return (flat @ onehot).double()
+    out = torch.zeros(c, counts.numel(), dtype=torch.float64, device=g.device)
+    return out.index_add_(1, dist.reshape(-1), flat.double())
 
 
 @functools.lru_cache(maxsize=64)
@@ -194,7 +212,7 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
     sets = [_check_radii(s) for s in settings]
     wanted = set(want)
     dev = tokens.device
-    _, onehot, counts = _geometry(h, w, str(dev))
+    counts = _geometry(h, w, str(dev))[2]
     counts = counts.to(dev)
     need_gram = bool(wanted & {"lds", "cds", "srss"})
     chunk = chunk_size or _auto_chunk(t)
@@ -213,7 +231,7 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
             g = torch.bmm(x, x.transpose(1, 2))
             inv = 1.0 / torch.diagonal(g, dim1=1, dim2=2).sqrt().clamp_min(NORM_EPS)
             g.mul_(inv[:, :, None]).mul_(inv[:, None, :])
-            hist = (g.reshape(c, t * t) @ onehot).double()  # sum of cosines per distance class
+            hist = _histogram(g, h, w, str(dev))  # sum of cosines per distance class
             for r, s in zip(res, sets):
                 r.update(_lds_cds(hist, counts, s, wanted))
             if "rmsc" in wanted:
