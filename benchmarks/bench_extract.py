@@ -1,0 +1,133 @@
+"""Extraction throughput: the full pipeline vs the bare model forward, same batch size.
+
+Pipeline = ``spatialprobe.extract.extract_one``: DataLoader workers decode + ADM-crop the built-in
+photographs, forward (bf16 autocast on GPU), pooled mean, cast, safetensors shards with fsync, done
+markers, manifest. Bare = the same encoder called on pre-made uint8 tensors of the same images, same
+batch size, no I/O. Target: pipeline ≥ 90 % of bare. The encoder is a random-init timm ViT-B/16 at 256 px
+(``dino-vit-b`` built with ``pretrained=False``), so no weights are needed.
+
+    python benchmarks/bench_extract.py                 # 512 images, batch 32 (CPU) / 128 (GPU)
+    python benchmarks/bench_extract.py --n 1024 --batch-size 256 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+
+import torch
+
+from spatialprobe.data import ImageSource, open_source
+from spatialprobe.encoders import get
+from spatialprobe.extract import ExtractConfig, extract_one
+
+# dense bf16 peak (TFLOP/s) of common accelerators, for the utilisation column
+PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
+
+
+class Repeated(ImageSource):
+    """A source repeated until it has at least ``n`` images (ids get a ``#k`` suffix)."""
+
+    kind = "repeated"
+
+    def __init__(self, base: ImageSource, n: int) -> None:
+        super().__init__(f"{base.spec}*{n}", base.resolution)
+        self.base = base
+        reps = -(-n // len(base))
+        self.ids = [f"{i}#{r}" for r in range(reps) for i in base.ids][:max(n, len(base))]
+
+    def load_pil(self, i: int):
+        return self.base.load_pil(i % len(self.base))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bare_forward(enc, images: torch.Tensor, bs: int, device: str) -> float:
+    """Seconds for a forward over ``images`` (uint8 on the host, moved per batch like a loader would)."""
+    cuda = device.startswith("cuda")
+    pinned = images.pin_memory() if cuda else images
+    with torch.inference_mode():
+        for a in range(0, min(bs, len(images)), bs):  # warm-up batch
+            x = pinned[a:a + bs].to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                enc(x).patch.float().mean(1)
+        _sync(device)
+        t = time.perf_counter()
+        for a in range(0, len(images), bs):
+            x = pinned[a:a + bs].to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                enc(x).patch.float().mean(1)
+        _sync(device)
+    return time.perf_counter() - t
+
+
+def flops_per_image(enc, res: int, device: str) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(2, 3, res, res, dtype=torch.uint8, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        enc(x)
+    return fc.get_total_flops() / 2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder", default="dino-vit-b")
+    ap.add_argument("--n", type=int, default=512, help="images (built-in photographs repeated)")
+    ap.add_argument("--batch-size", type=int, default=0, help="0: 32 on CPU, 128 on GPU")
+    ap.add_argument("--workers", type=int, default=-1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="fp16")
+    args = ap.parse_args()
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bs = args.batch_size or (128 if device.startswith("cuda") else 32)
+    torch.manual_seed(0)
+    enc = get(args.encoder, device=device, pretrained=False)
+    src = Repeated(open_source("builtin"), args.n)
+    images = torch.stack([src.load(i) for i in range(len(src.base))])
+    images = images[torch.arange(len(src)) % len(images)]
+
+    t_bare = bare_forward(enc, images, bs, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = ExtractConfig(batch_size=bs, num_workers=args.workers, device=device, dtype=args.dtype,
+                            shard_size=256)
+        t0 = time.perf_counter()
+        res = extract_one(enc, src, tmp, cfg)
+        t_pipe = time.perf_counter() - t0
+        assert res.n_images == len(src), res
+
+    n = len(src)
+    bare_ips, pipe_ips = n / t_bare, n / t_pipe
+    dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
+    rows = [("bare forward (pre-made tensors)", f"{bare_ips:.2f}", "100 %"),
+            ("full pipeline (decode, crop, forward, store)", f"{pipe_ips:.2f}", f"{100 * pipe_ips / bare_ips:.1f} %")]
+    util = ""
+    if device.startswith("cuda"):
+        peak = next((v for k, v in PEAK_BF16.items() if k in dev_name), None)
+        fl = flops_per_image(enc, src.resolution, device)
+        if peak:
+            util = f"; pipeline = {100 * pipe_ips * fl / (peak * 1e12):.1f} % of the {peak:.0f} TFLOP/s bf16 peak"
+        util = f"; {fl / 1e9:.1f} GFLOP/image" + util
+    print(f"\nmachine: {dev_name}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads; encoder {args.encoder} (random init), {n} images, "
+          f"batch {bs}, store dtype {args.dtype}{util}")
+    print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}\n")
+    print("| mode | images/s | of bare |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+
+
+if __name__ == "__main__":
+    main()
