@@ -315,3 +315,30 @@ def test_torchrun_two_ranks_equals_one_process_and_resumes_any_world_size(tmp_pa
     assert sorted(logs[0]["computed"]) == [0, 2, 4, 6, 8] and sorted(logs[1]["computed"]) == [1, 3, 5, 7, 9]
     ids_c, tc = _store_tensors(fresh)
     assert ids_a == ids_c and all(torch.equal(ta[k], tc[k]) for k in ta)
+
+
+def test_random_init_and_seed_enter_the_fingerprint():
+    from spatialprobe.extract import store_fingerprint
+
+    src = open_source("builtin:lfw", resolution=32)
+    enc = TinyEncoder()
+    fps = {store_fingerprint(enc, src, ExtractConfig(**kw))[0]
+           for kw in ({}, {"random_init": True}, {"random_init": True, "seed": 1})}
+    assert len(fps) == 3
+
+
+def test_cli_hog_builtin_then_metrics_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from spatialprobe.cli import app
+
+    feats, met = tmp_path / "F", tmp_path / "M"
+    r = CliRunner().invoke(app, ["extract", "--encoder", "hog", "--images", "builtin", "--limit", "3",
+                                 "--workers", "0", "--out", str(feats)])
+    assert r.exit_code == 0, r.output
+    st = store.open(feats)
+    assert st.encoder == "hog" and st.ids == open_source("builtin").ids[:3] and st.grid == (16, 16)
+    assert st.manifest["weights_id"] == "none"
+    r = CliRunner().invoke(app, ["metrics", "--features", str(feats), "--out", str(met)])
+    assert r.exit_code == 0, r.output
+    assert (met / "summary.csv").is_file()
