@@ -23,14 +23,16 @@ def _gray(x: torch.Tensor) -> np.ndarray:
 
 
 def dense_sift(gray: np.ndarray, cell: int = 16) -> np.ndarray:
-    """One 128-d OpenCV SIFT descriptor per ``cell``-px cell (keypoint at the centre, size ``cell``, angle 0).
+    """One 128-d OpenCV SIFT descriptor per ``cell``-px cell, centred on the cell, angle 0.
 
-    Returns ``[(H//cell)·(W//cell), 128]`` float32, row-major over the cells.
+    The keypoint size ``cell/6`` makes OpenCV's 4×4 spatial bins ``cell/4`` px wide (bin width =
+    3·size/2), so each descriptor describes its own cell (as a dense-SIFT 16-px patch does) rather than
+    the 96-px window a keypoint of size ``cell`` would cover. Returns ``[(H//cell)·(W//cell), 128]`` float32, row-major over the cells.
     """
     import cv2
 
     h, w = gray.shape
-    kps = [cv2.KeyPoint(float(cell // 2 + cell * j), float(cell // 2 + cell * i), float(cell), 0.0)
+    kps = [cv2.KeyPoint(float(cell // 2 + cell * j), float(cell // 2 + cell * i), cell / 6.0, 0.0)
            for i in range(h // cell) for j in range(w // cell)]
     out_kps, desc = cv2.SIFT_create().compute(gray, kps)
     if desc is None or len(out_kps) != len(kps):

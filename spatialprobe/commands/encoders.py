@@ -1,0 +1,103 @@
+"""`spatialprobe ls encoders` and `spatialprobe weights`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import cli_errors
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}TB"
+
+
+def register(app: typer.Typer, ls_app: typer.Typer) -> None:
+    @ls_app.command("encoders")
+    @cli_errors
+    def ls_encoders(
+        family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family, e.g. DINOv2, SAM2, PE-Core."),
+        paper27: bool = typer.Option(False, "--paper27", help="Only the 27 encoders of the paper's correlation study."),
+        weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", "-w",
+                                                   help="Folder with checkpoints (default: $SPATIALPROBE_WEIGHTS, then HF/torch caches)."),
+    ) -> None:
+        """List the encoder zoo: id, family, embed dim, parameters, token grid at 256 px, input size and
+        whether the weights are on disk (weight-free encoders say 'n/a').
+
+        Examples:
+
+          spatialprobe ls encoders
+
+          spatialprobe ls encoders --family SAM2
+
+          spatialprobe ls encoders --paper27 --weights-dir ~/weights
+        """
+        from ..encoders import list_specs
+        from ..encoders.spec import aliases
+        from ..encoders.weights import locate
+
+        rows = list_specs(family=family, paper27=paper27)
+        al: dict[str, list[str]] = {}
+        for a, i in aliases().items():
+            al.setdefault(i, []).append(a)
+        typer.echo(f"{'id':<32} {'family':<11} {'dim':>5} {'params':>8} {'grid':>6} {'input':>6} {'27':>3} "
+                   f"{'weights':<8} aliases")
+        for s in rows:
+            status = "n/a" if s.weight_free else ("present" if locate(s, weights_dir).present else "missing")
+            params = "-" if not s.params_m else (f"{s.params_m / 1000:.2f}B" if s.params_m >= 1000 else f"{s.params_m:.1f}M")
+            grid = f"{s.grid[0]}x{s.grid[1]}"
+            typer.echo(f"{s.id:<32} {s.family:<11} {s.embed_dim:>5} {params:>8} {grid:>6} {s.input_res:>6} "
+                       f"{'yes' if s.in_paper_27 else '':>3} {status:<8} {','.join(al.get(s.id, []))}")
+        typer.echo(f"\n{len(rows)} encoders")
+
+    @app.command("weights")
+    @cli_errors
+    def weights_cmd(
+        weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", "-w",
+                                                   help="Folder with checkpoints (default: $SPATIALPROBE_WEIGHTS, then HF/torch caches)."),
+        encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Only this encoder (id or alias)."),
+        family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family."),
+        paper27: bool = typer.Option(False, "--paper27", help="Only the paper's 27 encoders."),
+        checksum: bool = typer.Option(False, "--checksum", help="Compute the sha256 of present files (slow for big files; cached)."),
+    ) -> None:
+        """Show, for each encoder, where its weights file is expected, whether it is present (path, size,
+        sha256 when known or with --checksum) and where to get it. Nothing is downloaded.
+
+        Examples:
+
+          spatialprobe weights --paper27
+
+          spatialprobe weights --encoder sam2 --weights-dir ~/weights --checksum
+        """
+        from ..encoders import list_specs, spec
+        from ..encoders.weights import locate, sha256
+
+        rows = [spec(encoder)] if encoder else list_specs(family=family, paper27=paper27)
+        n_present = 0
+        for s in rows:
+            if s.weight_free:
+                continue
+            loc = locate(s, weights_dir)
+            if loc.present:
+                n_present += 1
+                sha = sha256(loc.path) if checksum else (s.weights.sha256 or "")
+                sha_txt = f"  sha256 {sha}" + ("" if checksum or not sha else " (expected)")
+                typer.echo(f"{s.id:<32} present  {loc.path}  {_human(_size(loc.path))}{sha_txt}")
+            else:
+                files = ", ".join(s.weights.files) or f"{s.id}.safetensors"
+                where = f" (e.g. {loc.expected[0]})" if loc.expected else ""
+                gated = "  [gated]" if s.weights.gated else ""
+                typer.echo(f"{s.id:<32} missing  expected {files}{where}{gated}\n{'':<42}get: {s.weights.source}")
+        total = sum(not s.weight_free for s in rows)
+        typer.echo(f"\n{n_present}/{total} present. Search order: --weights-dir, $SPATIALPROBE_WEIGHTS "
+                   f"(flat or <id>/), Hugging Face cache, torch hub cache.")
