@@ -99,10 +99,10 @@ def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = N
 def locate(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> WeightsLocation:
     """Find ``spec``'s checkpoint without loading it."""
     cands = candidate_paths(spec, weights_dir)
+    want_dir = spec.backend == "hf_dinov2" or any(f.endswith("/") for f in spec.weights.files)
     for c in cands:
         matches = sorted(c.parent.parent.glob(f"{c.parent.name}/{c.name}")) if "*" in str(c) else [c]
         for m in matches:
-            want_dir = str(c).endswith("/") or c.name == ""
             if want_dir and m.is_dir() and (m / "config.json").is_file():
                 return WeightsLocation(spec.id, m, [str(x) for x in cands], spec.weights.source)
             if not want_dir and m.is_file():
