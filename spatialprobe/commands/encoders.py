@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -95,7 +96,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                 typer.echo(f"{s.id:<32} present  {loc.path}  {_human(_size(loc.path))}{sha_txt}")
             else:
                 files = ", ".join(s.weights.files) or f"{s.id}.safetensors"
-                where = f" (e.g. {loc.expected[0]})" if loc.expected else ""
+                root = weights_dir or os.environ.get("SPATIALPROBE_WEIGHTS")
+                first = files.split(", ")[0]
+                where = f" at {Path(root) / first}" if root else f" in $SPATIALPROBE_WEIGHTS/ (e.g. $SPATIALPROBE_WEIGHTS/{first})"
                 gated = "  [gated]" if s.weights.gated else ""
                 typer.echo(f"{s.id:<32} missing  expected {files}{where}{gated}\n{'':<42}get: {s.weights.source}")
         total = sum(not s.weight_free for s in rows)
