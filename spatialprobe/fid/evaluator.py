@@ -172,8 +172,9 @@ def feature_pass(images: Any, model: InceptionFeatures, *, batch_size: int = 64,
                      isc=M.StreamingInceptionScore(isc_split) if isc_split else None,
                      pool_rows=[] if keep_pool else None)
     with _no_tf32(), tqdm(total=n_total, unit="img", desc=desc, disable=not progress, leave=False) as bar:
+        need_model = stats or isc_split or keep_pool or on_batch is not None
         for batch in imgs.iter_batches(batch_size, limit):
-            feats = model(batch)
+            feats = model(batch) if need_model else {}
             if fp.pool is not None:
                 fp.pool.update(feats["pool"])
             if fp.spatial is not None:
