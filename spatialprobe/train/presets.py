@@ -74,14 +74,14 @@ def table() -> list[AlignPreset]:
     return list(PRESETS.values())
 
 
-def format_table() -> str:
-    """The preset table as aligned text (used by ``spatialprobe ls presets`` and ``train --help``)."""
-    head = f"{'method':<19}{'family':<7}{'projector':<10}{'k':<3}{'spnorm':<8}{'gamma':<7}{'coeff':<6}note"
+def format_table(notes: bool = True) -> str:
+    """The preset table as aligned text (``spatialprobe ls presets``; ``train --help`` without the notes)."""
+    head = f"{'method':<19}{'family':<7}{'projector':<10}{'k':<3}{'spnorm':<8}{'gamma':<7}{'coeff':<6}" + ("note" if notes else "")
     lines = [head]
     for p in table():
         proj = p.projector if p.align else "-"
         k = str(p.kernel_size) if p.align and p.projector == "conv" else "-"
         sn = ("yes" if p.spnorm else "no") if p.align else "-"
         g = f"{p.gamma:g}" if p.align and p.spnorm else "-"
-        lines.append(f"{p.method:<19}{p.family:<7}{proj:<10}{k:<3}{sn:<8}{g:<7}{p.proj_coeff:<6g}{p.note}")
+        lines.append(f"{p.method:<19}{p.family:<7}{proj:<10}{k:<3}{sn:<8}{g:<7}{p.proj_coeff:<6g}{p.note if notes else ''}".rstrip())
     return "\n".join(lines)

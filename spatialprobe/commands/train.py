@@ -1,0 +1,166 @@
+"""`spatialprobe train`, `spatialprobe sample` and `spatialprobe ls presets`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import cli_errors, split_list
+
+
+def _floats(value: str | None, name: str) -> list[float] | None:
+    from ..errors import ConfigError
+
+    items = split_list(value)
+    if items is None:
+        return None
+    try:
+        return [float(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"--{name} {value!r}: expected comma-separated numbers, e.g. 0.9,0.95.") from None
+
+
+def _train_help() -> str:
+    from ..train.presets import format_table
+
+    return f"""Train a SiT (latent) or JiT (pixel) model with REPA / iREPA alignment to a zoo encoder.
+
+Writes OUT/config.json (the resolved config), OUT/log.jsonl (one JSON object per logged step: step, loss, denoise_loss, proj_loss, grad_norm, lr, steps_per_s) and OUT/checkpoints/NNNNNNN.pt (model, EMAs, optimizer, config). Options: defaults, then --config FILE, then flags (flags win). --resume continues the newest checkpoint in OUT and ends with the same weights as an uninterrupted run.
+
+Models: sit-b/2, sit-l/2, sit-xl/2, sit-tiny (SD-VAE latents; sit-tiny uses a tiny random VAE) and jit-b/16, jit-l/16, jit-h/16, jit-tiny (pixels).
+
+Methods (--method) are presets, per family (notes: spatialprobe ls presets); --projector, --kernel-size, --spnorm/--no-spnorm, --gamma and --proj-coeff override single fields:
+
+{format_table(notes=False)}
+
+Examples:
+
+  spatialprobe train --model jit-tiny --method irepa --teacher hog --images builtin:digits --steps 80 --out runs/demo
+
+  spatialprobe train --model sit-xl/2 --method irepa --teacher dinov2-vit-b --images /data/imagenet/train --steps 100000 --ckpt-every 50000 --weights-dir /weights --out runs/sitxl
+
+  torchrun --nproc-per-node 8 -m spatialprobe.cli train --config runs/sitxl/config.json --resume
+"""
+
+
+def register(app: typer.Typer, ls_app: typer.Typer) -> None:
+    @app.command("train", help=_train_help())
+    @cli_errors
+    def train_cmd(
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (default jit-tiny)."),
+        method: Optional[str] = typer.Option(None, "--method", help="Alignment preset: repa, irepa, "
+                                             "irepa-official-ldm, conv-only, norm-only, none (default irepa)."),
+        teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Zoo encoder id(s), comma-separated "
+                                              "(see `spatialprobe ls encoders`)."),
+        images: Optional[str] = typer.Option(None, "--images", "-i", help="Image source: builtin:digits, a "
+                                             "folder, an ImageNet-style tree or a list file."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/train)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default 80)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (256 full models, 16 tiny)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (SiT 1e-4; JiT 5e-5*batch/256; tiny 1e-3)."),
+        betas: Optional[str] = typer.Option(None, "--betas", help="AdamW betas, e.g. 0.9,0.95."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
+        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max grad norm, 0 = off (SiT 1.0, JiT off)."),
+        warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="Linear lr warm-up (JiT 5)."),
+        ema_decays: Optional[str] = typer.Option(None, "--ema-decays", help="EMA decays, e.g. 0.9999,0.9996."),
+        encoder_depth: Optional[int] = typer.Option(None, "--encoder-depth", help="Align after this block (default 8; tiny 2)."),
+        projector: Optional[str] = typer.Option(None, "--projector", help="Override: mlp, linear or conv."),
+        kernel_size: Optional[int] = typer.Option(None, "--kernel-size", help="Override the conv kernel (odd)."),
+        spnorm: Optional[bool] = typer.Option(None, "--spnorm/--no-spnorm", help="Override the target spatial norm."),
+        gamma: Optional[float] = typer.Option(None, "--gamma", help="Override the spatial-norm gamma."),
+        proj_coeff: Optional[float] = typer.Option(None, "--proj-coeff", help="Override the projection-loss weight."),
+        resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side fed to the model (SiT: to the VAE)."),
+        teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help="Image side fed to the teacher (default 256)."),
+        random_teacher: bool = typer.Option(False, "--random-teacher", help="Teacher architecture with random init (smoke tests)."),
+        weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with encoder and VAE weights."),
+        hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips (JiT on, SiT off)."),
+        vae: Optional[str] = typer.Option(None, "--vae", help="SiT VAE: sd-vae-ft-mse, tiny-random or a diffusers folder."),
+        latent_norm: Optional[str] = typer.Option(None, "--latent-norm", help="channel (per-channel stats) or scalar (0.18215)."),
+        latents_dir: Optional[str] = typer.Option(None, "--latents-dir", help="Latent cache root (default OUT/latents)."),
+        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes (default: from the labels)."),
+        max_images: Optional[int] = typer.Option(None, "--max-images", help="Use only the first N images."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+        precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA), bf16 or fp32."),
+        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+        log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
+        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 1000; always at the end)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default 2)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+    ) -> None:
+        from ..config import load_config_file
+        from ..train.loop import train
+
+        cfg_file = config
+        if config is not None and config.suffix == ".json":
+            data = load_config_file(config)
+            if "config" in data and isinstance(data["config"], dict):  # a run's config.json record
+                import json
+                import tempfile
+
+                tmp = Path(tempfile.mkdtemp()) / "config.json"
+                tmp.write_text(json.dumps(data["config"]))
+                cfg_file = tmp
+        res = train(config_file=cfg_file, model=model, method=method, teacher=teacher, images=images,
+                    out=str(out) if out else None, steps=steps, batch_size=batch_size, lr=lr,
+                    betas=_floats(betas, "betas"), weight_decay=weight_decay, grad_clip=grad_clip,
+                    warmup_epochs=warmup_epochs, ema_decays=_floats(ema_decays, "ema-decays"),
+                    encoder_depth=encoder_depth, projector=projector, kernel_size=kernel_size, spnorm=spnorm,
+                    gamma=gamma, proj_coeff=proj_coeff, resolution=resolution,
+                    teacher_resolution=teacher_resolution, teacher_pretrained=False if random_teacher else None,
+                    weights_dir=weights_dir, hflip=hflip, vae=vae, latent_norm=latent_norm,
+                    latents_dir=latents_dir, num_classes=num_classes, max_images=max_images, seed=seed,
+                    device=device, precision=precision, compile=True if compile_ else None, log_every=log_every,
+                    ckpt_every=ckpt_every, workers=workers, resume=True if resume else None)
+        typer.echo(f"step {res.step}: loss {res.loss:.4f}\nwrote {res.out / 'config.json'}, {res.log_path}, "
+                   f"{res.checkpoint}")
+
+    @app.command("sample")
+    @cli_errors
+    def sample_cmd(
+        run: Path = typer.Argument(..., help="Run folder (newest checkpoint) or a checkpoint file."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/samples-STEP)."),
+        n: Optional[int] = typer.Option(None, "--n", help="Number of images (default 64); labels are class-balanced."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 64)."),
+        sampler: Optional[str] = typer.Option(None, "--sampler", help="SiT: sde (default), ode-euler, ode-heun. "
+                                              "JiT: heun (default), euler."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Steps (default 250 for sde, else 50)."),
+        cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale (default 1.0 = off)."),
+        interval: Optional[str] = typer.Option(None, "--interval", help="Guidance interval low,high in the "
+                                               "family's time (SiT t=1 noise, default 0,1; JiT t=0 noise, default 0.1,1)."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="ema (default), ema2 or model."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+        no_png: bool = typer.Option(False, "--no-png", help="Write only samples.npz."),
+        weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with the VAE weights (SiT)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+    ) -> None:
+        """Generate images from a training run: ADM-style samples.npz (arr_0 uint8 N,H,W,3 and labels) and PNGs.
+
+        SiT uses Euler-Maruyama (250 steps) or Euler/Heun ODE; JiT uses Heun (50 steps). Guidance is
+        v_u + w(v_c - v_u) (SiT) or on the predicted image (JiT), inside the interval.
+
+        Examples:
+
+          spatialprobe sample runs/demo --n 100 --steps 50
+
+          spatialprobe sample runs/sitxl-irepa-dinov2b --n 50000 --batch-size 256 --sampler sde --steps 250 --weights-dir /weights
+        """
+        from ..train.sample import sample
+
+        path = sample(config_file=config, run=str(run), out=str(out) if out else None, n=n, batch_size=batch_size,
+                      sampler=sampler, steps=steps, cfg=cfg, interval=_floats(interval, "interval"),
+                      weights=weights, seed=seed, device=device, png=False if no_png else None,
+                      weights_dir=weights_dir)
+        typer.echo(f"wrote {path / 'samples.npz'}" + ("" if no_png else f" and {path / 'png'}/"))
+
+    @ls_app.command("presets")
+    @cli_errors
+    def ls_presets() -> None:
+        """List the REPA/iREPA alignment presets per model family (projector, kernel, spatial norm, gamma, coeff)."""
+        from ..train.presets import format_table
+
+        typer.echo(format_table())
