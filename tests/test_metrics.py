@@ -34,7 +34,8 @@ def brute(tokens: np.ndarray, grid, fg=None, near=1, far=6, dmax=8, pos=1, neg=6
             by_d.setdefault(dist(i, j), []).append(cos(i, j))
     near_v = [v for d, vs in by_d.items() if 1 <= d <= near for v in vs]
     far_v = [v for d, vs in by_d.items() if d >= far and d > 0 for v in vs]
-    lds = (np.mean(near_v) - np.mean(far_v)) if near_v and far_v else math.nan
+    # official convention: no near pair -> NaN; no far pair -> far term 0
+    lds = (np.mean(near_v) - (np.mean(far_v) if far_v else 0.0)) if near_v else math.nan
     ds = [d for d in range(1, dmax + 1) if d in by_d]
     if len(ds) >= 2:
         s = [np.mean(by_d[d]) for d in ds]
@@ -85,8 +86,10 @@ def test_hand_worked_2x3_lds_cds_rmsc():
     assert s2 > s3  # sanity of the hand table: similarity decays with distance
     # mean token (A + B)/2, |mean|² = (1 + 1 + 1.2)/4 = 0.8 -> RMSC = sqrt(0.2)
     assert m["rmsc"].item() == pytest.approx(math.sqrt(0.2), abs=1e-6)
-    # the official far radius 6 does not exist on a 2x3 grid: LDS undefined
-    assert math.isnan(spatial_metrics(HAND, (2, 3))["lds"].item())
+    # the official far radius 6 does not exist on a 2x3 grid: the official code's far term is then 0
+    assert spatial_metrics(HAND, (2, 3))["lds"].item() == pytest.approx(near, abs=1e-6)
+    # a 1x1 grid has no near pair: LDS undefined
+    assert math.isnan(spatial_metrics(torch.randn(1, 1, 3), (1, 1))["lds"].item())
 
 
 def test_hand_worked_2x3_srss():

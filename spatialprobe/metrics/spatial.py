@@ -128,8 +128,9 @@ def _lds_cds(hist: torch.Tensor, counts: torch.Tensor, s: Mapping[str, int], wan
     if "lds" in want:
         near = (d >= 1) & (d <= s["lds_near"])
         far = d >= max(s["lds_far"], 1)
-        # mean over an empty pair set is NaN (0/0), as in the official code
-        out["lds"] = hist[:, near].sum(1) / counts[near].sum() - hist[:, far].sum(1) / counts[far].sum()
+        # as the official code: an empty near set gives NaN (mean of nothing), an empty far set a far
+        # term of 0 (its denominator is clamped to 1)
+        out["lds"] = hist[:, near].sum(1) / counts[near].sum() - hist[:, far].sum(1) / counts[far].sum().clamp_min(1)
     if "cds" in want:
         sel = (d >= 1) & (d <= s["cds_dmax"]) & (counts > 0)
         x = d[sel].double()
@@ -279,8 +280,8 @@ def spatial_metrics(tokens: torch.Tensor, grid: tuple[int, int], masks: torch.Te
         chunk_size: images per chunk (Gram memory chunk·T²·4 bytes); default ~8 MiB of Gram.
 
     Returns:
-        ``{metric: float32 Tensor[B]}`` on the tokens' device. LDS is NaN when its near or far pair set
-        is empty; SRSS is NaN when an image has < 2 FG or no BG tokens, or no anchor with both a positive
+        ``{metric: float32 Tensor[B]}`` on the tokens' device. LDS is NaN when its near pair set is
+        empty, and its far term is 0 when the far set is empty (both as in the official code); SRSS is NaN when an image has < 2 FG or no BG tokens, or no anchor with both a positive
         and a negative. Distance is Manhattan on the grid; tokens are L2-normalised (eps 1e-8).
 
     Example:
