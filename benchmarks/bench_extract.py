@@ -45,6 +45,16 @@ class Repeated(ImageSource):
         return self.base.load_pil(i % len(self.base))
 
 
+class _Range(ImageSource):
+    def __init__(self, base: ImageSource, part: range) -> None:
+        super().__init__(f"{base.spec}[{part.start}:{part.stop}]", base.resolution)
+        self.base, self.part = base, part
+        self.ids = base.ids[part.start:part.stop]
+
+    def load_pil(self, i: int):
+        return self.base.load_pil(self.part[i])
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -87,6 +97,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="fp16")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="alternate bare and pipeline in this many rounds, so load from other processes hits both alike")
     args = ap.parse_args()
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -99,14 +111,21 @@ def main() -> None:
     images = torch.stack([src.load(i) for i in range(len(src.base))])
     images = images[torch.arange(len(src)) % len(images)]
 
-    t_bare = bare_forward(enc, images, bs, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = ExtractConfig(batch_size=bs, num_workers=args.workers, device=device, dtype=args.dtype,
-                            shard_size=256)
-        t0 = time.perf_counter()
-        res = extract_one(enc, src, tmp, cfg)
-        t_pipe = time.perf_counter() - t0
-        assert res.n_images == len(src), res
+    # rounds alternate bare / pipeline over disjoint id ranges; each pipeline round is a full run
+    # (fingerprint, workers, shards, manifest) of its own
+    t_bare = t_pipe = 0.0
+    per = -(-len(src) // args.rounds)
+    for r in range(args.rounds):
+        part = range(r * per, min((r + 1) * per, len(src)))
+        t_bare += bare_forward(enc, images[part.start:part.stop], bs, device)
+        sub = _Range(src, part)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = ExtractConfig(batch_size=bs, num_workers=args.workers, device=device, dtype=args.dtype,
+                                shard_size=256)
+            t0 = time.perf_counter()
+            res = extract_one(enc, sub, tmp, cfg)
+            t_pipe += time.perf_counter() - t0
+            assert res.n_images == len(sub), res
 
     n = len(src)
     bare_ips, pipe_ips = n / t_bare, n / t_pipe
@@ -122,7 +141,7 @@ def main() -> None:
         util = f"; {fl / 1e9:.1f} GFLOP/image" + util
     print(f"\nmachine: {dev_name}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads; encoder {args.encoder} (random init), {n} images, "
-          f"batch {bs}, store dtype {args.dtype}{util}")
+          f"batch {bs}, store dtype {args.dtype}, {args.rounds} alternating rounds{util}")
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}\n")
     print("| mode | images/s | of bare |\n|---|---|---|")
     for r in rows:
