@@ -104,3 +104,11 @@ def test_join_by_id_lists_missing():
     assert "--allow-missing" in str(e.value)
     assert join_ids(["c", "a", "b"], ["b", "c", "z"], allow_missing=True) == ["c", "b"]
     assert join_ids(["c", "b"], ["b", "c"]) == ["c", "b"]
+
+
+def test_nested_mask_ids(tmp_path):
+    (tmp_path / "cls").mkdir()
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "cls" / "a.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "b.png")
+    m = load_masks(tmp_path, (2, 2), resolution=16)
+    assert set(m) == {"cls/a", "b"} and m["cls/a"].all() and not m["b"].any()

@@ -1,6 +1,7 @@
 """Foreground/background masks for SRSS: PNGs keyed by image id, patch rules, the official filter, id join.
 
-A mask file ``<id>.png`` (the file stem is the image id) holds a per-pixel mask of the image as fed to
+A mask file ``<id>.png`` (its path relative to the mask folder, without the extension, is the image
+id; ids with ``/`` live in subfolders) holds a per-pixel mask of the image as fed to
 the encoders (the 256-px centre crop). It is binarised with ``> 0``, resized with **nearest neighbour**
 (no ringing, unlike a bicubic resize) to ``(H·p, W·p)`` pixels with ``p = round(resolution / H)``, and
 cut into ``p×p`` patches. A patch is foreground if **any** of its pixels is (``rule="any"``, the
@@ -82,17 +83,20 @@ def patch_mask(mask: torch.Tensor, grid: tuple[int, int], *, rule: str = "any", 
 
 
 def mask_files(folder: str | Path) -> dict[str, Path]:
-    """``{id: path}`` of the PNG masks in ``folder`` (id = file stem)."""
+    """``{id: path}`` of the PNG masks under ``folder`` (recursive). The id is the path relative to
+    ``folder`` without the extension, with ``/`` separators (``cat/0001.png`` -> ``cat/0001``), the same
+    rule as image folders, so masks for ``builtin`` or class-tree sources sit in matching subfolders."""
     d = Path(folder)
     if not d.is_dir():
         raise InputFileError(f"Mask folder {str(d)!r} does not exist; pass a folder of <image-id>.png masks.")
     files: dict[str, Path] = {}
-    for f in sorted(d.iterdir()):
+    for f in sorted(d.rglob("*")):
         if f.is_file() and f.suffix.lower() in MASK_SUFFIXES:
-            if f.stem in files:
-                raise DataError(f"Mask folder {str(d)!r} has two masks for id {f.stem!r} ({files[f.stem].name}, "
+            key = f.relative_to(d).with_suffix("").as_posix()
+            if key in files:
+                raise DataError(f"Mask folder {str(d)!r} has two masks for id {key!r} ({files[key].name}, "
                                 f"{f.name}); keep one.")
-            files[f.stem] = f
+            files[key] = f
     if not files:
         raise InputFileError(f"Mask folder {str(d)!r} holds no .png masks; masks are <image-id>.png files.")
     return files
