@@ -18,6 +18,17 @@ _LAZY = {
     "CorrelateConfig": "spatialprobe.correlation",
     "reference": "spatialprobe.reference",
     "stats": "spatialprobe.stats",
+    "encoders": "spatialprobe.encoders",
+    "list_encoders": "spatialprobe.encoders",
+    "load_encoder": "spatialprobe.encoders",
+    "metrics": "spatialprobe.metrics",
+    "spatial_metrics": "spatialprobe.metrics",
+    "spatial_norm": "spatialprobe.metrics",
+    "store": "spatialprobe.store",
+    "probe": "spatialprobe.probe",
+    "ProbeConfig": "spatialprobe.probe",
+    "inject": "spatialprobe.inject",
+    "InjectConfig": "spatialprobe.inject",
 }
 
 

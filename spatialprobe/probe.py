@@ -55,7 +55,7 @@ class ProbeConfig:
     weight_decays: Sequence[float] = DEFAULT_WDS
     epochs: int = 10
     min_steps: int = 1000                #: small sets get more epochs so every head sees ≥ this many steps
-    batch_size: int = 256
+    batch_size: int = 128
     momentum: float = 0.9
     seed: int = 0
     device: str = "auto"                 #: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -169,7 +169,7 @@ def check_labels(y: np.ndarray, what: str) -> None:
 
 def fit_heads(x_train, y_train, x_val, y_val, *, lrs: Sequence[float] = DEFAULT_LRS,
               weight_decays: Sequence[float] = DEFAULT_WDS, epochs: int = 10, min_steps: int = 0,
-              batch_size: int = 256, momentum: float = 0.9, seed: int = 0, device: str = "auto",
+              batch_size: int = 128, momentum: float = 0.9, seed: int = 0, device: str = "auto",
               normalize: str = "standardize", n_classes: int | None = None, precision: str = "fp32",
               progress: bool = True) -> ProbeResult:
     """Train one softmax head per (lr, weight decay) pair, all at once, and score each on the val split.

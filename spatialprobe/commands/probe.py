@@ -38,7 +38,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         weight_decays: Optional[str] = typer.Option(None, "--weight-decays", help="Comma-separated weight decays [default: 0,1e-4,1e-3]."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs [default: 10]."),
         min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Small sets get more epochs to reach this many steps [default: 1000]."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Mini-batch [default: 256]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Mini-batch [default: 128]."),
         precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 matrix products [default: fp32]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of split and shuffling [default: 0]."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
