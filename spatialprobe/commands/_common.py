@@ -35,3 +35,13 @@ def split_list(value: str | None) -> list[str] | None:
 def quiet_warnings_to_stderr() -> None:
     """Library warnings (e.g. dropped NaN rows) go to stderr as 'warning: ...'."""
     logging.getLogger("spatialprobe").setLevel(logging.INFO)
+
+
+def config_option():
+    """The ``--config`` option every command shares (precedence: defaults < file < flags)."""
+    return typer.Option(None, "--config", help="YAML/JSON file of options; flags override it.")
+
+
+def device_option():
+    """The ``--device`` option of commands that run a model."""
+    return typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [default: auto].")

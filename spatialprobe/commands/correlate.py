@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list
+from ._common import cli_errors, split_list, config_option
 
 
 def _print_table(df) -> None:
@@ -34,7 +34,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the bootstrap and permutation test [default: 0]."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: correlations.csv, config.json, correlation_panel.png/.pdf."),
         no_figure: bool = typer.Option(False, "--no-figure", help="Skip the figure."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Correlate encoder properties (x) with generation quality (y): Pearson r with a bootstrap CI,
         permutation p, Spearman, Kendall, leave-one-out and leave-one-family-out ranges, and the paper's

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors
+from ._common import cli_errors, config_option, device_option
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -30,12 +30,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         no_prefix: bool = typer.Option(False, "--no-prefix", help="Do not store prefix (CLS) tokens."),
         force: bool = typer.Option(False, "--force", help="Replace an existing store whose fingerprint differs."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Exit 0 even when some images could not be decoded."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [default: auto]."),
+        device: Optional[str] = device_option(),
         random_init: bool = typer.Option(False, "--random-init",
                                          help="Random weights instead of a checkpoint (smoke tests, benchmarks); recorded in the fingerprint."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of --random-init [default: 0]."),
         weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder with checkpoints (nothing is downloaded)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Extract patch tokens (and pooled / CLS features) of one or more encoders into a feature store:
         id-keyed safetensors shards plus a manifest with the config, versions, git revision, weights

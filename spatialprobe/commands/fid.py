@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list
+from ._common import cli_errors, split_list, config_option
 
 _WEIGHTS_HELP = ("Inception weights file (weights-inception-2015-12-05-6726825d.pth) or a folder holding it "
                  "[default: $SPATIALPROBE_WEIGHTS, then $TORCH_HOME/hub/checkpoints]. Never downloaded.")
@@ -39,7 +39,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         random_init: bool = typer.Option(False, "--random-init", help="Random-init Inception (plumbing tests only: "
                                          "the numbers mean nothing)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Score generated samples with the ADM evaluator's protocol: FID, sFID, IS (splits of 5000),
         precision/recall (k = 3), on torch-fidelity's port of the TF-2015 Inception. The result records the
@@ -88,7 +88,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         random_init: bool = typer.Option(False, "--random-init", help="Random-init Inception (plumbing tests only)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the arr_0 subset [default: 0]."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Build an ADM-format reference .npz from real images: mu/sigma (pool_3) and mu_s/sigma_s (sFID) over
         all images, arr_0 = up to --pr-images images for precision/recall, plus a meta record.

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import cli_errors, split_list
+from ._common import cli_errors, split_list, config_option
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -43,7 +43,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder name for a single token file without one."),
         chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Images read per chunk (default: 256)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:i] (default: cpu)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Spatial-structure metrics of patch tokens (LDS, CDS, SRSS, RMSC): one value per image, then per
         encoder the nan-mean, std, n and NaN count. Masks join features by image id.

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list
+from ._common import cli_errors, split_list, config_option, device_option
 
 
 def _floats(value: Optional[str], what: str) -> Optional[list[float]]:
@@ -41,10 +41,10 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Mini-batch [default: 128]."),
         precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 matrix products [default: fp32]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of split and shuffling [default: 0]."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
+        device: Optional[str] = device_option(),
         ignore_missing: bool = typer.Option(False, "--ignore-missing", help="Skip feature ids that have no label."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: result.json, grid.csv, config.json."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Linear-probe cached features: multinomial logistic regression on mean-pooled patch tokens (the
         official none-mean), the whole lr × weight-decay grid trained at once as one batched set of heads.
@@ -83,14 +83,14 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         masks: Optional[str] = typer.Option(None, "--masks", help="Folder of <id>.png FG masks for SRSS (NaN without)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Image resolution [default: 256]."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Encoder batch [default: 32]."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
+        device: Optional[str] = device_option(),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Where the encoder weights are."),
         random_init: bool = typer.Option(False, "--random-init", help="Random-init encoder (no weights; smoke tests)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Probe epochs [default: 10]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed [default: 0]."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: injection.csv/.png/.pdf, result.json, config.json."),
         no_figure: bool = typer.Option(False, "--no-figure", help="Skip the figure."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Global-information injection ablation: mix the CLS token (mean token for encoders without one) into
         every patch token for each α and report LP accuracy and LDS/CDS/SRSS/RMSC per α. The encoder runs once;

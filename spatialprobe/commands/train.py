@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list
+from ._common import cli_errors, split_list, config_option, device_option
 
 
 def _floats(value: str | None, name: str) -> list[float] | None:
@@ -82,14 +82,14 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes (default: from the labels)."),
         max_images: Optional[int] = typer.Option(None, "--max-images", help="Use only the first N images."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+        device: Optional[str] = device_option(),
         precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA), bf16 or fp32."),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
         log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
         ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 1000; always at the end)."),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default 2)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         from ..config import load_config_file
         from ..train.loop import train
@@ -133,10 +133,10 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                                "family's time (SiT t=1 noise, default 0,1; JiT t=0 noise, default 0.1,1)."),
         weights: Optional[str] = typer.Option(None, "--weights", help="ema (default), ema2 or model."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+        device: Optional[str] = device_option(),
         no_png: bool = typer.Option(False, "--no-png", help="Write only samples.npz."),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with the VAE weights (SiT)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options; flags override it."),
+        config: Optional[Path] = config_option(),
     ) -> None:
         """Generate images from a training run: ADM-style samples.npz (arr_0 uint8 N,H,W,3 and labels) and PNGs.
 
