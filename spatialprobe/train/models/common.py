@@ -86,3 +86,46 @@ def xavier_conv(conv: nn.Conv2d) -> None:
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
+
+
+class DiffusionBackbone(nn.Module):
+    """What SiT and JiT share: grid and null class, the DiT-style init and unpatchify.
+
+    Subclasses set ``cfg`` (with ``grid``, ``patch``, ``in_channels``, ``num_classes``), ``x_embedder``,
+    ``t_embedder``, ``y_embedder``, ``blocks`` (adaLN), ``final_layer`` and ``projectors``, and list their
+    patch-embedding convolutions in :meth:`_embed_convs`.
+    """
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.cfg.grid
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def _embed_convs(self) -> list[nn.Conv2d]:
+        raise NotImplementedError
+
+    def _init_weights(self) -> None:
+        xavier_linears(self)
+        for conv in self._embed_convs():
+            xavier_conv(conv)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        for proj in self.projectors:  # the conv keeps PyTorch's default init, as upstream
+            if hasattr(proj, "conv"):
+                proj.conv.reset_parameters()
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        (gh, gw), p, c = self.grid, self.cfg.patch, self.cfg.in_channels
+        x = x.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, gh * p, gw * p)

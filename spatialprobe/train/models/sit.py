@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..repa import build_projector
-from .common import LabelEmbedder, TimestepEmbedder, drop_labels, modulate, sincos_2d, xavier_conv, xavier_linears
+from .common import DiffusionBackbone, LabelEmbedder, TimestepEmbedder, drop_labels, modulate, sincos_2d
 
 
 @dataclass
@@ -95,7 +95,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class SiT(nn.Module):
+class SiT(DiffusionBackbone):
     """SiT with REPA projectors at block ``encoder_depth``.
 
     ``forward(x, t, y)`` returns ``(v̂, zs)``: the predicted velocity ``[B, C, H, W]`` and one projected token
@@ -118,35 +118,8 @@ class SiT(nn.Module):
         self.final_layer = FinalLayer(h, p * p * cfg.in_channels)
         self._init_weights()
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.cfg.grid
-
-    @property
-    def null_class(self) -> int:
-        return self.cfg.num_classes
-
-    def _init_weights(self) -> None:
-        xavier_linears(self)
-        xavier_conv(self.x_embedder)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for blk in self.blocks:
-            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
-            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
-        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
-        for proj in self.projectors:  # the conv keeps PyTorch's default init, as upstream
-            if hasattr(proj, "conv"):
-                proj.conv.reset_parameters()
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        (gh, gw), p, c = self.grid, self.cfg.patch, self.cfg.in_channels
-        x = x.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(b, c, gh * p, gw * p)
+    def _embed_convs(self) -> list[nn.Conv2d]:
+        return [self.x_embedder]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
