@@ -28,7 +28,7 @@ class CorrelateConfig:
     x: list[str] = field(default_factory=lambda: list(DEFAULT_X))
     y: list[str] = field(default_factory=lambda: list(DEFAULT_Y))
     family_col: str | None = None  #: default: ``family`` when the table has it
-    id_col: str | None = None  #: names rows in warnings and the figure; default ``encoder``/``id`` if present
+    id_col: str | None = None  #: names dropped rows in warnings; default ``point_id``/``id``/``encoder`` if present
     control: str | None = None  #: partial correlation controlling for this column
     n_resamples: int = 10_000
     confidence: float = 0.95
@@ -95,10 +95,9 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
         df = read_table(cfg.table)
         source = {"table": cfg.table, "sha256": sha256_file(cfg.table)}
     family_col = _pick(df, cfg.family_col, ("family",))
-    id_col = _pick(df, cfg.id_col, ("encoder", "id", "point_id"))
-    label_col = next((c for c in ("point_id", "id", "encoder") if c in df.columns), None)
+    id_col = _pick(df, cfg.id_col, ("point_id", "id", "encoder"))
     result = correlation_table(df, cfg.x, cfg.y, family_col=family_col, control=cfg.control,
-                               id_col=label_col or id_col, n_resamples=cfg.n_resamples,
+                               id_col=id_col, n_resamples=cfg.n_resamples,
                                confidence=cfg.confidence, seed=cfg.seed)
     if cfg.out:
         out = Path(cfg.out)
