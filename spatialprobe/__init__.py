@@ -7,8 +7,7 @@ function that needs them is called.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -32,11 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        mod = importlib.import_module(_LAZY[name])
-        return mod if mod.__name__.endswith("." + name) else getattr(mod, name)
-    raise AttributeError(f"module 'spatialprobe' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

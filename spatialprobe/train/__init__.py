@@ -3,8 +3,7 @@ explicit presets, one training loop and the samplers."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "TrainConfig": "spatialprobe.train.config",
@@ -17,8 +16,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        mod = importlib.import_module(_LAZY[name])
-        return mod if mod.__name__.endswith("." + name) else getattr(mod, name)
-    raise AttributeError(f"module 'spatialprobe.train' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
