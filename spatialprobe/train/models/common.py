@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -86,6 +87,28 @@ def xavier_conv(conv: nn.Conv2d) -> None:
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
+
+
+@dataclass
+class BackboneConfig:
+    """Fields SiT and JiT share; each family's config sets its own defaults and adds its own fields."""
+
+    depth: int = 12
+    hidden: int = 768
+    heads: int = 12
+    patch: int = 2
+    input_size: int = 32  #: latent side (SiT) or pixel side (JiT)
+    in_channels: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    encoder_depth: int = 8  #: REPA alignment after this block
+    z_dims: list[int] = field(default_factory=list)  #: teacher widths; one projector each
+    projector: str = "mlp"
+    kernel_size: int = 3
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.input_size // self.patch, self.input_size // self.patch)
 
 
 class DiffusionBackbone(nn.Module):

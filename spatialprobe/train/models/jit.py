@@ -9,41 +9,28 @@ Time convention: ``z_t = t·x + (1 − t)·ε`` (t = 0 is noise, t = 1 is data);
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..repa import build_projector
-from .common import DiffusionBackbone, LabelEmbedder, TimestepEmbedder, drop_labels, modulate, sincos_2d
+from .common import BackboneConfig, DiffusionBackbone, LabelEmbedder, TimestepEmbedder, drop_labels, modulate, sincos_2d
 
 
 @dataclass
-class JiTConfig:
+class JiTConfig(BackboneConfig):
     """Shape of a JiT model (``input_size`` in pixels)."""
 
-    depth: int = 12
-    hidden: int = 768
-    heads: int = 12
     patch: int = 16
     input_size: int = 256
     in_channels: int = 3
     bottleneck: int = 128
     in_context_len: int = 32
     in_context_start: int = 4
-    mlp_ratio: float = 4.0
-    num_classes: int = 1000
-    encoder_depth: int = 8
     attn_drop: float = 0.0
     proj_drop: float = 0.0
-    z_dims: list[int] = field(default_factory=list)
-    projector: str = "mlp"
-    kernel_size: int = 3
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (self.input_size // self.patch, self.input_size // self.patch)
 
 
 VARIANTS: dict[str, dict] = {

@@ -7,37 +7,24 @@ Time convention: ``x_t = (1 − t)·x + t·ε`` (t = 1 is noise), target ``v = �
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..repa import build_projector
-from .common import DiffusionBackbone, LabelEmbedder, TimestepEmbedder, drop_labels, modulate, sincos_2d
+from .common import BackboneConfig, DiffusionBackbone, LabelEmbedder, TimestepEmbedder, drop_labels, modulate, sincos_2d
 
 
 @dataclass
-class SiTConfig:
+class SiTConfig(BackboneConfig):
     """Shape of a SiT model. ``input_size`` is the latent side (32 for 256-px images through an f8 VAE)."""
 
     depth: int = 28
     hidden: int = 1152
     heads: int = 16
-    patch: int = 2
-    input_size: int = 32
-    in_channels: int = 4
-    mlp_ratio: float = 4.0
-    num_classes: int = 1000
-    encoder_depth: int = 8
     qk_norm: bool = False
-    z_dims: list[int] = field(default_factory=list)  #: teacher widths; one projector each
-    projector: str = "mlp"
-    kernel_size: int = 3
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (self.input_size // self.patch, self.input_size // self.patch)
 
 
 VARIANTS: dict[str, dict] = {
