@@ -41,14 +41,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(cls: type[T], file: str | Path | None = None, **overrides: Any) -> T:
-    """Build ``cls`` from its defaults, then a config file, then the non-None ``overrides``.
+def resolve(cls: type[T], file: str | Path | T | None = None, **overrides: Any) -> T:
+    """Build ``cls`` from its defaults, then a config file (or a ready ``cls`` instance), then the
+    non-None ``overrides``.
 
     Unknown keys in the file are an error naming them and the valid keys.
     """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
-    if file is not None:
+    if isinstance(file, cls):
+        values.update({f: getattr(file, f) for f in names})
+    elif file is not None:
         data = {str(k).replace("-", "_"): v for k, v in load_config_file(file).items()}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -152,20 +152,23 @@ def inject(config: str | Path | InjectConfig | None = None, **overrides: Any):
 
     from .config import resolve, write_config
 
-    if isinstance(config, InjectConfig):
-        cfg = InjectConfig(**{**asdict(config), **{k: v for k, v in overrides.items() if v is not None}})
-    else:
-        cfg = resolve(InjectConfig, config, **overrides)
+    cfg = resolve(InjectConfig, config, **overrides)
+
+    mask_paths = None
+    if cfg.masks is not None:
+        from .metrics.masks import mask_files
+
+        mask_paths = mask_files(cfg.masks)  # scanned once; files are read per chunk
 
     def masks_for(cids, grid):
-        if cfg.masks is None:
+        if mask_paths is None:
             return None
         import torch
 
-        from .metrics.masks import load_masks
+        from .metrics.masks import patch_mask, read_mask
 
-        got = load_masks(cfg.masks, grid, ids=cids)  # ids without a mask get an empty FG (SRSS NaN)
-        return torch.stack([got.get(i, torch.zeros(grid[0] * grid[1], dtype=torch.bool)) for i in cids])
+        empty = torch.zeros(grid[0] * grid[1], dtype=torch.bool)  # no mask -> empty FG -> SRSS NaN
+        return torch.stack([patch_mask(read_mask(mask_paths[i]), grid) if i in mask_paths else empty for i in cids])
 
     if cfg.features:
         from . import store

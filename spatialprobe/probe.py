@@ -413,10 +413,7 @@ def probe(config: str | Path | ProbeConfig | None = None, **overrides: Any) -> P
     """
     from .config import resolve, write_config
 
-    if isinstance(config, ProbeConfig):
-        cfg = ProbeConfig(**{**asdict(config), **{k: v for k, v in overrides.items() if v is not None}})
-    else:
-        cfg = resolve(ProbeConfig, config, **overrides)
+    cfg = resolve(ProbeConfig, config, **overrides)
     if not cfg.features:
         raise ConfigError("no feature store given; pass --features STORE (made by `spatialprobe extract`).")
     st = _open_store(cfg.features)
