@@ -431,10 +431,9 @@ def collection_table(cfg: OfficialConfig, *, join: str = "id") -> pd.DataFrame:
             rec["n_images"] = len(res["ids"])
         rows.append(rec)
     df = pd.DataFrame(rows)
-    if cfg.model == "sit-xl-2" and not cfg.corrected_fid_names and {"spatialpe-vit-l", "langpe-vit-l"} & set(encs):
-        if "spatialpe-vit-l" in encs:
-            log.warning("spatialpe-vit-l is scored with LangPE-L's FID file, as in the official script "
-                        "(irepa-spec §9.5); corrected_fid_names=True reads %s", CORRECTED_XL["spatialpe-vit-l"])
+    if join == "id" and cfg.model == "sit-xl-2" and not cfg.corrected_fid_names and "spatialpe-vit-l" in encs:
+        log.warning("spatialpe-vit-l is scored with LangPE-L's FID file, as in the official script "
+                    "(irepa-spec §9.5); corrected_fid_names=True reads %s", CORRECTED_XL["spatialpe-vit-l"])
     return df
 
 
@@ -522,7 +521,7 @@ def correlate_official(*, out: str | Path | None = None, n_resamples: int = 10_0
                            "radii": "lds_near=1,lds_far=6,cds_dmax=8,srss_pos=1,srss_neg=6",
                            "masks": f"{IMAGES_PROTOCOL},rule={cfg.rule},filter>={k}/{k}"}
         cfg_path.write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
-    for n in notes:
-        log.info("%s", n)
+    for n in notes:  # returned and recorded in config.json; the CLI prints them
+        log.debug("%s", n)
     return OfficialResult(table=table, correlations=corr, positional=positional, positional_values=values,
                           notes=notes)

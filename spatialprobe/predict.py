@@ -291,11 +291,24 @@ def load_reference(name: str) -> tuple[pd.DataFrame, dict[str, str | None], dict
                            f"nor a file.{did_you_mean(name, _reference.names())}")
 
 
-def protocol_caveats(new: dict[str, str | None], ref: dict[str, str | None]) -> list[str]:
+def relevant_fields(properties) -> list[str]:
+    """Protocol fields a prediction from ``properties`` depends on: images and resolution always, radii
+    for LDS/CDS/SRSS, masks for SRSS."""
+    props = set(properties)
+    out = ["images", "resolution"]
+    if props & {"lds", "cds", "srss"}:
+        out.append("radii")
+    if "srss" in props:
+        out.append("masks")
+    return out
+
+
+def protocol_caveats(new: dict[str, str | None], ref: dict[str, str | None],
+                     fields: list[str] | tuple[str, ...] = PROTOCOL_FIELDS) -> list[str]:
     """One sentence per protocol field where the new encoders differ from the reference (or where either
     side did not record it)."""
     out = []
-    for k in PROTOCOL_FIELDS:
+    for k in fields:
         a, b = new.get(k), ref.get(k)
         if a is None and b is None:
             out.append(f"{k}: recorded for neither the new encoders nor the reference; the comparison is unchecked.")
@@ -383,7 +396,7 @@ def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Pat
                 log.info("%s: %s = %.4g lies outside the reference range [%.4g, %.4g] (extrapolation)",
                          enc, col, x0[j], xv.min(), xv.max())
     pred = pd.DataFrame(rows, columns=list(COLUMNS) + list(EXTRA_COLUMNS))
-    caveats = protocol_caveats(proto_new, proto_ref)
+    caveats = protocol_caveats(proto_new, proto_ref, relevant_fields(pred["x"].unique()))
     if caveats:
         log.warning("the new encoders' protocol differs from the reference's or is unrecorded (%s): the x-axes "
                     "may not be comparable", ", ".join(c.split(":")[0].split(" ")[0] for c in caveats))

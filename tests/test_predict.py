@@ -130,7 +130,19 @@ def test_metrics_folder_input_records_protocol(tmp_path):
     assert res.protocol_new["radii"] == "lds_near=1,lds_far=3,cds_dmax=8,srss_pos=1,srss_neg=6"
     assert res.protocol_new["masks"] == "none"
     assert any(c.startswith("radii differ") for c in res.caveats)
-    assert any(c.startswith("masks differ") for c in res.caveats)
+    assert not any(c.startswith("masks") for c in res.caveats)  # no SRSS predicted: masks are irrelevant
+
+
+def test_user_reference_table(tmp_path):
+    ref = reference.load("sit-xl-100k")
+    ref[["encoder", "lds", "gfid"]].iloc[:20].to_csv(tmp_path / "ref.csv", index=False)
+    held = ref.iloc[20:][["encoder", "lds"]]
+    res = predict(held, reference=str(tmp_path / "ref.csv"), x=["lds"], n_boot=500)
+    p = res.predictions
+    assert len(p) == 7 and (p["n_ref"] == 20).all() and p["rank"].between(1, 21).all()
+    assert res.caveats and all("recorded for neither" in c for c in res.caveats)
+    with pytest.raises(ColumnError, match="lacks"):
+        predict(held, reference=str(tmp_path / "ref.csv"), x=["lds", "cds"])
 
 
 def test_bad_inputs_give_one_clear_error(tmp_path):

@@ -53,7 +53,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         typer.echo(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         typer.echo(f"(rank r = the predicted gFID would be r-th best among the {n_ref} reference encoders)")
         if res.caveats:
-            typer.echo("\ncaveat: the protocol differs from the reference's, so the x-axes may not be comparable:")
+            typer.echo("\ncaveat: the protocol differs from the reference's or was not recorded, so the x-axes "
+                       "may not be comparable:")
             for c in res.caveats:
                 typer.echo(f"  - {c}")
         typer.echo(f"\nwrote {out / 'predictions.csv'}, {out / 'config.json'}"
