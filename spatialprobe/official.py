@@ -394,6 +394,7 @@ class OfficialConfig:
     rule: str = "any"
     min_fraction: float = 0.25
     x: list[str] = field(default_factory=lambda: list(PROPERTIES))
+    control: str | None = None  #: partial correlation controlling for this column (e.g. lp_acc)
     chunk_size: int = 256
     device: str = "cpu"
 
@@ -404,21 +405,23 @@ class OfficialConfig:
             raise ConfigError(f"model={self.model!r}: use one of {', '.join(MODELS)}.")
 
 
-def collection_table(cfg: OfficialConfig, *, join: str = "id") -> pd.DataFrame:
+def collection_table(cfg: OfficialConfig, *, join: str = "id", collection: Collection | None = None) -> pd.DataFrame:
     """One row per encoder: encoder, family, lp_acc, gfid, lds, cds, srss, rmsc, n_images (and the FID
     file read). ``join="position"`` reproduces the official script's positional feature/mask pairing
     (metrics NaN where it cannot run)."""
     from .metrics.spatial import aggregate
     from .reference import encoder_families, family_of
 
-    col = Collection(cfg.official)
+    col = collection if collection is not None else Collection(cfg.official)
     encs = col.select(cfg.encoders)
     fams = encoder_families()
     metrics = tuple(m for m in ("lds", "cds", "srss", "rmsc") if m in cfg.x)
+    from tqdm.auto import tqdm
+
     rows = []
-    for enc in encs:
+    for enc in tqdm(encs, desc=f"official collection ({join} join)", unit="enc", disable=len(encs) < 4):
         rec: dict[str, Any] = {"encoder": enc, "family": family_of(enc, fams)}
-        if "lp_acc" in cfg.x:
+        if "lp_acc" in cfg.x or cfg.control == "lp_acc":
             rec["lp_acc"] = col.lp_acc(enc)
         rec["gfid"] = col.gfid(enc, cfg.steps, cfg.model, corrected=cfg.corrected_fid_names)
         rec["fid_file"] = fid_file_name(enc, cfg.model, corrected=cfg.corrected_fid_names)
@@ -461,11 +464,15 @@ def correlate_official(*, out: str | Path | None = None, n_resamples: int = 10_0
     from .correlation import correlate
 
     cfg = resolve(OfficialConfig, None, **options)
-    table = collection_table(cfg, join="id")
+    col = Collection(cfg.official)
+    log.info("features join masks by image id: row i of data/features/<enc>.pt = data/images/i.png = "
+             "data/masks/i.png")
+    table = collection_table(cfg, join="id", collection=col)
     xs = [c for c in cfg.x if c in table.columns]
-    corr = correlate(table, x=xs, y=["gfid"], family_col="family", id_col="encoder", n_resamples=n_resamples,
-                     confidence=confidence, seed=seed, out=str(out) if out else None, figure=figure)
-    pos = collection_table(cfg, join="position")
+    corr = correlate(table, x=xs, y=["gfid"], family_col="family", id_col="encoder", control=cfg.control,
+                     n_resamples=n_resamples, confidence=confidence, seed=seed, out=str(out) if out else None,
+                     figure=figure)
+    pos = collection_table(cfg, join="position", collection=col)
     metrics = [m for m in xs if m != "lp_acc"]
     vals = []
     for m in metrics:
@@ -483,8 +490,9 @@ def correlate_official(*, out: str | Path | None = None, n_resamples: int = 10_0
         prow.append({"x": m, "r_by_id": r_id, "r_by_position": r_pos, "difference": r_pos - r_id,
                      "n_by_position": int(ok.sum())})
     positional = pd.DataFrame(prow)
-    notes = []
-    col = Collection(cfg.official)
+    notes = ["features join masks by image id (row i of each tensor = image i = masks/i.png); "
+             f"{int(table['n_images'].iloc[0]) if 'n_images' in table else '?'} of {len(col.mask_files)} images "
+             "pass the official >= 64 FG / >= 64 BG patch filter."]
     lex = [f.name for f in sorted(col.mask_files.values(), key=lambda f: f.name)]
     num = [f.name for f in col.mask_files.values()]
     if lex != num:

@@ -58,10 +58,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
             from ..errors import ConfigError
             from ..official import correlate_official
 
-            if reference or table:
-                raise ConfigError("--official reads its own table; drop --reference/--table.")
+            if reference or table or y or family_col:
+                raise ConfigError("--official reads its own table (y = gfid, families from the encoder ids); "
+                                  "drop --reference/--table/--y/--family-col.")
 
             res = correlate_official(official=str(official), steps=steps, model=model, x=split_list(x),
+                                     control=control,
                                      n_resamples=n_resamples or 10_000, confidence=confidence or 0.95,
                                      seed=seed or 0, out=str(out), figure=not no_figure)
             _print_table(res.correlations)

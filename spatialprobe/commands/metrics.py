@@ -41,7 +41,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         allow_missing: Optional[bool] = typer.Option(None, "--allow-missing",
                                                      help="Skip ids that have features but no mask (or the reverse) "
                                                           "instead of failing."),
-        encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder name for a single token file without one."),
+        encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder name for a single token file without one; with "
+                                                                "official:DIR, the encoders to read (comma list)."),
         chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Images read per chunk (default: 256)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:i] (default: cpu)."),
         config: Optional[Path] = config_option(),
