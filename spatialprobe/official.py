@@ -264,7 +264,7 @@ def _radii_label(s: dict[str, int]) -> str:
 def encoder_metrics(col: Collection, encoder: str, *, settings: list[dict[str, int]] | None = None,
                     metrics: tuple[str, ...] = ("lds", "cds", "srss", "rmsc"), join: str = "id",
                     rule: str = "any", min_fraction: float = 0.25, chunk_size: int = 256,
-                    device: str = "cpu") -> dict[str, Any]:
+                    device: str = "cpu", features: torch.Tensor | None = None) -> dict[str, Any]:
     """Per-image metrics of one encoder on the images kept by the official filter.
 
     ``join="id"``: feature row ``int(id)`` with mask ``<id>.png`` (correct). ``join="position"``: the
@@ -275,7 +275,7 @@ def encoder_metrics(col: Collection, encoder: str, *, settings: list[dict[str, i
     from .metrics.masks import official_filter
     from .metrics.spatial import OFFICIAL_RADII, spatial_metrics_multi
 
-    x = col.features(encoder)
+    x = col.features(encoder) if features is None else features
     n, t = int(x.shape[0]), int(x.shape[1])
     side = int(round(t ** 0.5))
     if side * side != t:
@@ -336,14 +336,12 @@ def official_metrics(cfg) -> Any:
         todo.extend((col, e) for e in col.select(encs))
     per_rows, summary, inputs, radii, mask_ids = [], [], [], set(), set()
     for col, enc in tqdm(todo, desc="official metrics", unit="enc", disable=len(todo) < 2):
-        grid_guess = (16, 16)
-        settings = [{**_base_radii(cfg, grid_guess), **o} for o in sweeps]
+        x = col.features(enc)
+        side = int(round(x.shape[1] ** 0.5))  # the paper radii depend on the grid
+        settings = [{**_base_radii(cfg, (side, side)), **o} for o in sweeps]
         res = encoder_metrics(col, enc, settings=settings, metrics=tuple(cfg.metrics), rule=cfg.mask_rule,
-                              min_fraction=cfg.mask_min_fraction, chunk_size=cfg.chunk_size, device=cfg.device)
-        if tuple(res["grid"]) != grid_guess:  # radii of the paper variant depend on the grid
-            settings = [{**_base_radii(cfg, res["grid"]), **o} for o in sweeps]
-            res = encoder_metrics(col, enc, settings=settings, metrics=tuple(cfg.metrics), rule=cfg.mask_rule,
-                                  min_fraction=cfg.mask_min_fraction, chunk_size=cfg.chunk_size, device=cfg.device)
+                              min_fraction=cfg.mask_min_fraction, chunk_size=cfg.chunk_size, device=cfg.device,
+                              features=x)
         n_total = len(col.mask_files)
         log.info("%s: %d of %d images pass the official >= %d FG / >= %d BG patch filter", enc, len(res["ids"]),
                  n_total, min_patches(res["grid"][0] * res["grid"][1], cfg.mask_min_fraction),

@@ -165,10 +165,12 @@ def test_bad_inputs_give_one_clear_error(replica, tmp_path):
     torch.save(feats["pe-vit-g"][:N - 1], bad / "data" / "features" / "pe-vit-g.pt")
     res = runner.invoke(app, ["metrics", "--features", f"official:{bad}:mae-vit-l", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "hold a dict, not a tensor" in res.output
-    with pytest.raises(DataError, match="19 feature rows .* but 20 masks"):
-        from spatialprobe.official import encoder_metrics
-
-        encoder_metrics(Collection(bad), "pe-vit-g")
+    res = runner.invoke(app, ["metrics", "--features", f"official:{bad}:pe-vit-g", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "19 feature rows in data/features/pe-vit-g.pt but 20 masks" in res.output
+    assert "Traceback" not in res.output
+    (bad / "data" / "masks" / "3.png").rename(bad / "data" / "masks" / "x3.png")
+    with pytest.raises(DataError, match="not an image index"):
+        Collection(bad).mask_files
     with pytest.raises(InputFileError, match="not an official collection"):
         Collection(tmp_path)
 

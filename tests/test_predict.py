@@ -164,3 +164,17 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
 def test_help_has_example():
     res = runner.invoke(app, ["predict", "--help"])
     assert res.exit_code == 0 and "spatialprobe predict --table" in res.output
+
+
+def test_protocol_ids_come_from_the_extraction_record(tmp_path):
+    """images and resolution are read from the stores' manifests behind a metrics folder."""
+    from spatialprobe.extract import extract
+    from spatialprobe.metrics import compute_metrics
+
+    extract(encoder="pixels", images="builtin", limit=4, out=str(tmp_path / "st"), device="cpu")
+    stores = [str(p.parent) for p in (tmp_path / "st").rglob("manifest.json")]
+    compute_metrics(features=stores, metrics=["lds", "rmsc"], out=str(tmp_path / "m"))
+    proto = predict(str(tmp_path / "m"), x=["lds", "rmsc"], n_boot=500, figure=False)
+    assert proto.protocol_new["images"].startswith("builtin:") and proto.protocol_new["resolution"] == "256"
+    assert proto.protocol_new["radii"] == "lds_near=1,lds_far=6,cds_dmax=8,srss_pos=1,srss_neg=6"
+    assert [c.split(" ")[0] for c in proto.caveats] == ["images"]  # builtin photos vs the iREPA collection
