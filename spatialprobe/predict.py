@@ -229,7 +229,8 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
     """The new encoders' properties (one row per encoder), their protocol ids and a source record.
 
     ``table`` is a CSV/parquet file with an ``encoder`` column, or a folder written by
-    ``spatialprobe metrics`` (``summary.csv`` + ``config.json``) or by a study (``results.csv``).
+    ``spatialprobe metrics`` (``summary.csv`` + ``config.json``), by ``correlate --official``
+    (``official_table.csv``) or by a study (``results.csv``).
     """
     p = Path(table)
     if not p.exists():
@@ -237,15 +238,16 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
                              "'encoder' column or a `spatialprobe metrics` output folder.")
     proto: dict[str, str | None] = {k: None for k in PROTOCOL_FIELDS}
     if p.is_dir():
-        for name in ("results.csv", "summary.csv"):
+        for name in ("results.csv", "official_table.csv", "summary.csv"):
             if (p / name).is_file():
                 df = _read_any(p / name)
                 proto = metrics_protocol(p, df)
                 source = {"folder": str(p), "file": name, "sha256": sha256_file(p / name)}
                 break
         else:
-            raise InputFileError(f"Folder {str(p)!r} holds neither summary.csv (a `spatialprobe metrics` output) "
-                                 "nor results.csv (a study); pass one of those or a CSV file.")
+            raise InputFileError(f"Folder {str(p)!r} holds no summary.csv (a `spatialprobe metrics` output), "
+                                 "official_table.csv (`correlate --official`) or results.csv (a study); pass one "
+                                 "of those or a CSV file.")
         if "setting" in df.columns and df["setting"].nunique() > 1:
             default = df[df["setting"] == "default"]
             if default.empty:

@@ -122,6 +122,11 @@ def test_correlate_official_equals_correlate_table(replica, tmp_path):
     assert "positional" in res.output and "lexicographically" in res.output
     cfg = json.loads((tmp_path / "off" / "config.json").read_text())
     assert cfg["input"]["official"] == str(root) and cfg["protocol"]["images"] == "irepa-collection"
+    # the recomputed collection serves as a predict reference with its protocol recorded
+    from spatialprobe.predict import predict
+
+    pr = predict(exp[["encoder", "lds"]].iloc[:1], reference=str(tmp_path / "off"), x=["lds"], n_boot=500)
+    assert pr.protocol_reference["images"] == "irepa-collection" and pr.predictions["n_ref"].iloc[0] == 5
 
 
 def test_metrics_and_images_official(replica, tmp_path):
