@@ -189,7 +189,10 @@ def _store_protocol(path: str) -> dict[str, str | None]:
     src = m.get("source", {}) or {}
     spec = src.get("spec") or src.get("kind") or "?"
     fp = str(fin.get("source") or "")[:12]
-    return {"images": f"{spec}:{fp}" if fp else spec,
+    images = f"{spec}:{fp}" if fp else spec
+    if src.get("kind") == "irepa-collection":  # extracted from official:DIR, the reference's images
+        images = "irepa-collection"
+    return {"images": images,
             "resolution": None if fin.get("resolution") is None else str(fin["resolution"])}
 
 
