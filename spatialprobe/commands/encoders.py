@@ -27,6 +27,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @ls_app.command("encoders")
     @cli_errors
     def ls_encoders(
+        ids: Optional[list[str]] = typer.Argument(None, help="Only these ids, aliases or variants (BASE@name=value)."),
         family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family, e.g. DINOv2, SAM2, PE-Core."),
         paper27: bool = typer.Option(False, "--paper27", help="Only the 27 encoders of the paper's correlation study."),
         weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", "-w",
@@ -42,19 +43,26 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
           spatialprobe ls encoders --family SAM2
 
           spatialprobe ls encoders --paper27 --weights-dir ~/weights
+
+          spatialprobe ls encoders dinov2-vit-b@mix_cls=0.1 hog@mix_mean=0.25
+
+        A variant (an id with transforms, BASE@name=value: mix_cls, mix_mean, layer, spnorm) is its own row
+        with the base's dim, grid and weights.
         """
-        from ..encoders import list_specs
+        from ..encoders import list_specs, spec
         from ..encoders.spec import aliases
+        from ..encoders.variants import base_spec
         from ..encoders.weights import locate
 
-        rows = list_specs(family=family, paper27=paper27)
+        rows = [spec(i) for i in ids] if ids else list_specs(family=family, paper27=paper27)
         al: dict[str, list[str]] = {}
         for a, i in aliases().items():
             al.setdefault(i, []).append(a)
         typer.echo(f"{'id':<32} {'family':<11} {'dim':>5} {'params':>8} {'grid':>6} {'input':>6} {'27':>3} "
                    f"{'weights':<8} aliases")
         for s in rows:
-            status = "n/a" if s.weight_free else ("present" if locate(s, weights_dir).present else "missing")
+            status = "n/a" if s.weight_free else ("present" if locate(base_spec(s.id), weights_dir).present
+                                                  else "missing")
             params = "-" if not s.params_m else (f"{s.params_m / 1000:.2f}B" if s.params_m >= 1000 else f"{s.params_m:.1f}M")
             grid = f"{s.grid[0]}x{s.grid[1]}"
             typer.echo(f"{s.id:<32} {s.family:<11} {s.embed_dim:>5} {params:>8} {grid:>6} {s.input_res:>6} "
@@ -66,7 +74,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     def weights_cmd(
         weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", "-w",
                                                    help="Folder with checkpoints (default: $SPATIALPROBE_WEIGHTS, then HF/torch caches)."),
-        encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="Only this encoder (id or alias)."),
+        encoder: Optional[str] = typer.Option(None, "--encoder", "-e",
+                                              help="Only this encoder (id, alias or variant BASE@name=value)."),
         family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family."),
         paper27: bool = typer.Option(False, "--paper27", help="Only the paper's 27 encoders."),
         checksum: bool = typer.Option(False, "--checksum", help="Compute the sha256 of present files (slow for big files; cached)."),
@@ -79,8 +88,11 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
           spatialprobe weights --paper27
 
           spatialprobe weights --encoder sam2 --weights-dir ~/weights --checksum
+
+          spatialprobe weights --encoder dinov2-vit-b@mix_cls=0.1   (a variant reads its base's weights)
         """
         from ..encoders import list_specs, spec
+        from ..encoders.variants import base_spec
         from ..encoders.weights import locate, sha256
 
         rows = [spec(encoder)] if encoder else list_specs(family=family, paper27=paper27)
@@ -88,7 +100,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         for s in rows:
             if s.weight_free:
                 continue
-            loc = locate(s, weights_dir)
+            loc = locate(base_spec(s.id), weights_dir)
             if loc.present:
                 n_present += 1
                 sha = sha256(loc.path) if checksum else (s.weights.sha256 or "")

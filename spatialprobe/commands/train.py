@@ -92,7 +92,13 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         config: Optional[Path] = config_option(),
     ) -> None:
         from ..config import load_config_file
+        import logging
+        import os
+
         from ..train.loop import train
+
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the other ranks report only warnings and errors
+            logging.getLogger("spatialprobe").setLevel(logging.WARNING)
 
         cfg_file = config
         if config is not None and config.suffix == ".json":
@@ -115,8 +121,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                     latents_dir=latents_dir, num_classes=num_classes, max_images=max_images, seed=seed,
                     device=device, precision=precision, compile=True if compile_ else None, log_every=log_every,
                     ckpt_every=ckpt_every, workers=workers, resume=True if resume else None)
-        typer.echo(f"step {res.step}: loss {res.loss:.4f}\nwrote {res.out / 'config.json'}, {res.log_path}, "
-                   f"{res.checkpoint}")
+        if res.rank == 0:  # under torchrun every rank returns; one summary
+            typer.echo(f"step {res.step}: loss {res.loss:.4f}\nwrote {res.out / 'config.json'}, {res.log_path}, "
+                       f"{res.checkpoint}")
 
     @app.command("sample")
     @cli_errors

@@ -10,6 +10,8 @@ from .base import Encoder, EncoderOutput
 from .registry import (add_encoder, get, list_encoders, list_specs, load_encoder, register_backend, spec,
                        specs)
 from .spec import EncoderSpec, WeightsSpec, resolve
+from .variants import Variant, VariantEncoder, is_variant, parse_variant
 
 __all__ = ["Encoder", "EncoderOutput", "EncoderSpec", "WeightsSpec", "add_encoder", "get", "list_encoders",
-           "list_specs", "load_encoder", "register_backend", "resolve", "spec", "specs"]
+           "list_specs", "load_encoder", "register_backend", "resolve", "spec", "specs",
+           "Variant", "VariantEncoder", "is_variant", "parse_variant"]

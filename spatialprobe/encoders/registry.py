@@ -52,7 +52,14 @@ def specs() -> dict[str, EncoderSpec]:
 
 
 def spec(name: str) -> EncoderSpec:
-    """The :class:`EncoderSpec` of an id or alias (unknown names fail with the closest matches)."""
+    """The :class:`EncoderSpec` of an id or alias (unknown names fail with the closest matches).
+
+    A variant id (``BASE@name=value``) gives the base's spec with ``id`` set to the canonical variant id.
+    """
+    if "@" in name:
+        from .variants import variant_spec
+
+        return variant_spec(name)
     if name in _EXTRA_SPECS:
         return _EXTRA_SPECS[name]
     return all_specs()[resolve(name)]
@@ -78,7 +85,8 @@ def get(name: str, *, weights_dir: str | os.PathLike | None = None, device: str 
     """Build a zoo encoder ready for ``encoder(uint8 images) -> EncoderOutput``.
 
     Args:
-        name: id or alias (``sam2`` -> ``sam2-vit-s``); see ``spatialprobe ls encoders``.
+        name: id or alias (``sam2`` -> ``sam2-vit-s``), or a variant ``BASE@name=value``; see
+            ``spatialprobe ls encoders``.
         weights_dir: folder with checkpoints (else ``$SPATIALPROBE_WEIGHTS``, HF and torch caches).
             Missing weights raise :class:`~spatialprobe.errors.WeightsNotFoundError`; nothing is downloaded.
         device: ``"cpu"``, ``"cuda"``, ... or ``"meta"`` (architecture only, no memory, no weights).
@@ -89,7 +97,14 @@ def get(name: str, *, weights_dir: str | os.PathLike | None = None, device: str 
 
     Returns:
         An eval-mode, no-grad encoder with ``name``, ``embed_dim``, ``grid``, ``weights_id``, ``spec``.
+        A variant id (``dinov2-vit-b@mix_cls=0.1``, see :mod:`.variants`) gives the base encoder wrapped
+        with the variant's transforms; its ``name`` is the canonical variant id.
     """
+    if "@" in name:
+        from .variants import get_variant
+
+        return get_variant(name, weights_dir=weights_dir, device=device, pretrained=pretrained, layers=layers,
+                           seed=seed, **overrides)
     s = spec(name)
     so = {k: overrides.pop(k) for k in list(overrides) if k in SPEC_OVERRIDES}
     if so:

@@ -42,6 +42,8 @@ class TrainResult:
     log_path: Path
     checkpoint: Path | None
     config: dict[str, Any]
+    rank: int = 0  #: this process's rank under torchrun (only rank 0 writes files and prints)
+    world_size: int = 1
 
 
 # ---------------------------------------------------------------- helpers
@@ -155,6 +157,17 @@ def step_losses(net: nn.Module, family: str, x: torch.Tensor, y: torch.Tensor, *
     return {"loss": repa.total_loss(denoise, proj, proj_coeff), "denoise": denoise, "proj": proj}
 
 
+def _mean_over_ranks(x: torch.Tensor, world: int) -> torch.Tensor:
+    """The mean of ``x`` over the torchrun ranks (``x`` itself in a single process); for logging only."""
+    if world <= 1:
+        return x
+    import torch.distributed as dist
+
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / world
+
+
 class _null:
     def __enter__(self):
         return self
@@ -204,6 +217,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = resolve_device(config.device)
+    own_group = False
     if world > 1:
         import torch.distributed as dist
 
@@ -212,6 +226,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            own_group = True
 
     fam = model_family(config.model)
     pre_cfg = finalize(config)  # validates names early; data-dependent fields below
@@ -302,8 +317,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
             e.load_state_dict(sd)
         opt.load_state_dict(state["opt"])
         start = int(state["step"])
-        log.info("resumed %s at step %d", ckpt, start)
-    elif cfg.resume:
+        if rank == 0:
+            log.info("resumed %s at step %d", ckpt, start)
+    elif cfg.resume and rank == 0:
         log.info("--resume: no checkpoint in %s yet, starting at step 0", out)
 
     log_path = out / "log.jsonl"
@@ -386,10 +402,15 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         step += 1
         last_loss = float(losses["loss"].detach())
         bar.update(1)
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps or step == 1):
+        log_now = step % cfg.log_every == 0 or step == cfg.steps or step == 1
+        if log_now:
+            parts = [losses["loss"], losses["denoise"]] + ([losses["proj"]] if losses["proj"] is not None else [])
+            vals = _mean_over_ranks(torch.stack([v.detach().float() for v in parts]), world)
+            last_loss = float(vals[0])
+        if rank == 0 and log_now:
             now = time.perf_counter()
-            rec = {"step": step, "loss": last_loss, "denoise_loss": float(losses["denoise"].detach()),
-                   "proj_loss": None if losses["proj"] is None else float(losses["proj"].detach()),
+            rec = {"step": step, "loss": last_loss, "denoise_loss": float(vals[1]),
+                   "proj_loss": None if losses["proj"] is None else float(vals[2]),
                    "grad_norm": float(gn), "lr": lr, "steps_per_s": (step - s_last) / max(now - t_last, 1e-9)}
             t_last, s_last = now, step
             with log_path.open("a") as fh:
@@ -400,8 +421,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
                     if k != "step" and v is not None:
                         writer.add_scalar(f"train/{k}", v, step)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            last_ckpt = out / "checkpoints" / f"{step:07d}.pt"  # every rank returns the path rank 0 writes
             if rank == 0:
-                last_ckpt = out / "checkpoints" / f"{step:07d}.pt"
                 _atomic_save({"step": step, "model": model.state_dict(), "emas": [e.state_dict() for e in emas],
                               "opt": opt.state_dict(), "config": cfg.as_dict(), "model_args": model_args,
                               "family": fam, "latent": latent_info}, last_ckpt)
@@ -414,8 +435,12 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     bar.close()
     if writer is not None:
         writer.close()
+    if own_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return TrainResult(out=out, step=step, loss=last_loss, log_path=log_path, checkpoint=last_ckpt,
-                       config=cfg.as_dict())
+                       config=cfg.as_dict(), rank=rank, world_size=world)
 
 
 def load_run(path: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
