@@ -105,10 +105,13 @@ def dist_info() -> tuple[int, int, int]:
     import torch.distributed as dist
 
     global _OWN_GROUP
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)  # NCCL collectives run on this rank's own GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         _OWN_GROUP = True
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return dist.get_rank(), dist.get_world_size(), local_rank
 
 
 _OWN_GROUP = False
@@ -242,13 +245,15 @@ def auto_batch_size(enc, device: str, resolution: int) -> int:
 
 # ----------------------------------------------------------------------------- fingerprints
 
-def store_fingerprint(enc, source: ImageSource, cfg: ExtractConfig, key: str | None = None) -> tuple[str, dict]:
+def store_fingerprint(enc, source: ImageSource, cfg: ExtractConfig, key: str | None = None,
+                      source_record: dict | None = None) -> tuple[str, dict]:
     """The store fingerprint and the record it hashes (``key``: the id the store is filed under,
-    default ``enc.name``)."""
+    default ``enc.name``; ``source_record``: ``source.fingerprint_record()`` when already computed)."""
     rec = {"format": _store.FORMAT_VERSION, "id": key or enc.name, "encoder": _encoder_record(enc, cfg),
            "preprocess": PREPROCESS_ID, "resolution": source.resolution, "dtype": cfg.dtype,
            "pooled_only": bool(cfg.pooled_only), "prefix": bool(cfg.prefix), "shard_size": int(cfg.shard_size),
-           "source": source.fingerprint_record(), "n_images": len(source)}
+           "source": source_record if source_record is not None else source.fingerprint_record(),
+           "n_images": len(source)}
     rec = json.loads(json.dumps(rec, sort_keys=True, default=str))  # exactly what the manifest will hold
     return _store.fingerprint(rec), rec
 
@@ -339,8 +344,10 @@ def _all_ranks_flags(flags: list[int], world: int) -> list[int]:
     import torch.distributed as dist
 
     t = torch.tensor(flags, dtype=torch.int64)
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        t = t.to(f"cuda:{torch.cuda.current_device()}")
     dist.all_reduce(t)
-    return [int(x) for x in t]
+    return [int(x) for x in t.cpu()]
 
 
 def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
@@ -388,8 +395,9 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
     S = int(cfg.shard_size)
     n_shards = max(1, math.ceil(n / S))
     jobs: list[_Job] = []
+    src_rec = source.fingerprint_record()  # hashes the image files once (cached) for every encoder
     for enc, key in zip(encoders, keys):
-        fp, rec = store_fingerprint(enc, source, cfg, key)
+        fp, rec = store_fingerprint(enc, source, cfg, key, src_rec)
         root = Path(out) / _store.store_dirname(key)
         job = _Job(enc=enc, key=key, fp=fp, fp_rec=rec, root=root, final=root / fp[:16])
         job.result = ExtractResult(encoder=key, path=job.final, fingerprint=fp)
