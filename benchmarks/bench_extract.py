@@ -158,7 +158,7 @@ def main_shared(args, device: str) -> None:
           f"{torch.get_num_threads()} torch threads; encoders {', '.join(names)}; {args.n} JPEG files (the built-in "
           f"photographs cycled), {args.rounds} alternating rounds, batch {bs}, {workers} decode workers, device {device}")
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}\n")
-    print("| mode | seconds | images/s (all encoders) | vs separate |\n|---|---:|---:|---:|")
+    print("| mode | seconds | images/s | vs separate |\n|---|---:|---:|---:|")
     print(f"| decode + crop only (no encoder) | {t_dec:.1f} | {n / t_dec:.2f} | |")
     for nm in names:
         print(f"| separate run: {nm} | {t_each[nm]:.1f} | {n / t_each[nm]:.2f} | |")

@@ -429,6 +429,7 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         for job, f in zip(jobs, flags):
             if f and job.exc is None:
                 fail(job, StoreError(f"{job.key}: rank 0 could not start this extraction; see its error."))
+        active = [j for j in jobs if not j.finished]  # the same list on every rank
         # 4. rank 0 prepares the folders
         if rank == 0:
             from .config import environment
@@ -444,11 +445,15 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
                              job.fp[:16])
                     continue
                 job.base_manifest = _base_manifest(job, source, cfg, n_shards)
-                job.work.mkdir(parents=True, exist_ok=True)
-                _store.clean_temp_files(job.work)
-                _store.clean_leftovers(job.root, keep=[job.work])
-                if not (job.work / _store.MANIFEST).is_file():
-                    _store.atomic_write_json(job.work / _store.MANIFEST, {**job.base_manifest, "environment": environment()})
+                try:
+                    job.work.mkdir(parents=True, exist_ok=True)
+                    _store.clean_temp_files(job.work)
+                    _store.clean_leftovers(job.root, keep=[job.work])
+                    if not (job.work / _store.MANIFEST).is_file():
+                        _store.atomic_write_json(job.work / _store.MANIFEST,
+                                                 {**job.base_manifest, "environment": environment()})
+                except OSError as exc:
+                    fail(job, _write_error(job, exc))
         else:
             for job in jobs:
                 if not job.finished:
@@ -456,16 +461,17 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         _barrier(world)
 
         # 5. the shared pass over every shard some encoder still needs
-        active = [j for j in jobs if not j.finished]
         for job in active:
+            if job.exc is not None:
+                continue
             done = {k for k in range(n_shards) if _store.read_marker(job.work, k) is not None}
             job.todo = [k for k in range(n_shards) if k % world == rank and k not in done]
             if done:
                 log.info("%s: resuming; %d of %d shards already done.", job.key, len(done), n_shards)
         pass_error: BaseException | None = None
         try:
-            if any(j.todo for j in active):
-                _run_shared([j for j in active if j.todo], source, cfg, device, rank, fail)
+            if any(j.todo and j.exc is None for j in active):
+                _run_shared([j for j in active if j.todo and j.exc is None], source, cfg, device, rank, fail)
         except BaseException as exc:  # noqa: BLE001 - other ranks must not hang at the collectives below
             pass_error = exc
         flags = _all_ranks_flags([1 if (j.exc is not None or pass_error is not None) else 0 for j in active]
@@ -487,6 +493,8 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
                     _finalize(job, source)
                 except StoreError as exc:
                     fail(job, exc)
+                except OSError as exc:
+                    fail(job, _write_error(job, exc))
         _barrier(world)
         if rank != 0:
             for job in active:
@@ -501,6 +509,12 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         job.result.seconds = seconds
         job.result.exception = job.exc
     return {job.key: job.result for job in jobs}
+
+
+def _write_error(job: _Job, exc: OSError) -> StoreError:
+    where = exc.filename or job.work
+    return StoreError(f"{job.key}: cannot write {str(where)!r} ({exc.strerror or exc}); free space or fix the "
+                      "permissions, or choose another --out, then run the same command again to resume.")
 
 
 def _base_manifest(job: _Job, source: ImageSource, cfg: ExtractConfig, n_shards: int) -> dict:
@@ -633,6 +647,8 @@ def _run_shared(jobs: list[_Job], source: ImageSource, cfg: ExtractConfig, devic
     def collect(job: _Job, fut: Future) -> None:
         try:
             job.result.computed_shards.append(fut.result())
+        except OSError as exc:  # a full disk, a read-only folder: that encoder fails, named
+            fail(job, _write_error(job, exc))
         except Exception as exc:  # noqa: BLE001 - a failed write fails that encoder only
             fail(job, exc)
 
