@@ -356,20 +356,25 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
     centre-cropped once, and the uint8 batch is fed to every encoder that still needs it.
 
     Args:
-        encoders: ready Encoder objects (``spatialprobe.encoders.get(...)``, variants included); all of them
-            are moved to the device and held there together, so pass the ones that fit at once.
+        encoders: encoder ids (``"hog"``, ``"dinov2-vit-b"``, variants such as ``"hog@mix_cls=0.5"``; built
+            with ``config``'s ``weights_dir`` / ``random_init`` / ``seed``) and/or ready Encoder objects. All of
+            them are moved to the device and held there together, so pass the ones that fit at once.
         source: an :class:`~spatialprobe.data.ImageSource` (``spatialprobe.data.open_source(spec)``).
-        out: root folder; encoder ``key`` is stored under ``<out>/<store_dirname(key)>/<fingerprint[:16]>/``.
+        out: root folder; each store goes to ``<out>/<store_dirname(id)>/<fingerprint[:16]>/``, where id is
+            the encoder's canonical id (an alias such as ``sam2`` is filed as ``sam2-vit-s``), or the id as
+            given for a variant; the manifest keeps it exactly (``manifest["encoder"]``), ``@`` and ``=`` included.
         config: :class:`ExtractConfig` (``encoder``/``images``/``out``/``limit`` are ignored here: the
             arguments above decide).
-        keys: the id each store is filed under (default: each encoder's ``name``); the manifest keeps it
-            exactly as given (``manifest["encoder"]``), ``@`` and ``=`` included.
+        keys: the ids to file the stores under instead (one per encoder).
 
     Returns:
-        ``{key: ExtractResult}`` in the order given. ``result.path`` is the complete store
-        (``result.open()`` returns its :class:`~spatialprobe.store.FeatureStore`), ``result.reused`` is
-        True when an identical store was already there, ``result.error`` is set (and ``path`` None)
-        when that encoder failed; the others still complete.
+        ``{encoder as given (the string, or the object's name): ExtractResult}`` in the order given.
+        ``result.path`` is the complete store (``result.open()`` returns its
+        :class:`~spatialprobe.store.FeatureStore`), ``result.encoder`` the id it is filed under,
+        ``result.reused`` True when an identical store was already there; when an encoder fails (its
+        weights are missing, its forward raises, a lock is held, a fingerprint refusal)
+        ``result.error`` holds the message, ``result.exception`` the exception and ``path`` is None, and
+        the other encoders still complete. Nothing is raised for a single encoder's failure.
 
     Each store is bit-identical to a separate :func:`extract_one` run with the same batch size: batches
     never cross a shard boundary, and each encoder is called on its own batch size. Per encoder the
@@ -381,16 +386,38 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
     _store.torch_dtype(cfg.dtype)
     if cfg.shard_size < 1:
         raise ConfigError(f"shard_size must be ≥ 1, got {cfg.shard_size}.")
-    encoders = list(encoders)
-    keys = [str(k) for k in keys] if keys is not None else [str(e.name) for e in encoders]
-    if len(keys) != len(encoders):
-        raise ConfigError(f"extract_many: {len(keys)} keys for {len(encoders)} encoders.")
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})
+    given = list(encoders)
+    labels = [g if isinstance(g, str) else str(getattr(g, "name", repr(g))) for g in given]
+    if keys is not None and len(keys) != len(given):
+        raise ConfigError(f"extract_many: {len(keys)} keys for {len(given)} encoders.")
+    if len(set(labels)) != len(labels):
+        dup = sorted({k for k in labels if labels.count(k) > 1})
         raise ConfigError(f"Encoder {', '.join(dup)} is listed twice; name each encoder once.")
     t0 = time.perf_counter()
     rank, world, local_rank = dist_info()
     device = resolve_device(cfg.device, local_rank)
+    out_results: dict[str, ExtractResult] = {}
+    encoders, keys_ok, labels_ok = [], [], []
+    for j, (g, label) in enumerate(zip(given, labels)):
+        if isinstance(g, str):
+            try:
+                enc = load_encoder(g, cfg, device)
+            except Exception as exc:  # noqa: BLE001 - one failing encoder must not lose the others
+                log.error("%s: extraction failed: %s", label, exc)
+                out_results[label] = ExtractResult(encoder=label, path=None, error=str(exc), exception=exc)
+                continue
+            # a variant id (``hog@mix_cls=0.5``) is filed under the id as given
+            key = g if "@" in g and "@" not in str(enc.name) else str(enc.name)
+        else:
+            enc, key = g, str(g.name)
+        encoders.append(enc)
+        keys_ok.append(str(keys[j]) if keys is not None else key)
+        labels_ok.append(label)
+        out_results[label] = None  # type: ignore[assignment] - filled below, keeps the order given
+    keys = keys_ok
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ConfigError(f"Encoders {', '.join(labels_ok)} all resolve to {', '.join(dup)}; name each encoder once.")
     n = len(source)
     S = int(cfg.shard_size)
     n_shards = max(1, math.ceil(n / S))
@@ -505,10 +532,11 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         for lk in locks:
             lk.release()
     seconds = time.perf_counter() - t0
-    for job in jobs:
+    for job, label in zip(jobs, labels_ok):
         job.result.seconds = seconds
         job.result.exception = job.exc
-    return {job.key: job.result for job in jobs}
+        out_results[label] = job.result
+    return out_results
 
 
 def _write_error(job: _Job, exc: OSError) -> StoreError:
@@ -756,27 +784,7 @@ def extract(config: str | Path | None = None, *, encoder_objects: Sequence[Any] 
 
 
 def _extract_all(todo: list[Any], cfg: ExtractConfig, source: ImageSource, device: str) -> list[ExtractResult]:
-    slots: list[ExtractResult | None] = [None] * len(todo)
-    loaded, keys, where = [], [], []
-    for j, item in enumerate(todo):
-        name = item if isinstance(item, str) else getattr(item, "name", repr(item))
-        try:
-            enc = load_encoder(item, cfg, device) if isinstance(item, str) else item
-        except Exception as exc:  # noqa: BLE001 - one failing encoder must not lose the others
-            if len(todo) == 1:
-                raise
-            log.error("%s: extraction failed: %s", name, exc)
-            slots[j] = ExtractResult(encoder=name, path=None, error=str(exc))
-            continue
-        # a variant id (``hog@mix_cls=0.5``) files its store under the id as given
-        key = item if isinstance(item, str) and "@" in item and "@" not in str(enc.name) else str(enc.name)
-        loaded.append(enc)
-        keys.append(key)
-        where.append(j)
-    if loaded:
-        results = extract_many(loaded, source, cfg.out, cfg, keys=keys)
-        for j, key in zip(where, keys):
-            slots[j] = results[key]
-    if len(todo) == 1 and slots[0] is not None and slots[0].exception is not None:
-        raise slots[0].exception
-    return [r for r in slots if r is not None]
+    results = list(extract_many(todo, source, cfg.out, cfg).values())
+    if len(results) == 1 and results[0].exception is not None:
+        raise results[0].exception
+    return results

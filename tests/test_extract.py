@@ -414,3 +414,16 @@ def test_cli_several_cheap_encoders_in_one_pass(tmp_path):
         st = store.open(tmp_path / name)
         assert st.encoder == name and len(st) == 2 and st.grid == (16, 16)
     assert "shared decoding pass" in r.output
+
+
+def test_extract_many_takes_ids_and_reports_each_failure(tmp_path):
+    from spatialprobe.errors import UnknownNameError
+    from spatialprobe.extract import extract_many
+
+    src = open_source("builtin", resolution=32).subset(2)
+    cfg = ExtractConfig(num_workers=0, shard_size=2)
+    res = extract_many(["pixels", "no-such-encoder", TinyEncoder()], src, tmp_path, cfg)
+    assert list(res) == ["pixels", "no-such-encoder", "tiny"]
+    assert res["pixels"].error is None and len(res["pixels"].open()) == 2 and res["tiny"].open().encoder == "tiny"
+    bad = res["no-such-encoder"]
+    assert bad.path is None and isinstance(bad.exception, UnknownNameError) and "no-such-encoder" in bad.error
