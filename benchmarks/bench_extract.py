@@ -15,6 +15,12 @@ over the same JPEG files, one ``extract_many`` pass (each image decoded and crop
 of the separate runs is measured, not assumed. Rounds alternate the three modes on fresh output folders.
 
     python benchmarks/bench_extract.py --shared --n 96 --rounds 2
+
+``--fingerprint N`` times the content-based image-source fingerprint over N files of 100 kB: the first
+call (every file read and hashed), a new process with the hash cache (stat only), and the same after
+one file was rewritten.
+
+    python benchmarks/bench_extract.py --fingerprint 20000
 """
 
 from __future__ import annotations
@@ -169,6 +175,41 @@ def main_shared(args, device: str) -> None:
           f"(decoding {k - 1} times less would save {(k - 1) * t_dec:.1f} s)")
 
 
+_FP_CHILD = """
+import sys, time
+from spatialprobe.data import open_source
+t = time.perf_counter(); src = open_source(sys.argv[1]); t1 = time.perf_counter(); src.fingerprint()
+print(len(src), t1 - t, time.perf_counter() - t1)
+"""
+
+
+def main_fingerprint(n: int) -> None:
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        imgs = os.path.join(tmp, "imgs")
+        os.mkdir(imgs)
+        for k in range(n):
+            with open(os.path.join(imgs, f"{k:06d}.jpg"), "wb") as fh:
+                fh.write(os.urandom(100_000))
+        env = dict(os.environ, SPATIALPROBE_CACHE=os.path.join(tmp, "cache"))
+        rows = []
+        for what in ("first (read + sha256 every file)", "new process, unchanged tree (stat + cache)",
+                     "new process, one file rewritten"):
+            if what.endswith("rewritten"):
+                with open(os.path.join(imgs, f"{n // 2:06d}.jpg"), "wb") as fh:
+                    fh.write(os.urandom(100_000))
+            out = subprocess.run([sys.executable, "-c", _FP_CHILD, imgs], env=env, capture_output=True, text=True,
+                                 check=True).stdout.split()
+            rows.append((what, float(out[1]), float(out[2])))
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; {n} files of 100 kB "
+          f"({n * 0.1 / 1000:.1f} GB, in the page cache)")
+    print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}\n")
+    print("| fingerprint call | folder walk s | fingerprint s |\n|---|---:|---:|")
+    for what, walk, fp in rows:
+        print(f"| {what} | {walk:.2f} | {fp:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="dino-vit-b")
@@ -183,7 +224,11 @@ def main() -> None:
     ap.add_argument("--shared", action="store_true",
                     help="measure the shared decoding pass of several cheap encoders instead (see above)")
     ap.add_argument("--shared-encoders", default="pixels,hog,sift")
+    ap.add_argument("--fingerprint", type=int, default=0, metavar="N",
+                    help="time the content-based source fingerprint over N files instead (see above)")
     args = ap.parse_args()
+    if args.fingerprint:
+        return main_fingerprint(args.fingerprint)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.threads:
