@@ -277,10 +277,17 @@ def _flatten(rec: Any, prefix: str = "") -> dict[str, Any]:
 def fingerprint_diff(old: dict, new: dict) -> list[str]:
     """Dotted names of the fingerprint fields that differ (``resolution``, ``source.content``,
     ``encoder.weights_id``, ...), with a short note where one helps."""
-    a, b = _flatten(json.loads(json.dumps(old, default=str))), _flatten(json.loads(json.dumps(new, default=str)))
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    # a field that only exists on one side because it was a plain value before: report the parent
-    return [f"{k} ({_FIELD_NOTES[k]})" if k in _FIELD_NOTES else k for k in keys]
+    old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+    a, b = _flatten(old), _flatten(new)
+    keys = set()
+    for k in set(a) | set(b):
+        if a.get(k) != b.get(k):
+            top = k.split(".")[0]
+            # a field missing on one side, or a plain value on one side and a record on the other
+            # (a store from an older spatialprobe): report the top-level field once
+            same_shape = isinstance(old.get(top), dict) == isinstance(new.get(top), dict) and top in old and top in new
+            keys.add(k if same_shape else top)
+    return [f"{k} ({_FIELD_NOTES[k]})" if k in _FIELD_NOTES else k for k in sorted(keys)]
 
 
 # ----------------------------------------------------------------------------- multi-encoder extraction
