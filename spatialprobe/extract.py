@@ -60,7 +60,7 @@ class ExtractConfig:
     limit: int | None = None  #: only the first N images
     pooled_only: bool = False  #: store only pooled [N, D] features (linear probes at ImageNet scale)
     prefix: bool = True  #: also store prefix (CLS) tokens when the encoder has them
-    force: bool = False  #: replace a store with another fingerprint
+    force: bool = False  #: replace a store with another fingerprint (built beside it, swapped in when complete)
     skip_bad: bool = False  #: undecodable images do not make the command fail
     device: str = "auto"  #: auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     random_init: bool = False  #: build the architecture with random weights (smoke tests, benchmarks)

@@ -260,7 +260,10 @@ class _Subset(ImageSource):
 
     def _content_key(self, index: Sequence[int] | None = None) -> object:
         mine = self.index if index is None else [self.index[i] for i in index]
-        return self.base._content_key(mine)
+        try:
+            return self.base._content_key(mine)
+        except TypeError:  # a subclass with the older signature _content_key(self): the whole source
+            return self.base._content_key()
 
 
 class FileSource(ImageSource):
