@@ -103,13 +103,11 @@ def flops_per_image(enc, res: int, device: str) -> float:
 
 def write_jpegs(folder: str, n: int) -> None:
     """The built-in photographs as ``n`` JPEG files (quality 90), cycling through them."""
-    from PIL import Image
+    from spatialprobe.data.preprocess import array_to_pil
 
     base = open_source("builtin")
     arrays = base._make()
     for k in range(n):
-        from spatialprobe.data.preprocess import array_to_pil
-
         array_to_pil(arrays[k % len(arrays)]).save(os.path.join(folder, f"img{k:05d}.jpg"), quality=90)
 
 
