@@ -29,7 +29,8 @@ TESTS = Path(__file__).resolve().parent
 
 class TinyEncoder:
     """A 4×4-grid encoder meeting the contract: average-pool each cell, fixed random 3→8 projection,
-    tanh; prefix = mean token. ``TINY_DELAY`` seconds of sleep per batch slow it down for kill tests."""
+    tanh; prefix = mean token. ``TINY_DELAY`` seconds of sleep per batch slow it down for kill tests;
+    ``TINY_HOLD`` (a path) pauses it after 4 images until that file exists."""
 
     embed_dim = 8
     grid = (4, 4)
@@ -56,6 +57,10 @@ class TinyEncoder:
 
     def __call__(self, images: torch.Tensor) -> EncoderOutput:
         time.sleep(float(os.environ.get("TINY_DELAY", "0")))
+        hold = os.environ.get("TINY_HOLD")  # after the first 4 images, wait until this file exists
+        if hold and self.images_seen >= 4:
+            while not os.path.exists(hold):
+                time.sleep(0.02)
         self.images_seen += images.shape[0]
         with torch.no_grad():
             return self.forward_tokens(self.preprocess(images))

@@ -33,10 +33,12 @@ extract(out={out!r}, encoder_objects=[TinyEncoder()], **_cfg(limit=40, shard_siz
 """
 
 
-def _start(tmp_path: Path, out: Path, **kw) -> subprocess.Popen:
+def _start(tmp_path: Path, out: Path, hold: Path | None = None, **kw) -> subprocess.Popen:
     script = tmp_path / f"run{len(list(tmp_path.glob('run*.py')))}.py"
     script.write_text(_SCRIPT.format(tests=str(TESTS), out=str(out), kw=kw))
     env = dict(os.environ, TINY_DELAY="0.25")
+    if hold is not None:  # the run pauses after its first shard until this file exists
+        env.update(TINY_HOLD=str(hold), TINY_DELAY="0")
     return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -165,7 +167,8 @@ def test_a_second_process_on_the_same_out_gets_a_clear_error_and_the_first_compl
     from spatialprobe.cli import app
 
     out = tmp_path / "f"
-    proc = _start(tmp_path, out)
+    release = tmp_path / "release"
+    proc = _start(tmp_path, out, hold=release)
     _wait_for_markers(out, 1)
     # a duplicate run and a concurrent --force are both turned away; nothing of the first is touched
     for extra in ({}, {"force": True, "resolution": 48}):
@@ -177,6 +180,8 @@ def test_a_second_process_on_the_same_out_gets_a_clear_error_and_the_first_compl
                                  "--out", str(out), "--force"])
     assert r.exit_code == 2 and "error:" in r.output and "another extraction" in r.output
     assert "Traceback" not in r.output
+    assert proc.poll() is None  # the first run was held all along, so every attempt above met its lock
+    release.write_text("go")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     st = store.open(out)
