@@ -410,7 +410,8 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
             try:
                 enc = load_encoder(g, cfg, device)
             except Exception as exc:  # noqa: BLE001 - one failing encoder must not lose the others
-                log.error("%s: extraction failed: %s", label, exc)
+                if len(given) > 1:
+                    log.error("%s: extraction failed: %s", label, exc)
                 out_results[label] = ExtractResult(encoder=label, path=None, error=str(exc), exception=exc)
                 continue
             # a variant id (``hog@mix_cls=0.5``) is filed under the id as given
@@ -442,7 +443,8 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         if job.exc is None:
             job.exc = exc
             job.result.error, job.result.path = str(exc), None
-            log.error("%s: extraction failed: %s", job.key, exc)
+            if len(given) > 1:  # a single encoder's failure is raised by the caller, not logged twice
+                log.error("%s: extraction failed: %s", job.key, exc)
         job.finished = True
 
     try:

@@ -93,8 +93,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
             else:
                 what = "up to date (reused)" if r.reused else f"{len(r.computed_shards)} shard(s) computed, {r.seconds:.1f} s"
                 typer.echo(f"{r.encoder:<20} {r.n_images} images -> {r.path}  [{what}]")
-        if len(results) > 1:
-            typer.echo(f"({len(results)} encoders, one shared decoding pass: each image decoded and cropped once)")
+        computed = [r for r in results if r.computed_shards]
+        if len(computed) > 1:
+            typer.echo(f"({len(computed)} encoders, one shared decoding pass: each image decoded and cropped once)")
         if bad:
             seen = sorted({(i, why) for _, i, why in bad})
             typer.echo(f"\n{len(seen)} image(s) could not be decoded and were left out:", err=True)
