@@ -388,6 +388,8 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
     same rules as a single extraction hold (fingerprint refusal unless ``force``, no-op when up to
     date, resume of unfinished shards, a lock against concurrent writers, an atomic ``--force`` swap).
     Under ``torchrun`` rank r computes the shards k ≡ r (mod world size) that any encoder still needs.
+    Host memory: up to two shards of tokens per encoder (one filling, one being written); lower
+    ``shard_size`` for many wide encoders.
     """
     cfg = config or ExtractConfig()
     _store.torch_dtype(cfg.dtype)
