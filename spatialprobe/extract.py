@@ -1,30 +1,37 @@
 """Batched feature extraction into the feature store (see :mod:`spatialprobe.store` for the layout).
 
-One call = one encoder over one image source:
+One call = one or more encoders over one image source (:func:`extract_many`; :func:`extract_one` for
+a single encoder object, :func:`extract` for the command):
 
-1. the store fingerprint is computed from everything that changes the numbers (encoder id and spec,
+1. each store fingerprint is computed from everything that changes the numbers (encoder id and spec,
    weights checksum, random-init seed, preprocessing, resolution, layer, dtype, pooled-only, shard size,
-   image-source fingerprint = ids + labels + file sizes/mtimes);
-2. a store for the same encoder with another fingerprint under ``out`` is refused (``force`` removes it);
-   a complete store with the same fingerprint is reused (no-op); an incomplete one is resumed;
-3. shard k = images [k·S, (k+1)·S) of the source; under ``torchrun`` rank r takes the shards with
+   image-source fingerprint = ids + labels + sha256 of the image bytes); a mismatch names the fields
+   that changed (``resolution``, ``source.content``, ``encoder.weights_id``, ...);
+2. ``<out>/<encoder>/.lock`` is taken for the whole run: a second process on the same ``--out`` and
+   encoder gets a clear error instead of duplicating the work or deleting files under the first;
+3. a store for the same encoder with another fingerprint under ``out`` is refused; with ``force`` the new
+   store is built in a hidden folder beside it and swapped in only once complete, so a kill at any
+   moment leaves the old store intact (and a rerun resumes the new one). A complete store with the same
+   fingerprint is reused (no-op); an incomplete one is resumed;
+4. shard k = images [k·S, (k+1)·S) of the source; under ``torchrun`` rank r takes the shards with
    k ≡ r (mod world size) that are not done yet, so a resume works with any world size;
-4. DataLoader workers decode and ADM-crop in parallel (pinned memory on GPU); batches never cross a
-   shard boundary, so a shard's numbers do not depend on which run or rank computed it; bf16 autocast
-   on GPU, fp32 on CPU; a background thread writes finished shards (temp → fsync → rename → done marker);
-5. rank 0 writes the final manifest once every shard is done.
+5. DataLoader workers decode and ADM-crop each image once (pinned memory on GPU), and the uint8 batch
+   feeds every encoder that still needs that shard; batches never cross a shard boundary, so a shard's
+   numbers do not depend on which run or rank computed it, nor on which other encoders shared the pass;
+   bf16 autocast on GPU, fp32 on CPU; a background thread writes finished shards (temp → fsync →
+   rename → done marker);
+6. rank 0 writes the final manifest once every shard is done.
 
 Images that fail to decode are recorded (id, reason) in their shard's done marker and the manifest,
 and the run goes on.
 """
-
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +60,7 @@ class ExtractConfig:
     limit: int | None = None  #: only the first N images
     pooled_only: bool = False  #: store only pooled [N, D] features (linear probes at ImageNet scale)
     prefix: bool = True  #: also store prefix (CLS) tokens when the encoder has them
-    force: bool = False  #: replace a store with another fingerprint
+    force: bool = False  #: replace a store with another fingerprint (built beside it, swapped in when complete)
     skip_bad: bool = False  #: undecodable images do not make the command fail
     device: str = "auto"  #: auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     random_init: bool = False  #: build the architecture with random weights (smoke tests, benchmarks)
@@ -73,10 +80,18 @@ class ExtractResult:
     computed_shards: list[int] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    fingerprint: str = ""
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def images_per_s(self) -> float:
         return self.n_images / self.seconds if self.seconds > 0 else float("nan")
+
+    def open(self) -> "_store.FeatureStore":
+        """The store this extraction wrote or reused (:func:`spatialprobe.store.open`)."""
+        if self.path is None:
+            raise StoreError(f"{self.encoder}: no store was written ({self.error}).")
+        return _store.open(self.path)
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -90,10 +105,13 @@ def dist_info() -> tuple[int, int, int]:
     import torch.distributed as dist
 
     global _OWN_GROUP
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)  # NCCL collectives run on this rank's own GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         _OWN_GROUP = True
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return dist.get_rank(), dist.get_world_size(), local_rank
 
 
 _OWN_GROUP = False
@@ -225,124 +243,362 @@ def auto_batch_size(enc, device: str, resolution: int) -> int:
     return 1
 
 
-# ----------------------------------------------------------------------------- main entry points
+# ----------------------------------------------------------------------------- fingerprints
 
-def store_fingerprint(enc, source: ImageSource, cfg: ExtractConfig) -> tuple[str, dict]:
-    """The store fingerprint and the record it hashes."""
-    rec = {"format": _store.FORMAT_VERSION, "encoder": _encoder_record(enc, cfg), "preprocess": PREPROCESS_ID,
-           "resolution": source.resolution, "dtype": cfg.dtype, "pooled_only": bool(cfg.pooled_only),
-           "prefix": bool(cfg.prefix), "shard_size": int(cfg.shard_size), "source": source.fingerprint(),
+def store_fingerprint(enc, source: ImageSource, cfg: ExtractConfig, key: str | None = None,
+                      source_record: dict | None = None) -> tuple[str, dict]:
+    """The store fingerprint and the record it hashes (``key``: the id the store is filed under,
+    default ``enc.name``; ``source_record``: ``source.fingerprint_record()`` when already computed)."""
+    rec = {"format": _store.FORMAT_VERSION, "id": key or enc.name, "encoder": _encoder_record(enc, cfg),
+           "preprocess": PREPROCESS_ID, "resolution": source.resolution, "dtype": cfg.dtype,
+           "pooled_only": bool(cfg.pooled_only), "prefix": bool(cfg.prefix), "shard_size": int(cfg.shard_size),
+           "source": source_record if source_record is not None else source.fingerprint_record(),
            "n_images": len(source)}
+    rec = json.loads(json.dumps(rec, sort_keys=True, default=str))  # exactly what the manifest will hold
     return _store.fingerprint(rec), rec
 
 
-def extract_one(enc, source: ImageSource, out: str | Path, cfg: ExtractConfig | None = None) -> ExtractResult:
-    """Extract ``enc`` (an Encoder object) over ``source`` into ``<out>/<enc.name>/<fingerprint>/``."""
-    import torch
+#: what a changed fingerprint field means, for the refusal message
+_FIELD_NOTES = {"source.content": "the bytes of at least one image file", "source.ids": "the image ids",
+                "source.n": "the number of images", "source.labels": "the labels",
+                "source.resolution": "the crop size", "encoder.weights_id": "the weights",
+                "encoder.random_init_seed": "the random-init seed", "n_images": "the number of images"}
 
-    cfg = cfg or ExtractConfig()
+
+def _flatten(rec: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(rec, dict) and rec:
+        out: dict[str, Any] = {}
+        for k, v in rec.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: rec}
+
+
+def fingerprint_diff(old: dict, new: dict) -> list[str]:
+    """Dotted names of the fingerprint fields that differ (``resolution``, ``source.content``,
+    ``encoder.weights_id``, ...), with a short note where one helps."""
+    old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+    a, b = _flatten(old), _flatten(new)
+    keys = set()
+    for k in set(a) | set(b):
+        if a.get(k) != b.get(k):
+            top = k.split(".")[0]
+            # a field missing on one side, or a plain value on one side and a record on the other
+            # (a store from an older spatialprobe): report the top-level field once
+            same_shape = isinstance(old.get(top), dict) == isinstance(new.get(top), dict) and top in old and top in new
+            keys.add(k if same_shape else top)
+    return [f"{k} ({_FIELD_NOTES[k]})" if k in _FIELD_NOTES else k for k in sorted(keys)]
+
+
+# ----------------------------------------------------------------------------- multi-encoder extraction
+
+@dataclass
+class _Job:
+    """One encoder's part of a shared extraction pass."""
+
+    enc: Any
+    key: str
+    fp: str
+    fp_rec: dict
+    root: Path
+    final: Path
+    work: Path | None = None
+    others: list[Path] = field(default_factory=list)
+    base_manifest: dict = field(default_factory=dict)
+    todo: list[int] = field(default_factory=list)
+    bs: int = 32
+    result: ExtractResult | None = None
+    exc: BaseException | None = None
+    finished: bool = False  # reused or failed before the pass
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _plan_job(job: _Job, cfg: ExtractConfig) -> None:
+    """Decide (read-only) what this encoder needs: reuse, refusal, or which folder to build in."""
+    m = _read_json(job.final / _store.MANIFEST) if (job.final / _store.MANIFEST).is_file() else {}
+    job.others = [p for p in _store.find_stores(job.root) if p.resolve() != job.final.resolve()] \
+        if job.root.is_dir() else []
+    if m.get("complete") and m.get("fingerprint") == job.fp and (cfg.force or not job.others):
+        job.result.reused, job.result.n_images = True, len(m.get("ids", []))
+        job.result.bad = [tuple(b) for b in m.get("bad", [])]
+        job.finished = True
+        return
+    if job.others and not cfg.force:
+        old_rec = _read_json(job.others[0] / _store.MANIFEST).get("fingerprint_inputs", {})
+        diff = fingerprint_diff(old_rec, job.fp_rec) if old_rec else ["unknown"]
+        staged = _store.partial_dir(job.root, job.fp)
+        note = (f" An interrupted --force build of the new fingerprint is kept at {str(staged)!r}; --force resumes it."
+                if staged.is_dir() else "")
+        raise StoreError(f"{str(job.root)!r} already holds a {job.key} store with another fingerprint "
+                         f"({job.others[0].name}; differs in: {', '.join(diff)}). It is never reused silently: "
+                         f"pass --force to replace it (the old store is kept until the new one is complete), "
+                         f"or choose another --out.{note}")
+    # a replacement is built beside the old store and swapped in only when complete
+    job.work = job.final if (job.final.exists() or not job.others) else _store.partial_dir(job.root, job.fp)
+
+
+def _all_ranks_flags(flags: list[int], world: int) -> list[int]:
+    """Element-wise sum of per-job flags over ranks (a job failed anywhere fails everywhere)."""
+    if world <= 1 or not flags:
+        return flags
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(flags, dtype=torch.int64)
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        t = t.to(f"cuda:{torch.cuda.current_device()}")
+    dist.all_reduce(t)
+    return [int(x) for x in t.cpu()]
+
+
+def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
+                 config: ExtractConfig | None = None, *, keys: Sequence[str] | None = None) -> dict[str, ExtractResult]:
+    """Extract several encoders over one image source in one pass: each image is decoded and
+    centre-cropped once, and the uint8 batch is fed to every encoder that still needs it.
+
+    Args:
+        encoders: encoder ids (``"hog"``, ``"dinov2-vit-b"``, variants such as ``"hog@mix_cls=0.5"``; built
+            with ``config``'s ``weights_dir`` / ``random_init`` / ``seed``) and/or ready Encoder objects. All of
+            them are moved to the device and held there together, so pass the ones that fit at once.
+        source: an :class:`~spatialprobe.data.ImageSource` (``spatialprobe.data.open_source(spec)``).
+        out: root folder; each store goes to ``<out>/<store_dirname(id)>/<fingerprint[:16]>/``, where id is
+            the encoder's canonical id (an alias such as ``sam2`` is filed as ``sam2-vit-s``), or the id as
+            given for a variant; the manifest keeps it exactly (``manifest["encoder"]``), ``@`` and ``=`` included.
+        config: :class:`ExtractConfig` (``encoder``/``images``/``out``/``limit`` are ignored here: the
+            arguments above decide).
+        keys: the ids to file the stores under instead (one per encoder).
+
+    Returns:
+        ``{encoder as given (the string, or the object's name): ExtractResult}`` in the order given.
+        ``result.path`` is the complete store (``result.open()`` returns its
+        :class:`~spatialprobe.store.FeatureStore`), ``result.encoder`` the id it is filed under,
+        ``result.reused`` True when an identical store was already there; when an encoder fails (its
+        weights are missing, its forward raises, a lock is held, a fingerprint refusal)
+        ``result.error`` holds the message, ``result.exception`` the exception and ``path`` is None, and
+        the other encoders still complete. Nothing is raised for a single encoder's failure.
+
+    Each store is bit-identical to a separate :func:`extract_one` run with the same batch size: batches
+    never cross a shard boundary, and each encoder is called on its own batch size. Per encoder the
+    same rules as a single extraction hold (fingerprint refusal unless ``force``, no-op when up to
+    date, resume of unfinished shards, a lock against concurrent writers, an atomic ``--force`` swap).
+    Under ``torchrun`` rank r computes the shards k ≡ r (mod world size) that any encoder still needs.
+    Host memory: up to two shards of tokens per encoder (one filling, one being written); lower
+    ``shard_size`` for many wide encoders.
+    """
+    cfg = config or ExtractConfig()
     _store.torch_dtype(cfg.dtype)
     if cfg.shard_size < 1:
         raise ConfigError(f"shard_size must be ≥ 1, got {cfg.shard_size}.")
+    given = list(encoders)
+    labels = [g if isinstance(g, str) else str(getattr(g, "name", repr(g))) for g in given]
+    if keys is not None and len(keys) != len(given):
+        raise ConfigError(f"extract_many: {len(keys)} keys for {len(given)} encoders.")
+    if len(set(labels)) != len(labels):
+        dup = sorted({k for k in labels if labels.count(k) > 1})
+        raise ConfigError(f"Encoder {', '.join(dup)} is listed twice; name each encoder once.")
     t0 = time.perf_counter()
     rank, world, local_rank = dist_info()
     device = resolve_device(cfg.device, local_rank)
-    fp, fp_rec = store_fingerprint(enc, source, cfg)
-    enc_root = Path(out) / enc.name
-    folder = enc_root / fp[:16]
-    others = [p for p in _store.find_stores(enc_root) if p.resolve() != folder.resolve()] if enc_root.is_dir() else []
-    if others and not cfg.force:
-        old = others[0] / _store.MANIFEST
-        try:
-            import json
-
-            old_rec = json.loads(old.read_text()).get("fingerprint_inputs", {})
-        except (OSError, ValueError):
-            old_rec = {}
-        diff = sorted(k for k in set(old_rec) | set(fp_rec) if old_rec.get(k) != fp_rec.get(k))
-        raise StoreError(f"{str(enc_root)!r} already holds a {enc.name} store with another fingerprint "
-                         f"({others[0].name}; differs in: {', '.join(diff) or 'unknown'}). It is never reused "
-                         "silently: pass --force to replace it, or choose another --out.")
-    result = ExtractResult(encoder=enc.name, path=folder)
-    manifest_path = folder / _store.MANIFEST
-    if manifest_path.is_file():
-        import json
-
-        try:
-            m = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            m = {}
-        if m.get("complete") and m.get("fingerprint") == fp:
-            log.info("%s: store %s is up to date (fingerprint %s); nothing to do.", enc.name, folder, fp[:16])
-            result.reused, result.n_images = True, len(m.get("ids", []))
-            result.bad = [tuple(b) for b in m.get("bad", [])]
-            return result
+    out_results: dict[str, ExtractResult] = {}
+    encoders, keys_ok, labels_ok = [], [], []
+    for j, (g, label) in enumerate(zip(given, labels)):
+        if isinstance(g, str):
+            try:
+                enc = load_encoder(g, cfg, device)
+            except Exception as exc:  # noqa: BLE001 - one failing encoder must not lose the others
+                if len(given) > 1:
+                    log.error("%s: extraction failed: %s", label, exc)
+                out_results[label] = ExtractResult(encoder=label, path=None, error=str(exc), exception=exc)
+                continue
+            # a variant id (``hog@mix_cls=0.5``) is filed under the id as given
+            key = g if "@" in g and "@" not in str(enc.name) else str(enc.name)
+        else:
+            enc, key = g, str(g.name)
+        encoders.append(enc)
+        keys_ok.append(str(keys[j]) if keys is not None else key)
+        labels_ok.append(label)
+        out_results[label] = None  # type: ignore[assignment] - filled below, keeps the order given
+    keys = keys_ok
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ConfigError(f"Encoders {', '.join(labels_ok)} all resolve to {', '.join(dup)}; name each encoder once.")
     n = len(source)
     S = int(cfg.shard_size)
     n_shards = max(1, math.ceil(n / S))
-    base_manifest = {"format": _store.FORMAT_VERSION, "fingerprint": fp, "fingerprint_inputs": fp_rec,
-                     "encoder": enc.name, "grid": list(enc.grid), "dim": int(enc.embed_dim), "dtype": cfg.dtype,
-                     "shard_size": S, "n_shards": n_shards, "source": source.describe(),
-                     "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
-                     "weights_id": str(getattr(enc, "weights_id", "unknown")), "complete": False}
-    if rank == 0:
-        if others and cfg.force:
-            for o in others:
-                log.warning("%s: removing store %s (other fingerprint; --force).", enc.name, o)
-                shutil.rmtree(o, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        _store.clean_temp_files(folder)
-        if not manifest_path.is_file():
+    jobs: list[_Job] = []
+    src_rec = source.fingerprint_record()  # hashes the image files once (cached) for every encoder
+    for enc, key in zip(encoders, keys):
+        fp, rec = store_fingerprint(enc, source, cfg, key, src_rec)
+        root = Path(out) / _store.store_dirname(key)
+        job = _Job(enc=enc, key=key, fp=fp, fp_rec=rec, root=root, final=root / fp[:16])
+        job.result = ExtractResult(encoder=key, path=job.final, fingerprint=fp)
+        jobs.append(job)
+    locks: list[_store.StoreLock] = []
+
+    def fail(job: _Job, exc: BaseException) -> None:
+        if job.exc is None:
+            job.exc = exc
+            job.result.error, job.result.path = str(exc), None
+            if len(given) > 1:  # a single encoder's failure is raised by the caller, not logged twice
+                log.error("%s: extraction failed: %s", job.key, exc)
+        job.finished = True
+
+    try:
+        # 1. rank 0 locks every encoder folder; 2. every rank plans (reads only); 3. flags are shared
+        if rank == 0:
+            for job in jobs:
+                try:
+                    locks.append(_store.StoreLock(job.root).acquire())
+                except StoreError as exc:
+                    fail(job, exc)
+        for job in jobs:
+            if not job.finished:
+                try:
+                    _plan_job(job, cfg)
+                except StoreError as exc:
+                    fail(job, exc)
+        flags = _all_ranks_flags([1 if j.exc is not None else 0 for j in jobs], world)
+        for job, f in zip(jobs, flags):
+            if f and job.exc is None:
+                fail(job, StoreError(f"{job.key}: rank 0 could not start this extraction; see its error."))
+        active = [j for j in jobs if not j.finished]  # the same list on every rank
+        # 4. rank 0 prepares the folders
+        if rank == 0:
             from .config import environment
 
-            _store.atomic_write_json(manifest_path, {**base_manifest, "environment": environment()})
-    _barrier(world)
+            for job in jobs:
+                if job.exc is not None:
+                    continue
+                if job.finished:  # reused; a --force leftover old store is removed now
+                    if job.others:
+                        _store.promote_over(job.final, job.others)
+                    _store.clean_leftovers(job.root)
+                    log.info("%s: store %s is up to date (fingerprint %s); nothing to do.", job.key, job.final,
+                             job.fp[:16])
+                    continue
+                job.base_manifest = _base_manifest(job, source, cfg, n_shards)
+                try:
+                    job.work.mkdir(parents=True, exist_ok=True)
+                    _store.clean_temp_files(job.work)
+                    _store.clean_leftovers(job.root, keep=[job.work])
+                    if not (job.work / _store.MANIFEST).is_file():
+                        _store.atomic_write_json(job.work / _store.MANIFEST,
+                                                 {**job.base_manifest, "environment": environment()})
+                except OSError as exc:
+                    fail(job, _write_error(job, exc))
+        else:
+            for job in jobs:
+                if not job.finished:
+                    job.base_manifest = _base_manifest(job, source, cfg, n_shards)
+        _barrier(world)
 
-    done = {k for k in range(n_shards) if _store.read_marker(folder, k) is not None}
-    mine = [k for k in range(n_shards) if k % world == rank and k not in done]
-    if done:
-        log.info("%s: resuming; %d of %d shards already done.", enc.name, len(done), n_shards)
-    error: BaseException | None = None
-    try:
-        if mine:
-            result.computed_shards = _run_shards(enc, source, folder, mine, cfg, device, rank)
-    except BaseException as exc:  # noqa: BLE001 - other ranks must not hang at the barrier below
-        error = exc
-    if world > 1:
-        import torch.distributed as dist
+        # 5. the shared pass over every shard some encoder still needs
+        for job in active:
+            if job.exc is not None:
+                continue
+            done = {k for k in range(n_shards) if _store.read_marker(job.work, k) is not None}
+            job.todo = [k for k in range(n_shards) if k % world == rank and k not in done]
+            if done:
+                log.info("%s: resuming; %d of %d shards already done.", job.key, len(done), n_shards)
+        pass_error: BaseException | None = None
+        try:
+            if any(j.todo and j.exc is None for j in active):
+                _run_shared([j for j in active if j.todo and j.exc is None], source, cfg, device, rank, fail)
+        except BaseException as exc:  # noqa: BLE001 - other ranks must not hang at the collectives below
+            pass_error = exc
+        flags = _all_ranks_flags([1 if (j.exc is not None or pass_error is not None) else 0 for j in active]
+                                 + [1 if pass_error is not None else 0], world)
+        if pass_error is not None:
+            raise pass_error
+        if flags and flags[-1]:
+            raise StoreError("another rank failed; run the command again to resume.")
+        for job, f in zip(active, flags):
+            if f and job.exc is None:
+                fail(job, StoreError(f"{job.key}: another rank failed; run the command again to resume."))
 
-        flag = torch.tensor([1 if error is not None else 0])
-        dist.all_reduce(flag)
-        if error is None and int(flag) > 0:
-            error = StoreError(f"{enc.name}: another rank failed; run the command again to resume.")
-    if error is not None:
-        raise error
+        # 6. rank 0 writes the manifests and swaps staged builds in
+        if rank == 0:
+            for job in active:
+                if job.exc is not None:
+                    continue
+                try:
+                    _finalize(job, source)
+                except StoreError as exc:
+                    fail(job, exc)
+                except OSError as exc:
+                    fail(job, _write_error(job, exc))
+        _barrier(world)
+        if rank != 0:
+            for job in active:
+                if job.exc is None:
+                    m = _store.open(job.final).manifest
+                    job.result.bad, job.result.n_images = [tuple(b) for b in m["bad"]], len(m["ids"])
+    finally:
+        for lk in locks:
+            lk.release()
+    seconds = time.perf_counter() - t0
+    for job, label in zip(jobs, labels_ok):
+        job.result.seconds = seconds
+        job.result.exception = job.exc
+        out_results[label] = job.result
+    return out_results
 
-    if rank == 0:
-        markers = [_store.read_marker(folder, k) for k in range(n_shards)]
-        missing = [k for k, m in enumerate(markers) if m is None]
-        if missing:
-            raise StoreError(f"{enc.name}: shards {missing[:8]} of {folder} are not done; run again to resume.")
-        pos = {i: j for j, i in enumerate(source.ids)}
-        ids = [i for m in markers for i in m["ids"]]
-        keys = sorted({k for m in markers for k in m["keys"]})
-        from .config import environment
 
-        final = {**base_manifest, "environment": environment(), "keys": keys, "ids": ids,
-                 "labels": None if source.labels is None else [int(source.labels[pos[i]]) for i in ids],
-                 "label_names": source.label_names,
-                 "shards": [{"file": m["file"], "n": m["n"], "ids": m["ids"]} for m in markers],
-                 "bad": [b for m in markers for b in m["bad"]], "layer": _layer_from(markers, enc),
-                 "prefix_tokens": _prefix_tokens(folder, markers), "complete": True}
-        _store.atomic_write_json(manifest_path, final)
-        result.bad = [tuple(b) for b in final["bad"]]
-        result.n_images = len(ids)
-    _barrier(world)
-    if rank != 0:
-        m = _store.open(folder).manifest
-        result.bad, result.n_images = [tuple(b) for b in m["bad"]], len(m["ids"])
-    result.seconds = time.perf_counter() - t0
-    return result
+def _write_error(job: _Job, exc: OSError) -> StoreError:
+    where = exc.filename or job.work
+    return StoreError(f"{job.key}: cannot write {str(where)!r} ({exc.strerror or exc}); free space or fix the "
+                      "permissions, or choose another --out, then run the same command again to resume.")
+
+
+def _base_manifest(job: _Job, source: ImageSource, cfg: ExtractConfig, n_shards: int) -> dict:
+    enc = job.enc
+    return {"format": _store.FORMAT_VERSION, "fingerprint": job.fp, "fingerprint_inputs": job.fp_rec,
+            "encoder": job.key, "grid": list(enc.grid), "dim": int(enc.embed_dim), "dtype": cfg.dtype,
+            "shard_size": int(cfg.shard_size), "n_shards": n_shards, "source": source.describe(),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+            "weights_id": str(getattr(enc, "weights_id", "unknown")), "complete": False}
+
+
+def _finalize(job: _Job, source: ImageSource) -> None:
+    from .config import environment
+
+    n_shards = job.base_manifest["n_shards"]
+    markers = [_store.read_marker(job.work, k) for k in range(n_shards)]
+    missing = [k for k, m in enumerate(markers) if m is None]
+    if missing:
+        raise StoreError(f"{job.key}: shards {missing[:8]} of {job.work} are not done; run again to resume.")
+    pos = {i: j for j, i in enumerate(source.ids)}
+    ids = [i for m in markers for i in m["ids"]]
+    keys = sorted({k for m in markers for k in m["keys"]})
+    final = {**job.base_manifest, "environment": environment(), "keys": keys, "ids": ids,
+             "labels": None if source.labels is None else [int(source.labels[pos[i]]) for i in ids],
+             "label_names": source.label_names,
+             "shards": [{"file": m["file"], "n": m["n"], "ids": m["ids"]} for m in markers],
+             "bad": [b for m in markers for b in m["bad"]], "layer": _layer_from(markers, job.enc),
+             "prefix_tokens": _prefix_tokens(job.work, markers), "complete": True}
+    _store.atomic_write_json(job.work / _store.MANIFEST, final)
+    if job.work != job.final:
+        _store.promote(job.work, job.final, job.others)
+    elif job.others:
+        _store.promote_over(job.final, job.others)
+    job.result.path = job.final
+    job.result.bad = [tuple(b) for b in final["bad"]]
+    job.result.n_images = len(ids)
+
+
+def extract_one(enc, source: ImageSource, out: str | Path, cfg: ExtractConfig | None = None) -> ExtractResult:
+    """Extract ``enc`` (an Encoder object) over ``source`` into ``<out>/<enc.name>/<fingerprint>/``
+    (:func:`extract_many` with one encoder); a failure is raised."""
+    (res,) = extract_many([enc], source, out, cfg).values()
+    if res.exception is not None:
+        raise res.exception
+    return res
 
 
 def _layer_from(markers, enc) -> str | None:
@@ -362,103 +618,160 @@ def _prefix_tokens(folder: Path, markers) -> int:
     return 0
 
 
-def _run_shards(enc, source: ImageSource, folder: Path, shards: list[int], cfg: ExtractConfig, device: str,
-                rank: int) -> list[int]:
+class _Acc:
+    """One encoder's rows of one shard, accumulated batch by batch."""
+
+    def __init__(self) -> None:
+        self.pos: list[int] = []
+        self.patch: list = []
+        self.pooled: list = []
+        self.prefix: list = []
+        self.bad: list[tuple[int, str]] = []
+        self.layer: str | None = None
+
+
+def _forward_into(job: _Job, acc: _Acc, pos: list[int], imgs, cfg: ExtractConfig, sdt, cuda: bool) -> None:
+    import torch
+
+    enc = job.enc
+    for a in range(0, len(pos), job.bs):
+        x = imgs[a:a + job.bs]
+        if cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = enc(x)
+        else:
+            out = enc(x)
+        patch = out.patch.float()
+        if tuple(out.grid) != tuple(enc.grid) or patch.shape[-1] != enc.embed_dim:
+            raise StoreError(f"{job.key}: output grid {tuple(out.grid)} / dim {patch.shape[-1]} does not "
+                             f"match the encoder's declared grid {tuple(enc.grid)} / embed_dim {enc.embed_dim}.")
+        acc.layer = acc.layer or getattr(out, "layer", None)
+        acc.pos.extend(pos[a:a + job.bs])
+        acc.pooled.append(patch.mean(dim=1).cpu())
+        if not cfg.pooled_only:
+            acc.patch.append(patch.to(sdt).cpu())
+            if cfg.prefix and out.prefix is not None and out.prefix.shape[1] > 0:
+                acc.prefix.append(out.prefix.float().to(sdt).cpu())
+
+
+def _run_shared(jobs: list[_Job], source: ImageSource, cfg: ExtractConfig, device: str, rank: int, fail) -> None:
+    """Decode each image of the shards any job needs once; feed every job that needs its shard."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     S, n = int(cfg.shard_size), len(source)
+    shards = sorted(set().union(*(j.todo for j in jobs)))
+    needs = {k: [j for j in jobs if k in set(j.todo)] for k in shards}
     plan = [(k, range(k * S, min((k + 1) * S, n))) for k in shards]
     positions = [p for _, rng in plan for p in rng]
     cuda = str(device).startswith("cuda")
-    if hasattr(enc, "to"):
-        enc = enc.to(device) or enc
-    bs = int(cfg.batch_size) if cfg.batch_size and int(cfg.batch_size) > 0 else auto_batch_size(enc, device, source.resolution)
+    for job in jobs:
+        if hasattr(job.enc, "to"):
+            job.enc = job.enc.to(device) or job.enc
+        job.bs = int(cfg.batch_size) if cfg.batch_size and int(cfg.batch_size) > 0 else \
+            auto_batch_size(job.enc, device, source.resolution)
+    bs = max(j.bs for j in jobs)
     workers = cfg.num_workers if cfg.num_workers >= 0 else min(8, os.cpu_count() or 1)
     loader = DataLoader(_Items(source, positions), batch_sampler=_shard_batches(plan, bs), num_workers=workers,
                         collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers > 0 else None,
                         persistent_workers=False)
     sdt = _store.torch_dtype(cfg.dtype)
-    shard_of = {}
-    for k, rng in plan:
-        for p in rng:
-            shard_of[p] = k
+    shard_of = {p: k for k, rng in plan for p in rng}
     remaining = {k: len(rng) for k, rng in plan}
-    acc: dict[int, dict[str, list]] = {k: {"pos": [], "patch": [], "pooled": [], "prefix": [], "bad": []} for k in shards}
-    layer: list[str | None] = [None]
+    accs: dict[tuple[int, int], _Acc] = {}
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
-    pending: list[Future] = []
-    finished: list[int] = []
+    pending: list[tuple[_Job, Future]] = []
 
-    def flush(k: int) -> None:
-        a = acc.pop(k)
-        ids = [source.ids[p] for p in a["pos"]]
-        t: dict[str, Any] = {"pooled": torch.cat(a["pooled"]) if a["pooled"] else torch.zeros(0, enc.embed_dim)}
+    def collect(job: _Job, fut: Future) -> None:
+        try:
+            job.result.computed_shards.append(fut.result())
+        except OSError as exc:  # a full disk, a read-only folder: that encoder fails, named
+            fail(job, _write_error(job, exc))
+        except Exception as exc:  # noqa: BLE001 - a failed write fails that encoder only
+            fail(job, exc)
+
+    def flush(job: _Job, k: int) -> None:
+        a = accs.pop((id(job), k))
+        enc = job.enc
+        ids = [source.ids[p] for p in a.pos]
+        t: dict[str, Any] = {"pooled": torch.cat(a.pooled) if a.pooled else torch.zeros(0, enc.embed_dim)}
         if not cfg.pooled_only:
-            t["patch"] = (torch.cat(a["patch"]) if a["patch"]
+            t["patch"] = (torch.cat(a.patch) if a.patch
                           else torch.zeros(0, enc.grid[0] * enc.grid[1], enc.embed_dim, dtype=sdt))
-            if a["prefix"]:
-                t["prefix"] = torch.cat(a["prefix"])
-        bad = [(source.ids[p], r) for p, r in a["bad"]]
-        for i, r in bad:
-            log.warning("bad image %s: %s", i, r)
+            if a.prefix:
+                t["prefix"] = torch.cat(a.prefix)
+        bad = [(source.ids[p], r) for p, r in a.bad]
+        folder, layer = job.work, a.layer
 
-        def job():
-            _store.write_shard(folder, k, ids, t, bad, extra={"layer": layer[0]})
+        def write():
+            _store.write_shard(folder, k, ids, t, bad, extra={"layer": layer})
             return k
 
-        pending.append(writer.submit(job))
-        while len(pending) > 1:  # at most one shard waiting for the disk
-            finished.append(pending.pop(0).result())
+        pending.append((job, writer.submit(write)))
+        while len(pending) > len(jobs):  # at most one shard per encoder waiting for the disk
+            collect(*pending.pop(0))
 
-    bar = tqdm(total=len(positions), unit="img", desc=enc.name, disable=rank != 0, dynamic_ncols=True,
-               mininterval=1.0)
+    names = ",".join(j.key for j in jobs)
+    bar = tqdm(total=len(positions), unit="img", desc=names if len(names) <= 40 else f"{len(jobs)} encoders",
+               disable=rank != 0, dynamic_ncols=True, mininterval=1.0)
     try:
         with torch.inference_mode():
             for pos, imgs, bad in loader:
+                k = shard_of[(pos or [p for p, _ in bad])[0]]  # a batch never crosses a shard boundary
+                live = [j for j in needs[k] if j.exc is None]
+                if not live and all(j.exc is not None for j in jobs):
+                    break
                 if imgs is not None:
                     imgs = imgs.to(device, non_blocking=True)
-                    if cuda:
-                        with torch.autocast("cuda", dtype=torch.bfloat16):
-                            out = enc(imgs)
-                    else:
-                        out = enc(imgs)
-                    patch = out.patch.float()
-                    if tuple(out.grid) != tuple(enc.grid) or patch.shape[-1] != enc.embed_dim:
-                        raise StoreError(f"{enc.name}: output grid {tuple(out.grid)} / dim {patch.shape[-1]} does not "
-                                         f"match the encoder's declared grid {tuple(enc.grid)} / embed_dim {enc.embed_dim}.")
-                    layer[0] = layer[0] or getattr(out, "layer", None)
-                    k = shard_of[pos[0]]
-                    a = acc[k]
-                    a["pos"].extend(pos)
-                    a["pooled"].append(patch.mean(dim=1).cpu())
-                    if not cfg.pooled_only:
-                        a["patch"].append(patch.to(sdt).cpu())
-                        if cfg.prefix and out.prefix is not None and out.prefix.shape[1] > 0:
-                            a["prefix"].append(out.prefix.float().to(sdt).cpu())
-                for p, r in bad:
-                    acc[shard_of[p]]["bad"].append((p, r))
+                for job in live:
+                    acc = accs.setdefault((id(job), k), _Acc())
+                    try:
+                        if imgs is not None:
+                            _forward_into(job, acc, pos, imgs, cfg, sdt, cuda)
+                    except Exception as exc:  # noqa: BLE001 - one failing encoder must not stop the others
+                        fail(job, exc)
+                        continue
+                    acc.bad.extend(bad)
                 for p in pos + [p for p, _ in bad]:
                     remaining[shard_of[p]] -= 1
-                k0 = shard_of[(pos or [p for p, _ in bad])[0]]  # a batch may hold only bad images
-                if remaining[k0] == 0:
-                    flush(k0)
+                if remaining[k] == 0:
+                    for job in needs[k]:
+                        if job.exc is None:
+                            flush(job, k)
+                        accs.pop((id(job), k), None)
                 bar.update(len(pos) + len(bad))
-        for f in pending:
-            finished.append(f.result())
+        while pending:
+            collect(*pending.pop(0))
     finally:
         bar.close()
         writer.shutdown(wait=True)
-    return finished
+
+
+# ----------------------------------------------------------------------------- the command
+
+def split_encoder_ids(value: str) -> list[str]:
+    """``"pixels,hog,sift"`` → ids. A piece holding ``=`` but no ``@`` continues the variant before it,
+    so ``"hog@mix_cls=0.5,layer=8,sift"`` → ``["hog@mix_cls=0.5,layer=8", "sift"]``."""
+    out: list[str] = []
+    for piece in (p.strip() for p in str(value).split(",")):
+        if not piece:
+            continue
+        if out and "=" in piece and "@" not in piece and "@" in out[-1]:
+            out[-1] = f"{out[-1]},{piece}"
+        else:
+            out.append(piece)
+    return out
 
 
 def extract(config: str | Path | None = None, *, encoder_objects: Sequence[Any] | None = None,
             **overrides: Any) -> list[ExtractResult]:
-    """Run ``spatialprobe extract``: every encoder in ``config.encoder`` (comma-separated) over one source.
+    """Run ``spatialprobe extract``: every encoder in ``config.encoder`` (comma-separated) over one source,
+    in one shared decoding pass (:func:`extract_many`).
 
     A failing encoder is logged and reported in its :class:`ExtractResult` (``error``); the others
-    still run. ``encoder_objects`` replaces the names with ready Encoder objects (tests, user models).
+    still run (with a single encoder the error is raised). ``encoder_objects`` replaces the names with
+    ready Encoder objects (tests, user models).
     """
     from .config import resolve
 
@@ -472,28 +785,17 @@ def extract(config: str | Path | None = None, *, encoder_objects: Sequence[Any] 
         source = source.subset(cfg.limit)
     _, _, local_rank = dist_info()
     device = resolve_device(cfg.device, local_rank)
-    todo: list[Any] = list(encoder_objects) if encoder_objects else [e.strip() for e in cfg.encoder.split(",") if e.strip()]
+    todo: list[Any] = list(encoder_objects) if encoder_objects else split_encoder_ids(cfg.encoder)
     if not todo:
         raise ConfigError("--encoder is empty; name at least one encoder (see `spatialprobe ls encoders`).")
-    results = []
     try:
-        results = _extract_all(todo, cfg, source, device)
+        return _extract_all(todo, cfg, source, device)
     finally:
         release_distributed()
-    return results
 
 
 def _extract_all(todo: list[Any], cfg: ExtractConfig, source: ImageSource, device: str) -> list[ExtractResult]:
-    results = []
-    for item in todo:
-        name = item if isinstance(item, str) else getattr(item, "name", repr(item))
-        try:
-            enc = load_encoder(item, cfg, device) if isinstance(item, str) else item
-            res = extract_one(enc, source, cfg.out, cfg)
-        except Exception as exc:  # noqa: BLE001 - one failing encoder must not lose the others
-            log.error("%s: extraction failed: %s", name, exc)
-            res = ExtractResult(encoder=name, path=None, error=str(exc))
-            if len(todo) == 1:
-                raise
-        results.append(res)
+    results = list(extract_many(todo, source, cfg.out, cfg).values())
+    if len(results) == 1 and results[0].exception is not None:
+        raise results[0].exception
     return results

@@ -13,6 +13,14 @@ whatever the number of processes, so a resume works with any world size. A shard
 temporary name, fsynced, renamed, then its done marker is written the same way: a shard without a
 marker never counts. ``manifest.json`` carries ``"complete": false`` until every shard is done.
 
+The encoder folder is named by :func:`store_dirname` (the id itself when it holds only safe characters,
+e.g. ``hog@mix_cls=0.5``; otherwise a sanitised name plus a short hash); the manifest keeps the id as
+given. A lock file ``<root>/<encoder-id>/.lock`` (:class:`StoreLock`) lets one process at a time write
+an encoder's stores. ``--force`` builds the replacement in a hidden ``.partial-<fingerprint>`` folder
+beside the old store and swaps it in only when complete (:func:`promote`), so a kill at any moment
+leaves at least one complete store. Hidden folders (``.partial-*``, ``.trash-*``) are never listed by
+:func:`find_stores`.
+
 Reading (:func:`open`) is memory-mapped through ``safetensors.safe_open``: :meth:`FeatureStore.iter_chunks`
 streams ``chunk_size`` rows at a time, so metrics and linear probes run on stores larger than RAM.
 """
@@ -22,15 +30,24 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import DataError, InputFileError, StoreError
 
+log = logging.getLogger("spatialprobe.store")
+
 MANIFEST = "manifest.json"
+LOCK_NAME = ".lock"
+PARTIAL_PREFIX = ".partial-"
+TRASH_PREFIX = ".trash-"
 FORMAT_VERSION = 1
 DTYPES = ("fp16", "bf16", "fp32")
 _KEYS = ("patch", "pooled", "prefix")
@@ -57,6 +74,23 @@ def done_name(k: int) -> str:
 def fingerprint(record: dict[str, Any]) -> str:
     """sha256 of a JSON-serialisable record (sorted keys): the store fingerprint."""
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@=+-]*")
+
+
+def store_dirname(encoder_id: str) -> str:
+    """The folder name of an encoder's stores under the root.
+
+    Ids made of letters, digits and ``. _ @ = + -`` (every zoo id and variant such as
+    ``hog@mix_cls=0.5``) are used as they are. Anything else (``/``, spaces, ``:``, ``,``, a leading
+    dot, ...) is replaced by ``_`` and a hash of the full id is appended, so two ids never share a
+    folder. The id itself is kept in the manifest (``encoder``)."""
+    name = str(encoder_id)
+    if _SAFE_NAME.fullmatch(name) and len(name) <= 200:
+        return name
+    clean = re.sub(r"[^A-Za-z0-9._@=+-]", "_", name).lstrip(".")[:120] or "encoder"
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -129,6 +163,115 @@ def clean_temp_files(folder: Path) -> None:
             p.unlink()
         except OSError:
             pass
+
+
+# ----------------------------------------------------------------------------- locking and swapping
+
+class StoreLock:
+    """An exclusive, non-blocking lock on an encoder folder (``<root>/<encoder-id>/.lock``).
+
+    Held for the whole extraction, so a second process on the same ``--out`` and encoder (a duplicate
+    run, or a concurrent ``--force``) fails at once with a :class:`StoreError` naming the holder,
+    instead of duplicating work or deleting files under the first. Uses ``fcntl.flock``: the kernel
+    drops the lock when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun.
+    Usable as a context manager.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fh = None
+
+    def acquire(self) -> "StoreLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX platforms: no inter-process lock
+            log.warning("no fcntl on this platform: %s is not locked against concurrent writers", self.folder)
+            return self
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = builtins.open(self.path, "a+")
+        except OSError as exc:
+            raise StoreError(f"Cannot create the lock file {str(self.path)!r} ({exc.strerror or exc}); "
+                             "make the output folder writable or choose another --out.") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            try:
+                who = json.loads(holder)
+                who = f"pid {who['pid']} on {who['host']}, since {who['since']}"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise StoreError(f"{str(self.folder)!r} is being written by another extraction ({who}). Wait for it "
+                             "to finish and run the command again (an identical command then reuses its store), "
+                             "or choose another --out.") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._fh.close()
+                self._fh = None
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def partial_dir(enc_root: str | Path, fp: str) -> Path:
+    """Where a replacement store (``--force``) is built before it is swapped in."""
+    return Path(enc_root) / f"{PARTIAL_PREFIX}{fp[:16]}"
+
+
+def promote(staged: Path, final: Path, replaced: Sequence[Path]) -> None:
+    """Swap a complete staged store in: rename ``staged`` to ``final`` (atomic), then move each store in
+    ``replaced`` to a hidden trash name (atomic) and delete it. A kill at any point leaves at least one
+    complete, visible store; leftovers are hidden and removed by :func:`clean_leftovers`."""
+    staged, final = Path(staged), Path(final)
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+    promote_over(final, replaced)
+
+
+def promote_over(final: Path, replaced: Sequence[Path]) -> None:
+    """Remove the stores in ``replaced`` now that ``final`` is complete (moved to a hidden trash name
+    first, atomically, then deleted)."""
+    for old in replaced:
+        old = Path(old)
+        if not old.exists() or old.resolve() == Path(final).resolve():
+            continue
+        trash = old.with_name(f"{TRASH_PREFIX}{old.name}-{os.getpid()}")
+        os.replace(old, trash)
+        _fsync_dir(old.parent)
+        log.warning("replaced store %s by %s (--force)", old, final)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_leftovers(enc_root: str | Path, keep: Sequence[Path] = ()) -> None:
+    """Delete hidden trash folders and staged builds other than ``keep`` (call while holding the lock)."""
+    root = Path(enc_root)
+    if not root.is_dir():
+        return
+    keep_r = {Path(k).resolve() for k in keep}
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith((TRASH_PREFIX, PARTIAL_PREFIX)) and p.resolve() not in keep_r:
+            log.info("removing leftover %s", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -238,11 +381,15 @@ class FeatureStore:
 
 
 def find_stores(path: str | Path) -> list[Path]:
-    """Store folders at or below ``path`` (folders holding a manifest.json)."""
+    """Store folders at or below ``path`` (folders holding a manifest.json); folders with a hidden
+    name below ``path`` (staged ``--force`` builds, trash) are skipped."""
     p = Path(path)
     if (p / MANIFEST).is_file():
         return [p]
-    return sorted(m.parent for m in p.rglob(MANIFEST)) if p.is_dir() else []
+    if not p.is_dir():
+        return []
+    return sorted(m.parent for m in p.rglob(MANIFEST)
+                  if not any(part.startswith(".") for part in m.relative_to(p).parts[:-1]))
 
 
 def open(path: str | Path) -> FeatureStore:  # noqa: A001 - mirrors builtins.open on purpose
@@ -300,12 +447,16 @@ def write_store(path: str | Path, ids: Sequence[str], *, patch=None, pooled=None
     if dtype is None:
         dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(patch.dtype if patch is not None else None, "fp32")
     tdt = torch_dtype(dtype)
-    folder = Path(path)
-    if folder.exists():
+    final = Path(path)
+    replace = False
+    if final.exists():
         if not overwrite:
-            raise StoreError(f"{str(folder)!r} already exists; pass overwrite=True to replace it.")
-        if (folder / MANIFEST).is_file() or any(folder.glob("shard-*.safetensors")):
-            shutil.rmtree(folder)
+            raise StoreError(f"{str(final)!r} already exists; pass overwrite=True to replace it.")
+        replace = (final / MANIFEST).is_file() or any(final.glob("shard-*.safetensors"))
+    # a replacement is built beside the old store and swapped in when complete
+    folder = final.with_name(f"{PARTIAL_PREFIX}{final.name}-{os.getpid()}") if replace else final
+    if replace and folder.exists():
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shard_size = max(1, int(shard_size))
     shards = []
@@ -330,4 +481,10 @@ def write_store(path: str | Path, ids: Sequence[str], *, patch=None, pooled=None
 
     record["environment"] = environment()
     atomic_write_json(folder / MANIFEST, record)
-    return folder
+    if replace:
+        trash = final.with_name(f"{TRASH_PREFIX}{final.name}-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(folder, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+    return final

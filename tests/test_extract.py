@@ -29,7 +29,8 @@ TESTS = Path(__file__).resolve().parent
 
 class TinyEncoder:
     """A 4×4-grid encoder meeting the contract: average-pool each cell, fixed random 3→8 projection,
-    tanh; prefix = mean token. ``TINY_DELAY`` seconds of sleep per batch slow it down for kill tests."""
+    tanh; prefix = mean token. ``TINY_DELAY`` seconds of sleep per batch slow it down for kill tests;
+    ``TINY_HOLD`` (a path) pauses it after 4 images until that file exists."""
 
     embed_dim = 8
     grid = (4, 4)
@@ -56,6 +57,10 @@ class TinyEncoder:
 
     def __call__(self, images: torch.Tensor) -> EncoderOutput:
         time.sleep(float(os.environ.get("TINY_DELAY", "0")))
+        hold = os.environ.get("TINY_HOLD")  # after the first 4 images, wait until this file exists
+        if hold and self.images_seen >= 4:
+            while not os.path.exists(hold):
+                time.sleep(0.02)
         self.images_seen += images.shape[0]
         with torch.no_grad():
             return self.forward_tokens(self.preprocess(images))
@@ -95,7 +100,7 @@ def test_store_matches_direct_encoder_calls(tmp_path):
     for key in ("fingerprint", "environment", "weights_id", "source", "config", "shards"):
         assert key in m
     assert m["weights_id"] == "random-init:0" and m["environment"]["torch"] == torch.__version__
-    assert m["fingerprint_inputs"]["source"] == src.subset(24).fingerprint()
+    assert m["fingerprint_inputs"]["source"] == src.subset(24).fingerprint_record()
 
 
 def test_pooled_only_matches_full_pooled(tmp_path):
@@ -240,7 +245,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    folder = next(out.glob("tiny/*"))
+    folder = next(out.glob("tiny/[!.]*"))
     done = sorted(int(p.name[6:11]) for p in folder.glob("shard-*.done"))
     assert 3 <= len(done) < 10, done  # killed mid-run
     with pytest.raises(StoreError, match="incomplete"):
@@ -281,7 +286,7 @@ def test_torchrun_two_ranks_equals_one_process_and_resumes_any_world_size(tmp_pa
     # a partial store written by one process: shards 1, 2, 7 lost
     multi = tmp_path / "multi"
     shutil.copytree(single, multi)
-    folder = next(multi.glob("tiny/*"))
+    folder = next(multi.glob("tiny/[!.]*"))
     for k in (1, 2, 7):
         (folder / store.done_name(k)).unlink()
         (folder / store.shard_name(k)).unlink()
@@ -342,3 +347,88 @@ def test_cli_hog_builtin_then_metrics_end_to_end(tmp_path):
     r = CliRunner().invoke(app, ["metrics", "--features", str(feats), "--out", str(met)])
     assert r.exit_code == 0, r.output
     assert (met / "summary.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- shared decoding
+
+class _CountingSource(type(open_source("builtin:digits"))):
+    """builtin:digits, counting how often an image is decoded and cropped (in this process)."""
+
+    decodes = 0
+
+    def load_pil(self, i):
+        type(self).decodes += 1
+        return super().load_pil(i)
+
+
+def _counting_digits():
+    base = open_source("builtin:digits", resolution=32)
+    src = _CountingSource(base.spec, base.ids, base._make, labels=base.labels, label_names=base.label_names,
+                          resolution=32, content_key=base._key)
+    src.kind = base.kind
+    _CountingSource.decodes = 0
+    return src.subset(24)
+
+
+def test_several_encoders_share_one_decode_and_equal_separate_runs(tmp_path):
+    from spatialprobe.extract import extract_many
+
+    cfg = ExtractConfig(**{k: v for k, v in _cfg().items() if k not in ("images", "limit")})
+    encs = [TinyEncoder(0, "tiny"), TinyEncoder(1, "tiny-b"), TinyEncoder(2, "tiny@mix_cls=0.5")]
+    src = _counting_digits()
+    res = extract_many(encs, src, tmp_path / "shared", cfg)
+    assert list(res) == ["tiny", "tiny-b", "tiny@mix_cls=0.5"] and _CountingSource.decodes == 24  # not 3 × 24
+    assert all(e.images_seen == 24 for e in encs)
+    for seed, (key, r) in enumerate(res.items()):
+        (alone,) = extract(out=str(tmp_path / "alone" / str(seed)), encoder_objects=[TinyEncoder(seed, key)], **_cfg())
+        ids_a, ta = _store_tensors(r.path)
+        ids_b, tb = _store_tensors(alone.path)
+        assert ids_a == ids_b and all(torch.equal(ta[k], tb[k]) for k in ta), key
+        assert r.open().encoder == key and r.path.parent.name == key  # '@' and '=' kept in the folder name
+    # one encoder's lost shard: only that shard is decoded again, and only that encoder runs on it
+    folder = res["tiny-b"].path
+    (folder / store.done_name(1)).unlink()
+    m = json.loads((folder / store.MANIFEST).read_text())
+    (folder / store.MANIFEST).write_text(json.dumps({**m, "complete": False}))
+    _CountingSource.decodes = 0
+    again = extract_many([TinyEncoder(0, "tiny"), b := TinyEncoder(1, "tiny-b")], src, tmp_path / "shared", cfg)
+    assert again["tiny"].reused and again["tiny-b"].computed_shards == [1] and b.images_seen == 8
+    assert _CountingSource.decodes == 8
+
+
+def test_store_dirname_and_encoder_id_lists():
+    from spatialprobe.extract import split_encoder_ids
+
+    assert store.store_dirname("hog@mix_cls=0.5") == "hog@mix_cls=0.5"
+    odd = store.store_dirname("facebook/dinov2 base:v1")
+    assert "/" not in odd and " " not in odd and odd.startswith("facebook_dinov2_base_v1-")
+    assert store.store_dirname("a/b") != store.store_dirname("a_b") and store.store_dirname("..") != ".."
+    assert split_encoder_ids("pixels, hog,sift") == ["pixels", "hog", "sift"]
+    assert split_encoder_ids("hog@mix_cls=0.5,layer=8,sift") == ["hog@mix_cls=0.5,layer=8", "sift"]
+
+
+def test_cli_several_cheap_encoders_in_one_pass(tmp_path):
+    from typer.testing import CliRunner
+
+    from spatialprobe.cli import app
+
+    r = CliRunner().invoke(app, ["extract", "--encoder", "pixels,hog,sift", "--images", "builtin", "--limit", "2",
+                                 "--workers", "0", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    for name in ("pixels", "hog", "sift"):
+        st = store.open(tmp_path / name)
+        assert st.encoder == name and len(st) == 2 and st.grid == (16, 16)
+    assert "shared decoding pass" in r.output
+
+
+def test_extract_many_takes_ids_and_reports_each_failure(tmp_path):
+    from spatialprobe.errors import UnknownNameError
+    from spatialprobe.extract import extract_many
+
+    src = open_source("builtin", resolution=32).subset(2)
+    cfg = ExtractConfig(num_workers=0, shard_size=2)
+    res = extract_many(["pixels", "no-such-encoder", TinyEncoder()], src, tmp_path, cfg)
+    assert list(res) == ["pixels", "no-such-encoder", "tiny"]
+    assert res["pixels"].error is None and len(res["pixels"].open()) == 2 and res["tiny"].open().encoder == "tiny"
+    bad = res["no-such-encoder"]
+    assert bad.path is None and isinstance(bad.exception, UnknownNameError) and "no-such-encoder" in bad.error

@@ -81,3 +81,25 @@ def test_shard_marker_requires_intact_file(tmp_path):
     (tmp_path / store.shard_name(0)).write_bytes(b"xx")
     assert store.read_marker(tmp_path, 0) is None
     assert store.read_marker(tmp_path, 1) is None
+
+
+def test_write_store_replaces_atomically_and_hidden_folders_are_not_stores(tmp_path):
+    first = store.write_store(tmp_path / "s", _ids(2), pooled=torch.zeros(2, 3), grid=(1, 1), encoder="x")
+    again = store.write_store(tmp_path / "s", _ids(3), pooled=torch.ones(3, 3), grid=(1, 1), encoder="x")
+    assert again == first and len(store.open(again)) == 3 and torch.equal(store.open(again).load("pooled"), torch.ones(3, 3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staged or trash folder left behind
+    # a staged --force build or a trash folder beside a store is never found as a second store
+    store.write_store(tmp_path / ".partial-abc", _ids(2), pooled=torch.zeros(2, 3), grid=(1, 1), encoder="x")
+    store.write_store(tmp_path / ".trash-old", _ids(2), pooled=torch.zeros(2, 3), grid=(1, 1), encoder="x")
+    assert store.find_stores(tmp_path) == [first] and store.open(tmp_path).path == first
+
+
+def test_store_lock_is_exclusive_and_names_the_holder(tmp_path):
+    with store.StoreLock(tmp_path / "enc"):
+        with pytest.raises(StoreError, match=r"being written by another extraction \(pid \d+ on "):
+            store.StoreLock(tmp_path / "enc").acquire()
+    with store.StoreLock(tmp_path / "enc"):  # released: free again
+        pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="Cannot create the lock file"):
+        store.StoreLock(tmp_path / "file" / "enc").acquire()

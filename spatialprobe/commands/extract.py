@@ -45,6 +45,11 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
 
         A store with another fingerprint is never silently reused (--force replaces it); an identical one makes the command a no-op.
 
+        Several encoders (--encoder pixels,hog,sift) share one decoding pass: each image is decoded and
+        centre-cropped once and fed to every encoder; each store equals that of a separate run.
+
+        Another process already writing the same OUT/<encoder> makes the command stop with an error (a lock); --force builds the new store beside the old one and swaps it in only when complete, so an interrupted --force loses nothing.
+
         Several GPUs: torchrun --nproc_per_node 8 -m spatialprobe.cli extract ... (ranks take disjoint shards; any world size can resume).
 
         Undecodable images are recorded and listed; the command then exits 1 unless --skip-bad.
@@ -88,6 +93,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
             else:
                 what = "up to date (reused)" if r.reused else f"{len(r.computed_shards)} shard(s) computed, {r.seconds:.1f} s"
                 typer.echo(f"{r.encoder:<20} {r.n_images} images -> {r.path}  [{what}]")
+        computed = [r for r in results if r.computed_shards]
+        if len(computed) > 1:
+            typer.echo(f"({len(computed)} encoders, one shared decoding pass: each image decoded and cropped once)")
         if bad:
             seen = sorted({(i, why) for _, i, why in bad})
             typer.echo(f"\n{len(seen)} image(s) could not be decoded and were left out:", err=True)

@@ -78,9 +78,80 @@ def batch_positions(step: int, global_batch: int, n: int, seed: int, rank: int =
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
-    """The highest-step ``checkpoints/NNNNNNN.pt`` of a run folder, or None."""
-    ck = sorted((Path(out) / "checkpoints").glob("[0-9]*.pt"))
+    """The highest-step ``checkpoints/NNNNNNN.pt`` file of a run folder (intact or not), or None."""
+    ck = checkpoint_files(out)
     return ck[-1] if ck else None
+
+
+def checkpoint_files(out: str | Path) -> list[Path]:
+    """Every ``checkpoints/NNNNNNN.pt`` of a run folder, oldest first."""
+    return sorted((Path(out) / "checkpoints").glob("[0-9]*.pt"))
+
+
+#: keys every training checkpoint holds
+CHECKPOINT_KEYS = ("step", "model", "emas", "config", "model_args", "family")
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load one training checkpoint safely (``torch.load(weights_only=True)``: tensors and plain
+    containers only, never arbitrary pickled objects).
+
+    Raises :class:`~spatialprobe.errors.InputFileError` saying "not a checkpoint" and why (empty,
+    truncated or corrupt, foreign bytes, a torch file that is not a training checkpoint)."""
+    import pickle
+    import zipfile
+
+    from ..errors import InputFileError
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise InputFileError(f"Checkpoint {str(p)!r} cannot be read ({exc.strerror or exc}).") from None
+    if size == 0:
+        raise InputFileError(f"{str(p)!r} is not a checkpoint: the file is empty (0 bytes).")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, AttributeError,
+            ImportError, IndexError, KeyError, TypeError) as exc:
+        if zipfile.is_zipfile(p):
+            why = "the file is truncated or corrupt (a torch archive that cannot be read to the end)"
+        elif isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc):
+            why = ("it holds pickled objects other than tensors and plain containers; spatialprobe only loads "
+                   "checkpoints it wrote")
+        else:
+            why = "its bytes are not a torch checkpoint (random, truncated or another format)"
+        raise InputFileError(f"{str(p)!r} is not a checkpoint: {why}.") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        have = ", ".join(sorted(map(str, state))[:6]) if isinstance(state, dict) else type(state).__name__
+        raise InputFileError(f"{str(p)!r} is not a spatialprobe training checkpoint (it holds {have}; expected "
+                             f"{', '.join(CHECKPOINT_KEYS)}).")
+    return state
+
+
+def newest_intact_checkpoint(out: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
+    """``(path, state)`` of the newest checkpoint of a run folder that loads, or None when there is none.
+
+    A newer file that does not load (a truncated copy, a full disk) is skipped with a warning naming it;
+    when every file is unusable the error lists them."""
+    from ..errors import InputFileError
+
+    files = checkpoint_files(out)
+    problems = []
+    for ck in reversed(files):
+        try:
+            state = read_checkpoint(ck, map_location)
+        except InputFileError as exc:
+            problems.append(str(exc))
+            continue
+        for msg in problems:
+            log.warning("%s; using the newest intact checkpoint, %s (step %d), instead", msg, ck.name,
+                        int(state["step"]))
+        return ck, state
+    if problems:
+        raise InputFileError(f"No intact checkpoint in {str(Path(out) / 'checkpoints')!r}: " + " ".join(problems)
+                             + " Delete the unusable files to start the run afresh.")
+    return None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -310,7 +381,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         raise ConfigError(f"{out} already holds checkpoints ({ckpt.name}); pass --resume to continue it, "
                           "or choose another --out.")
     if cfg.resume and ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        ckpt, state = newest_intact_checkpoint(out, map_location=device)
         check_resume(state["config"], cfg)
         model.load_state_dict(state["model"])
         for e, sd in zip(emas, state["emas"]):
@@ -446,16 +517,18 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
 def load_run(path: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint (or the newest one of a run folder) with ``weights`` = ema | ema2 | model.
 
-    Returns ``(model in eval mode, checkpoint dict without the tensors of the optimizer)``.
+    Returns ``(model in eval mode, checkpoint dict without the tensors of the optimizer)``. For a run
+    folder the newest checkpoint that loads is used (a truncated newer one is skipped with a warning);
+    a checkpoint file named explicitly must load.
     """
     from ..errors import InputFileError
 
     p = Path(path)
-    ck = latest_checkpoint(p) if p.is_dir() else p
-    if ck is None or not ck.is_file():
+    found = newest_intact_checkpoint(p) if p.is_dir() else ((p, read_checkpoint(p)) if p.is_file() else None)
+    if found is None:
         raise InputFileError(f"No checkpoint at {str(path)!r}; pass a run folder holding checkpoints/NNNNNNN.pt "
                              "or a checkpoint file.")
-    state = torch.load(ck, map_location="cpu", weights_only=False)
+    ck, state = found
     model = build_model(state["config"]["model"], **state["model_args"])
     if weights == "model":
         sd = state["model"]
