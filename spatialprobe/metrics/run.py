@@ -291,8 +291,11 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
         masks_by_id = None
         n_filtered = 0
         if files is not None:
+            from .masks import store_image_sizes
+
+            sizes = store_image_sizes(src.path) if src._store is not None else {}
             masks_by_id = load_masks(cfg.masks, src.grid, ids=ids, rule=cfg.mask_rule,
-                                     resolution=cfg.mask_resolution, channel=cfg.mask_channel)
+                                     resolution=cfg.mask_resolution, channel=cfg.mask_channel, image_sizes=sizes)
             if cfg.mask_filter:
                 stacked = torch.stack([masks_by_id[i] for i in ids])
                 keep = official_filter(stacked, cfg.mask_min_fraction)
