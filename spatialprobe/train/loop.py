@@ -229,8 +229,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         cfg.num_classes = _num_classes(source)
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the world size {world}.")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..checks import prepare_out_dir
+
+    out = prepare_out_dir(cfg.out)
     (out / "checkpoints").mkdir(exist_ok=True)
 
     # teacher(s)

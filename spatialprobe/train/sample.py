@@ -214,7 +214,9 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     if len(interval) != 2:
         raise ConfigError(f"interval {c.interval!r} needs two numbers: low,high.")
     out = Path(c.out) if c.out else Path(state["path"]).parent.parent / f"samples-{state['step']:07d}"
-    out.mkdir(parents=True, exist_ok=True)
+    from ..checks import prepare_out_dir
+
+    prepare_out_dir(out)
     num_classes = int(state["model_args"]["num_classes"])
     labels = balanced_labels(c.n, num_classes)
     vae = None
