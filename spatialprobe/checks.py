@@ -33,7 +33,7 @@ def check_range(name: str, value: Any, lo: float | None = None, hi: float | None
         lo_s = "-inf" if lo is None else f"{lo:g}"
         hi_s = "inf" if hi is None else f"{hi:g}"
         rng = f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
-        raise ConfigError(f"{name}={value!r} is out of range: it must lie in {rng}.{' ' + hint if hint else ''}")
+        raise ConfigError(f"{name}={value!r} is out of range: it must lie in {rng}{'; ' + hint if hint else '.'}")
 
 
 def check_device(device: Any, name: str = "device") -> None:

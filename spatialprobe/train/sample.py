@@ -167,7 +167,7 @@ def choose_weights(requested: str, state: dict) -> str:
     frac = ema_init_fraction(decays[k], step)
     if frac <= EMA_INIT_LIMIT:
         return "ema" if requested == "auto" else requested
-    why = (f"after {step} steps the EMA (decay {decays[k]:g}) is still {100 * frac:.0f} % the random "
+    why = (f"after {step} step{'' if step == 1 else 's'} the EMA (decay {decays[k]:g}) is still {100 * frac:.0f} % the random "
            f"initialisation")
     if requested == "auto":
         log.warning("%s: sampling from the raw model weights (--weights model); pass --weights ema to force the EMA.", why)
