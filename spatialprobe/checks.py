@@ -6,8 +6,10 @@ its value and the valid range, instead of after an hour (or never, with a wrong 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,32 @@ def prepare_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
         raise OutputError(f"{what} {str(p)!r} is a folder; give a file name, e.g. {str(p / 'ref.npz')!r}.")
     prepare_out_dir(p.parent if str(p.parent) else ".", what=f"{what} folder")
     return p
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, partial: str | os.PathLike | None = None, what: str = "output"):
+    """Turn a failed write of ``path`` (full disk, read-only, a writer's RuntimeError) into one
+    :class:`OutputError` naming it; the ``partial`` temporary file is removed so no half file is left."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OutputError):
+            raise
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OutputError(f"{what}: " + os_error_message(exc, path)) from exc
+        text = str(exc)
+        full = "space" in text.lower() or _nearly_full(Path(path).parent)
+        if full:
+            raise OutputError(f"{what}: no space left on device while writing {str(path)!r}; free space or "
+                              "choose another --out.") from exc
+        raise OutputError(f"{what}: could not write {str(path)!r}: {text.splitlines()[0] if text else exc!r}") from exc
+
+
+def _nearly_full(folder: Path, margin: int = 64 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False

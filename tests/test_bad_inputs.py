@@ -431,3 +431,20 @@ def test_injection_figure_marks_random_init_and_shows_error_bars(env, monkeypatc
     table["random_init"] = True
     inj.injection_figure(table, tmp_path / "j")
     assert "RANDOM INIT" in seen["title"]
+
+
+def test_full_disk_while_saving_a_checkpoint(monkeypatch, tmp_path):
+    """torch.save reports a full disk as a RuntimeError from its zip writer: still one clear error."""
+    import spatialprobe.checks as checks
+    from spatialprobe.errors import OutputError
+    from spatialprobe.train import loop
+
+    def failing(obj, f, *a, **k):
+        open(f, "wb").write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(loop.torch, "save", failing)
+    monkeypatch.setattr(checks, "_nearly_full", lambda folder, margin=0: True)
+    with pytest.raises(OutputError, match=r"checkpoint: no space left on device while writing .*0000010\.pt"):
+        loop._atomic_save({"x": 1}, tmp_path / "0000010.pt")
+    assert not list(tmp_path.iterdir())  # no half-written temporary left behind

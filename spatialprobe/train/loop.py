@@ -82,9 +82,12 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    from ..checks import writing
+
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with writing(path, tmp, what="checkpoint"):
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
 
 
 def _num_classes(source) -> int:
