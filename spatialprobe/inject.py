@@ -110,6 +110,14 @@ def accumulate(chunks: Iterable[tuple[list[str], Any, Any, Any]], grid: tuple[in
             used = "cls" if cls is not None else "mean"
         if used == "cls" and cls is None:
             raise DataError("mix='cls' but the tokens have no CLS/prefix token; use --mix mean.")
+        finite = torch.isfinite(patch.reshape(patch.shape[0], -1)).all(1)
+        if cls is not None:
+            finite &= torch.isfinite(cls.reshape(cls.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            bad = [str(i) for i, ok in zip(cids, finite.tolist()) if not ok]
+            raise DataError(f"the tokens of {len(bad)} image(s) are non-finite (NaN or inf): {', '.join(bad[:10])}"
+                            f"{' ...' if len(bad) > 10 else ''}. The input is broken, not the ablation: re-extract "
+                            "those images.")
         ids.extend(cids)
         for a in alphas:
             t = mix_tokens(patch.float(), cls.float() if cls is not None else None, a, form, used)

@@ -459,6 +459,14 @@ def probe(config: str | Path | ProbeConfig | None = None, **overrides: Any) -> P
         labels, names = load_labels(cfg.labels)
         source = cfg.labels
     x_all = pooled_features(st, cfg.pool)
+    import torch
+
+    finite = torch.isfinite(x_all).all(1)
+    if not bool(finite.all()):
+        bad = [ids[i] for i in (~finite).nonzero().flatten().tolist()]
+        raise DataError(f"store {str(st.path)!r}: the features of {len(bad)} image(s) are non-finite (NaN or inf): "
+                        f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. The input is broken: re-extract "
+                        "those images (fp16 overflow? use --dtype fp32).")
 
     if cfg.val_labels:
         val_map, _ = load_labels(cfg.val_labels)

@@ -448,3 +448,19 @@ def test_full_disk_while_saving_a_checkpoint(monkeypatch, tmp_path):
     with pytest.raises(OutputError, match=r"checkpoint: no space left on device while writing .*0000010\.pt"):
         loop._atomic_save({"x": 1}, tmp_path / "0000010.pt")
     assert not list(tmp_path.iterdir())  # no half-written temporary left behind
+
+
+def test_non_finite_features_name_the_images_in_probe_and_inject(tmp_path):
+    from spatialprobe.errors import DataError
+    from spatialprobe.inject import inject
+    from spatialprobe.probe import probe
+    from spatialprobe.store import write_store
+
+    x = torch.randn(8, 4, 3)
+    x[5, 1, 2] = float("nan")
+    write_store(tmp_path / "s", [f"im{k}" for k in range(8)], patch=x, grid=(2, 2), encoder="toy",
+                labels=[0, 1] * 4, dtype="fp32")
+    with pytest.raises(DataError, match="non-finite.*im5"):
+        probe(features=str(tmp_path / "s"))
+    with pytest.raises(DataError, match="non-finite.*im5"):
+        inject(features=str(tmp_path / "s"), alphas=[0.0])
