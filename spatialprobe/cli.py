@@ -15,6 +15,22 @@ import typer
 
 from . import __version__
 
+#: help is laid out at least this wide, so option names and defaults are never cut (rich's default is 80)
+HELP_WIDTH = 120
+
+
+def _help_width() -> None:
+    import os
+    import shutil
+
+    from typer import rich_utils
+
+    if not os.environ.get("TERMINAL_WIDTH"):
+        rich_utils.MAX_WIDTH = max(HELP_WIDTH, shutil.get_terminal_size((HELP_WIDTH, 24)).columns)
+
+
+_help_width()
+
 app = typer.Typer(
     name="spatialprobe",
     help="Which vision encoder makes the best REPA/iREPA teacher, and which cheap property of its "
@@ -23,7 +39,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": HELP_WIDTH},
 )
 ls_app = typer.Typer(help="List packaged things: reference tables, encoders, presets.", no_args_is_help=True)
 app.add_typer(ls_app, name="ls")
@@ -55,6 +71,27 @@ def _register_all() -> None:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{commands.__name__}.{info.name}").register(app, ls_app)
+    _escape_help(app)
+    _escape_help(ls_app)
+
+
+def _escape_help(typer_app: typer.Typer) -> None:
+    """Help texts are plain text: ``[default: 256]`` must print as written, not vanish as rich markup."""
+    import inspect
+
+    try:
+        from rich.markup import escape
+    except ImportError:  # pragma: no cover - plain click help prints brackets as they are
+        return
+    for cmd in typer_app.registered_commands:
+        if cmd.help:
+            cmd.help = escape(cmd.help)
+        elif cmd.callback is not None and cmd.callback.__doc__:
+            cmd.help = escape(inspect.cleandoc(cmd.callback.__doc__))
+        for p in inspect.signature(cmd.callback).parameters.values():
+            info = p.default
+            if isinstance(info, typer.models.ParameterInfo) and info.help:
+                info.help = escape(info.help)
 
 
 _register_all()

@@ -6,6 +6,7 @@ can always be traced back to the options that made it.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import json
@@ -49,6 +50,7 @@ def resolve(cls: type[T], file: str | Path | T | None = None, **overrides: Any) 
     """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
+    from_file: set[str] = set()
     if isinstance(file, cls):
         values.update({f: getattr(file, f) for f in names})
     elif file is not None:
@@ -58,11 +60,92 @@ def resolve(cls: type[T], file: str | Path | T | None = None, **overrides: Any) 
             raise ConfigError(f"Config file {str(file)!r} has unknown option(s) {', '.join(unknown)}; "
                               f"valid: {', '.join(sorted(names))}.")
         values.update(data)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        from_file = set(data)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"Unknown option(s) {', '.join(unknown)} for {cls.__name__}.")
+    if not isinstance(file, cls):
+        where = {k: f" in config file {str(file)!r}" for k in from_file - set(given)}
+        values = check_types(cls, values, where)
     return cls(**values)
+
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, str(t))
+
+
+def _coerce(value: Any, t: Any) -> Any:
+    """``value`` as the scalar type ``t`` (numeric strings such as YAML's ``1e-4`` become numbers), or raise ValueError."""
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError
+    if t is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise ValueError
+    if t is float:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, (int, float)):
+            return value
+        if isinstance(value, str):
+            return float(value)
+        raise ValueError
+    if t is str:
+        if isinstance(value, (dict, list, tuple, set, bool)):
+            raise ValueError
+        return value
+    return value
+
+
+def check_types(cls: type, values: dict[str, Any], where: dict[str, str] | None = None) -> dict[str, Any]:
+    """Check (and coerce numeric strings of) ``values`` against the field types of the dataclass ``cls``.
+
+    A value of the wrong type (``limit: two`` for an int) is a :class:`ConfigError` naming the option,
+    the value, the expected type and (``where``) the config file it came from. Fields whose type is not a
+    plain scalar, an optional scalar or a list of scalars are left to the dataclass.
+    """
+    import typing
+
+    where = where or {}
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
+        return values
+    out = dict(values)
+    scalars = (int, float, bool, str)
+    for k, v in values.items():
+        t = hints.get(k)
+        if t is None or v is None:
+            continue
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        origin = typing.get_origin(t)
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            if len(args) != 1:
+                continue
+            t = args[0]
+            origin, args = typing.get_origin(t), list(typing.get_args(t))
+        try:
+            if t in scalars:
+                out[k] = _coerce(v, t)
+            elif origin in (list, tuple, collections.abc.Sequence) and args and args[0] in scalars:
+                if isinstance(v, (list, tuple)):
+                    out[k] = type(v)(_coerce(x, args[0]) for x in v)
+                elif not isinstance(v, str):
+                    raise ValueError
+        except (TypeError, ValueError):
+            want = _type_name(t) if t in scalars else f"a list of {_type_name(args[0]).split(' ', 1)[-1]}s"
+            raise ConfigError(f"Option {k}={v!r}{where.get(k, '')} must be {want}.") from None
+    return out
 
 
 def _jsonable(v: Any) -> Any:

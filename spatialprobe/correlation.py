@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import reference as _reference
 from .config import resolve, sha256_file, write_config
-from .errors import ConfigError, DataError, InputFileError
+from .errors import ColumnError, ConfigError, DataError, InputFileError
 from .stats import correlation_table
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class CorrelateConfig:
     family_col: str | None = None  #: default: ``family`` when the table has it
     id_col: str | None = None  #: names dropped rows in warnings; default ``point_id``/``id``/``encoder`` if present
     control: str | None = None  #: partial correlation controlling for this column
+    allow_duplicates: bool = False  #: accept repeated ids (the same point twice counts as two points)
     n_resamples: int = 10_000
     confidence: float = 0.95
     seed: int = 0
@@ -48,6 +49,22 @@ class CorrelateConfig:
             raise ConfigError(f"n_resamples={self.n_resamples} is too few for a stable CI; use >= 1000.")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence={self.confidence} must lie in (0, 1), e.g. 0.95.")
+
+
+def check_duplicates(df: pd.DataFrame, id_col: str | None, *, allow: bool = False, what: str = "table") -> None:
+    """Repeated ids (the same point twice) would count as independent points and shift r, CI and p."""
+    if not id_col or id_col not in df.columns:
+        return
+    ids = df[id_col].astype(str)
+    dup = ids[ids.duplicated(keep=False)]
+    if dup.empty:
+        return
+    names = sorted(set(dup))
+    msg = (f"{what}: {len(names)} id(s) in column {id_col!r} appear more than once ({', '.join(names[:5])}"
+           f"{', ...' if len(names) > 5 else ''}; {len(dup)} rows), so they would count as independent points")
+    if not allow:
+        raise DataError(msg + ". Remove the repeats (or average them), or pass --allow-duplicates.")
+    log.warning("%s (--allow-duplicates).", msg)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -86,6 +103,10 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
     if frame is not None:
         options.setdefault("table", "<DataFrame>")
     cfg = resolve(CorrelateConfig, config, **options)
+    if cfg.out:
+        from .checks import prepare_out_dir
+
+        prepare_out_dir(cfg.out)
     if frame is not None:
         df, source = frame, {"table": "<DataFrame>"}
     elif cfg.reference is not None:
@@ -96,12 +117,15 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
         source = {"table": cfg.table, "sha256": sha256_file(cfg.table)}
     family_col = _pick(df, cfg.family_col, ("family",))
     id_col = _pick(df, cfg.id_col, ("point_id", "id", "encoder"))
+    if id_col is not None and id_col not in df.columns:
+        raise ColumnError(f"Id column {id_col!r} is not in the table. Columns: {', '.join(map(str, df.columns))}.")
+    check_duplicates(df, id_col, allow=cfg.allow_duplicates,
+                     what=f"table {source.get('table') or source.get('reference')!r}")
     result = correlation_table(df, cfg.x, cfg.y, family_col=family_col, control=cfg.control,
                                id_col=id_col, n_resamples=cfg.n_resamples,
                                confidence=cfg.confidence, seed=cfg.seed)
     if cfg.out:
         out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
         result.to_csv(out / "correlations.csv", index=False)
         extra = {"input": source, "family_col": family_col, "rows_in_input": len(df)}
         if cfg.figure:

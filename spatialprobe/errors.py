@@ -46,6 +46,10 @@ class ConfigError(SpatialProbeError, ValueError):
     """A configuration value or file is invalid."""
 
 
+class OutputError(SpatialProbeError, OSError):
+    """An output path cannot be written: not a folder, read-only, or the disk is full."""
+
+
 def did_you_mean(name: str, known: list[str] | tuple[str, ...], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for the closest known names, or ''."""
     import difflib

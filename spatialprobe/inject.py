@@ -22,7 +22,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .probe import DEFAULT_LRS, DEFAULT_WDS, check_labels, fit_heads, join_labels, load_labels, stratified_split
+from .probe import (DEFAULT_LRS, DEFAULT_WDS, check_labels, contiguous_labels, fit_heads, join_labels, load_labels,
+                    stratified_split)
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,21 @@ class InjectConfig:
 
     def __post_init__(self) -> None:
         self.alphas = tuple(float(a) for a in self.alphas)
-        if not self.alphas or any(a < 0 for a in self.alphas):
+        if not self.alphas or any(not a >= 0 for a in self.alphas):
             raise ConfigError(f"alphas={list(self.alphas)} must be non-negative, e.g. 0,0.1,0.2,0.3,0.4,0.5.")
         if self.form not in ("official", "additive"):
             raise ConfigError(f"form={self.form!r} must be 'official' or 'additive'.")
+        if self.form == "official" and any(a > 1 for a in self.alphas):
+            bad = ", ".join(f"{a:g}" for a in self.alphas if a > 1)
+            raise ConfigError(f"alpha {bad} is out of range for the official convex form a*cls + (1-a)*patch: "
+                              "alpha must lie in [0, 1] (use --form additive for p + a*cls with a > 1).")
+        from .checks import check_device, check_range
+
+        for name in ("resolution", "batch_size", "epochs", "probe_batch_size"):
+            check_range(name, getattr(self, name), 1)
+        check_range("min_steps", self.min_steps, 0)
+        check_range("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True)
+        check_device(self.device, "--device")
         if self.mix not in ("auto", "cls", "mean"):
             raise ConfigError(f"mix={self.mix!r} must be 'auto', 'cls' or 'mean'.")
         if (self.encoder is None) == (self.features is None):
@@ -98,6 +110,14 @@ def accumulate(chunks: Iterable[tuple[list[str], Any, Any, Any]], grid: tuple[in
             used = "cls" if cls is not None else "mean"
         if used == "cls" and cls is None:
             raise DataError("mix='cls' but the tokens have no CLS/prefix token; use --mix mean.")
+        finite = torch.isfinite(patch.reshape(patch.shape[0], -1)).all(1)
+        if cls is not None:
+            finite &= torch.isfinite(cls.reshape(cls.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            bad = [str(i) for i, ok in zip(cids, finite.tolist()) if not ok]
+            raise DataError(f"the tokens of {len(bad)} image(s) are non-finite (NaN or inf): {', '.join(bad[:10])}"
+                            f"{' ...' if len(bad) > 10 else ''}. The input is broken, not the ablation: re-extract "
+                            "those images.")
         ids.extend(cids)
         for a in alphas:
             t = mix_tokens(patch.float(), cls.float() if cls is not None else None, a, form, used)
@@ -153,12 +173,17 @@ def inject(config: str | Path | InjectConfig | None = None, **overrides: Any):
     from .config import resolve, write_config
 
     cfg = resolve(InjectConfig, config, **overrides)
+    if cfg.out:
+        from .checks import prepare_out_dir
+
+        prepare_out_dir(cfg.out)
 
     mask_paths = None
     if cfg.masks is not None:
         from .metrics.masks import mask_files
 
         mask_paths = mask_files(cfg.masks)  # scanned once; files are read per chunk
+    sizes: dict[str, tuple[int, int]] = {}
 
     def masks_for(cids, grid):
         if mask_paths is None:
@@ -168,20 +193,22 @@ def inject(config: str | Path | InjectConfig | None = None, **overrides: Any):
         from .metrics.masks import patch_mask, read_mask
 
         empty = torch.zeros(grid[0] * grid[1], dtype=torch.bool)  # no mask -> empty FG -> SRSS NaN
-        return torch.stack([patch_mask(read_mask(mask_paths[i]), grid) if i in mask_paths else empty for i in cids])
+        return torch.stack([patch_mask(read_mask(mask_paths[i]), grid, image_size=sizes.get(i),
+                                       name=repr(str(mask_paths[i]))) if i in mask_paths else empty for i in cids])
 
+    src = st = None
     if cfg.features:
         from . import store
 
         st = store.open(cfg.features)
-        chunks, grid, enc_name = _store_chunks(st, cfg, masks_for), tuple(st.grid), st.encoder
-        own = (dict(zip(map(str, st.ids), map(int, st.labels))), st.label_names) if st.labels is not None else None
+        all_ids = [str(i) for i in st.ids]
+        own = (dict(zip(all_ids, map(int, st.labels))), st.label_names) if st.labels is not None else None
     else:
         from .data import open_source
 
         src = open_source(cfg.images, resolution=cfg.resolution)
-        chunks, grid, enc_name = _encoder_chunks(cfg, src, masks_for)
-        own = (dict(zip(map(str, src.ids), map(int, src.labels))), src.label_names) if src.labels is not None else None
+        all_ids = [str(i) for i in src.ids]
+        own = (dict(zip(all_ids, map(int, src.labels))), src.label_names) if src.labels is not None else None
     if cfg.labels:
         labels, names = load_labels(cfg.labels)
         source = cfg.labels
@@ -189,14 +216,26 @@ def inject(config: str | Path | InjectConfig | None = None, **overrides: Any):
         (labels, names), source = own, "source labels"
     else:
         raise DataError("the images/store carry no labels; pass --labels (a CSV of 'id,label', a class folder, ...).")
+    # the labels are checked before the (long) encoder pass, not after it
+    _, y_all = join_labels(all_ids, labels, source=source, flag=None)
+    check_labels(y_all, f"labels {source!r}")
+    contiguous_labels(y_all, names, f"labels {source!r}")
+    if mask_paths is not None:
+        from .metrics.masks import image_sizes, store_image_sizes
+
+        sizes.update(image_sizes(src) if src is not None else store_image_sizes(cfg.features))
+    if st is not None:
+        chunks, grid, enc_name = _store_chunks(st, cfg, masks_for), tuple(st.grid), st.encoder
+    else:
+        chunks, grid, enc_name = _encoder_chunks(cfg, src, masks_for)
 
     ids, pooled, mets, used = accumulate(chunks, grid, cfg.alphas, form=cfg.form, mix=cfg.mix)
-    table = injection_table(ids, pooled, mets, labels, cfg, source=source, n_classes=len(names) if names else None)
+    table = injection_table(ids, pooled, mets, labels, cfg, source=source, names=names)
     table.insert(0, "encoder", enc_name)
     table["mix"], table["form"] = used, cfg.form
+    table["random_init"] = bool(cfg.random_init) or bool(st is not None and _store_random_init(st))
     if cfg.out:
         out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "injection.csv", index=False)
         (out / "result.json").write_text(json.dumps({
             "encoder": enc_name, "mix": used, "form": cfg.form, "grid": list(grid), "n_images": len(ids),
@@ -209,15 +248,25 @@ def inject(config: str | Path | InjectConfig | None = None, **overrides: Any):
     return table
 
 
+def _store_random_init(st) -> bool:
+    """Whether a feature store was extracted from a random-init encoder (``extract --random-init``)."""
+    m = getattr(st, "manifest", None) or {}
+    enc = (m.get("fingerprint_inputs") or {}).get("encoder") or {}
+    return enc.get("random_init_seed") is not None or bool((m.get("config") or {}).get("random_init"))
+
+
 def injection_table(ids: Sequence[str], pooled: dict, mets: dict, labels: dict[str, int], cfg: InjectConfig, *,
-                    source: str = "labels", n_classes: int | None = None):
-    """LP accuracy per α (same stratified split for every α) and the mean of each metric."""
+                    source: str = "labels", names: Sequence[str] | None = None, n_classes: int | None = None):
+    """LP accuracy per α (same stratified split for every α) and the mean of each metric, with the
+    binomial standard error of the accuracy (``lp_acc_se``) and the per-image std of each metric."""
     import pandas as pd
 
     from .metrics.spatial import aggregate
 
-    rows_idx, y = join_labels(ids, labels, source=source)
+    rows_idx, y = join_labels(ids, labels, source=source, flag=None)
     check_labels(y, f"labels {source!r}")
+    y, _, class_ids = contiguous_labels(y, names, f"labels {source!r}")
+    n_classes = len(class_ids)
     tr, va = stratified_split(y, cfg.val_fraction, cfg.seed)
     rows = []
     for a in cfg.alphas:
@@ -225,12 +274,14 @@ def injection_table(ids: Sequence[str], pooled: dict, mets: dict, labels: dict[s
         res = fit_heads(x[tr], y[tr], x[va], y[va], lrs=cfg.lrs, weight_decays=cfg.weight_decays, epochs=cfg.epochs,
                         min_steps=cfg.min_steps, batch_size=cfg.probe_batch_size, seed=cfg.seed, device=cfg.device,
                         n_classes=n_classes, progress=False)
-        row: dict[str, Any] = {"alpha": a, "lp_acc": res.best_val_acc, "lp_best_lr": res.best["lr"],
-                               "lp_best_wd": res.best["weight_decay"]}
+        acc = float(res.best_val_acc)
+        row: dict[str, Any] = {"alpha": a, "lp_acc": acc, "lp_acc_se": float(np.sqrt(acc * (1 - acc) / max(len(va), 1))),
+                               "lp_best_lr": res.best["lr"], "lp_best_wd": res.best["weight_decay"]}
         for k in METRICS:
             agg = aggregate(mets[a][k])
             row[k] = agg["mean"]
             row[f"{k}_std"] = agg["std"]
+            row[f"{k}_n"] = agg["n"]
         row["n_images"], row["n_train"], row["n_val"] = len(ids), len(tr), len(va)
         rows.append(row)
         log.info("alpha=%g: LP %.3f, LDS %.4f", a, row["lp_acc"], row["lds"])
@@ -246,16 +297,25 @@ def injection_figure(table, out: str | Path, formats: tuple[str, ...] = ("png", 
     paths = []
     with use_style():
         fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8))
-        axes[0].plot(table["alpha"], 100 * table["lp_acc"], marker="o")
+        se = 100 * table["lp_acc_se"] if "lp_acc_se" in table else None
+        axes[0].errorbar(table["alpha"], 100 * table["lp_acc"], yerr=se, marker="o", capsize=3)
         axes[0].set_ylabel("Linear probe acc. (%)")
-        axes[1].plot(table["alpha"], table["lds"], marker="o", color="C1")
+        lds_err = None
+        if "lds_std" in table and "lds_n" in table:  # standard error of the mean over images
+            lds_err = table["lds_std"] / np.sqrt(table["lds_n"].clip(lower=1))
+        axes[1].errorbar(table["alpha"], table["lds"], yerr=lds_err, marker="o", color="C1", capsize=3)
         axes[1].set_ylabel("LDS")
+        fig.text(0.99, 0.01, "error bars: ±1 s.e. (LP: binomial over val images; LDS: over images)",
+                 ha="right", va="bottom", fontsize=6, color="0.4")
         form = str(table["form"].iloc[0]) if "form" in table else ""
         mix = str(table["mix"].iloc[0]) if "mix" in table else ""
         for ax in axes:
             ax.set_xlabel(f"α ({mix} mix, {form})" if mix else "α")
         if "encoder" in table:
-            fig.suptitle(f"Global-information injection: {table['encoder'].iloc[0]}")
+            rand = "random_init" in table and bool(table["random_init"].iloc[0])
+            fig.suptitle(f"Global-information injection: {table['encoder'].iloc[0]}"
+                         + (" (RANDOM INIT: not a pretrained encoder)" if rand else ""),
+                         color="#c0392b" if rand else None)
         fig.tight_layout()
         for f in formats:
             p = Path(f"{out}.{f}")

@@ -79,6 +79,11 @@ class ProbeConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be ≥ 1.")
+        from .checks import check_device, check_range
+
+        check_range("min_steps", self.min_steps, 0)
+        check_range("momentum", self.momentum, 0, 1, hi_open=True)
+        check_device(self.device, "--device")
 
 
 @dataclass
@@ -165,6 +170,28 @@ def check_labels(y: np.ndarray, what: str) -> None:
     if len(np.unique(y)) < 2:
         raise DataError(f"{what}: only one class ({int(y[0])}) is present; a probe needs at least two classes. "
                         "Check the label file or the id join.")
+
+
+def contiguous_labels(y: np.ndarray, names: Sequence[str] | None, what: str
+                      ) -> tuple[np.ndarray, list[str], list[int]]:
+    """Remap the label ids present in ``y`` to ``0..K-1`` (order kept) so a probe trains K-way heads,
+    not ``max(id) + 1``-way ones: labels {0, 5, 10} become {0, 1, 2}.
+
+    Returns ``(remapped y, the K class names, the K original ids)``. With ``names`` (one per original id),
+    an id outside ``0..len(names)-1`` is a :class:`DataError` listing it; the names of the present ids
+    are kept. Without names, the original ids are the names.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    ids = np.unique(y)
+    if names is not None:
+        unknown = [int(i) for i in ids if not 0 <= i < len(names)]
+        if unknown:
+            raise DataError(f"{what}: label id(s) {', '.join(map(str, unknown[:10]))} have no class name (the "
+                            f"{len(names)} names cover ids 0..{len(names) - 1}); fix the labels or the names.")
+    lut = {int(v): k for k, v in enumerate(ids)}
+    out = np.asarray([lut[int(v)] for v in y], dtype=np.int64)
+    class_names = [str(names[int(i)]) if names is not None else str(int(i)) for i in ids]
+    return out, class_names, [int(i) for i in ids]
 
 
 def fit_heads(x_train, y_train, x_val, y_val, *, lrs: Sequence[float] = DEFAULT_LRS,
@@ -351,9 +378,10 @@ def load_labels(spec: str) -> tuple[dict[str, int], list[str] | None]:
     return {str(i): int(l) for i, l in zip(src.ids, src.labels)}, src.label_names
 
 
-def join_labels(ids: Sequence[str], labels: dict[str, int], *, source: str, ignore_missing: bool = False
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``ids`` that have a label and their labels; missing ids fail unless ``ignore_missing``."""
+def join_labels(ids: Sequence[str], labels: dict[str, int], *, source: str, ignore_missing: bool = False,
+                flag: str | None = "--ignore-missing") -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``ids`` that have a label and their labels; missing ids fail unless ``ignore_missing``
+    (``flag`` is the option the message suggests; None where the caller has none)."""
     rows, ys, missing = [], [], []
     for i, key in enumerate(ids):
         lab = labels.get(str(key))
@@ -364,8 +392,8 @@ def join_labels(ids: Sequence[str], labels: dict[str, int], *, source: str, igno
             ys.append(lab)
     if missing and not ignore_missing:
         raise DataError(f"labels {source!r} lack {len(missing)} of {len(ids)} feature ids (e.g. "
-                        f"{', '.join(map(repr, missing[:3]))}); fix the label file or pass --ignore-missing "
-                        "to probe only the labelled ids.")
+                        f"{', '.join(map(repr, missing[:3]))}); fix the label file"
+                        + (f" or pass {flag} to probe only the labelled ids." if flag else " (every image needs a label)."))
     if missing:
         log.warning("%d of %d feature ids have no label in %s; they are skipped", len(missing), len(ids), source)
     if not rows:
@@ -416,6 +444,10 @@ def probe(config: str | Path | ProbeConfig | None = None, **overrides: Any) -> P
     cfg = resolve(ProbeConfig, config, **overrides)
     if not cfg.features:
         raise ConfigError("no feature store given; pass --features STORE (made by `spatialprobe extract`).")
+    if cfg.out:
+        from .checks import prepare_out_dir
+
+        prepare_out_dir(cfg.out)
     st = _open_store(cfg.features)
     ids = [str(i) for i in st.ids]
     if cfg.labels is None:
@@ -427,6 +459,14 @@ def probe(config: str | Path | ProbeConfig | None = None, **overrides: Any) -> P
         labels, names = load_labels(cfg.labels)
         source = cfg.labels
     x_all = pooled_features(st, cfg.pool)
+    import torch
+
+    finite = torch.isfinite(x_all).all(1)
+    if not bool(finite.all()):
+        bad = [ids[i] for i in (~finite).nonzero().flatten().tolist()]
+        raise DataError(f"store {str(st.path)!r}: the features of {len(bad)} image(s) are non-finite (NaN or inf): "
+                        f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. The input is broken: re-extract "
+                        "those images (fp16 overflow? use --dtype fp32).")
 
     if cfg.val_labels:
         val_map, _ = load_labels(cfg.val_labels)
@@ -447,17 +487,21 @@ def probe(config: str | Path | ProbeConfig | None = None, **overrides: Any) -> P
         trows, ytr, vrows, yva = rows[tr], y[tr], rows[va], y[va]
         split = {"kind": "stratified", "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     check_labels(ytr, f"labels {source!r} (train split)")
+    both, class_names, class_ids = contiguous_labels(np.concatenate([ytr, yva]), names, f"labels {source!r}")
+    ytr, yva = both[:len(ytr)], both[len(ytr):]
+    if class_ids != list(range(len(class_ids))):
+        log.info("labels %s: %d classes with ids %s, trained as 0..%d", source, len(class_ids),
+                 ", ".join(map(str, class_ids[:12])) + (" ..." if len(class_ids) > 12 else ""), len(class_ids) - 1)
     split.update(n_train=len(trows), n_val=len(vrows))
     log.info("probe %s: %d train / %d val, %d classes, D=%d, %d heads", st.encoder, len(trows), len(vrows),
              len(np.unique(ytr)), x_all.shape[1], len(cfg.lrs) * len(cfg.weight_decays))
     res = fit_heads(x_all[trows], ytr, x_all[vrows], yva, lrs=cfg.lrs, weight_decays=cfg.weight_decays,
                     epochs=cfg.epochs, min_steps=cfg.min_steps, batch_size=cfg.batch_size,
                     momentum=cfg.momentum, seed=cfg.seed, device=cfg.device, normalize=cfg.normalize,
-                    precision=cfg.precision,
-                    n_classes=len(names) if names else None)
+                    precision=cfg.precision, n_classes=len(class_ids))
     res.protocol.update(pooling={"mean": "mean of patch tokens (official none-mean)", "cls": "CLS token"}[cfg.pool],
                         pool=cfg.pool, spatial_norm="none", split=split, encoder=st.encoder,
-                        features=str(st.path), labels=source,
+                        features=str(st.path), labels=source, class_ids=class_ids, class_names=class_names,
                         reconstruction="iREPA never released its LP protocol; DINOv2-style linear eval on "
                                        "cached features without augmentation")
     if cfg.out:

@@ -96,12 +96,24 @@ def leave_one_family_out(x, y, families) -> tuple[float, float, int]:
     return float(min(rs)), float(max(rs)), len(known)
 
 
+#: residuals smaller than this fraction of the centred input mean z explains (almost) all of it
+RESIDUAL_TOL = 1e-8
+
+
 def partial_correlation(x, y, z) -> float:
-    """Pearson r of x and y after removing a linear fit on z (with intercept) from each."""
+    """Pearson r of x and y after removing a linear fit on z (with intercept) from each.
+
+    NaN when z explains x or y completely (e.g. z is x itself): the residuals are rounding noise and their
+    correlation means nothing."""
     z = np.column_stack([np.ones(len(z)), np.asarray(z, float)])
-    rx = np.asarray(x, float) - z @ np.linalg.lstsq(z, np.asarray(x, float), rcond=None)[0]
-    ry = np.asarray(y, float) - z @ np.linalg.lstsq(z, np.asarray(y, float), rcond=None)[0]
-    return pearson(rx, ry)
+    out = []
+    for v in (np.asarray(x, float), np.asarray(y, float)):
+        res = v - z @ np.linalg.lstsq(z, v, rcond=None)[0]
+        scale = np.linalg.norm(v - v.mean())
+        if not scale > 0 or np.linalg.norm(res) <= RESIDUAL_TOL * scale:
+            return float("nan")
+        out.append(res)
+    return pearson(*out)
 
 
 @dataclass
@@ -135,11 +147,12 @@ def correlate_pair(df: pd.DataFrame, x: str, y: str, *, family_col: str | None =
     if control:
         cols["z"] = _numeric(df, control)
     data = pd.DataFrame(cols, index=df.index)
-    bad = data.isna().any(axis=1)
+    bad = ~np.isfinite(data.to_numpy(float)).all(axis=1)  # NaN and ±inf alike: no value to correlate
+    bad = pd.Series(bad, index=df.index)
     labels = df[id_col].astype(str) if id_col and id_col in df.columns else pd.Series(df.index.astype(str), index=df.index)
     dropped = labels[bad].tolist()
     if dropped:
-        log.warning("%s vs %s: dropped %d row(s) with NaN: %s", x, y, len(dropped), ", ".join(dropped))
+        log.warning("%s vs %s: dropped %d row(s) with NaN or inf: %s", x, y, len(dropped), ", ".join(dropped))
     data = data[~bad]
     n = len(data)
     if n < 3:
@@ -165,12 +178,26 @@ def correlate_pair(df: pd.DataFrame, x: str, y: str, *, family_col: str | None =
         "spearman_rho": float(rho), "kendall_tau": float(tau), "loo_min": loo[0], "loo_max": loo[1],
         "lofo_min": lofo[0], "lofo_max": lofo[1], "pearson_p": float(p), "spearman_p": float(rho_p),
         "kendall_p": float(tau_p), "n_families": lofo[2] if family_col else None,
-        "control": control, "partial_r": partial_correlation(xv, yv, data["z"].to_numpy()) if control else float("nan"),
+        "control": control, "partial_r": _partial(x, y, control, xv, yv, data) if control else float("nan"),
     }
     return PairResult(row, dropped)
 
 
+def _partial(x: str, y: str, control: str, xv: np.ndarray, yv: np.ndarray, data: pd.DataFrame) -> float:
+    if control in (x, y):
+        log.warning("partial r of %s vs %s controlling for %s is undefined (the control is the %s column "
+                    "itself): reported as NaN.", x, y, control, "x" if control == x else "y")
+        return float("nan")
+    r = partial_correlation(xv, yv, data["z"].to_numpy())
+    if not np.isfinite(r):
+        log.warning("partial r of %s vs %s controlling for %s is undefined (%s explains %s or %s linearly): "
+                    "reported as NaN.", x, y, control, control, x, y)
+    return r
+
+
 def correlation_table(df: pd.DataFrame, xs: list[str], ys: list[str], **kw) -> pd.DataFrame:
     """One row per (x, y) pair, columns :data:`COLUMNS`."""
+    if not df.index.is_unique:  # rows are addressed by index label below
+        df = df.reset_index(drop=True)
     rows = [correlate_pair(df, x, y, **kw).row for y in ys for x in xs]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -123,7 +123,7 @@ def test_nan_rows_warned_with_names(tmp_path):
                            "--x", "lds", "--out", str(tmp_path / "o"), "--no-figure", "--n-resamples", "1000"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "dropped 1 row(s) with NaN: b" in proc.stderr
+    assert "dropped 1 row(s) with NaN or inf: b" in proc.stderr
     assert pd.read_csv(tmp_path / "o" / "correlations.csv").loc[0, "n"] == 4
 
 

@@ -34,14 +34,14 @@ def brute(tokens: np.ndarray, grid, fg=None, near=1, far=6, dmax=8, pos=1, neg=6
             by_d.setdefault(dist(i, j), []).append(cos(i, j))
     near_v = [v for d, vs in by_d.items() if 1 <= d <= near for v in vs]
     far_v = [v for d, vs in by_d.items() if d >= far and d > 0 for v in vs]
-    # official convention: no near pair -> NaN; no far pair -> far term 0
-    lds = (np.mean(near_v) - (np.mean(far_v) if far_v else 0.0)) if near_v else math.nan
+    # no near pair or no far pair (a radius beyond the grid) -> undefined (the official code: far term 0)
+    lds = (np.mean(near_v) - np.mean(far_v)) if near_v and far_v else math.nan
     ds = [d for d in range(1, dmax + 1) if d in by_d]
     if len(ds) >= 2:
         s = [np.mean(by_d[d]) for d in ds]
         cds = -np.polyfit(ds, s, 1)[0]
     else:
-        cds = 0.0
+        cds = math.nan  # no slope through fewer than two points (the official code: 0)
     mean = x.mean(0)
     rmsc = math.sqrt(np.mean([np.sum((x[i] - mean) ** 2) for i in range(t)]))
     out = {"lds": lds, "cds": cds, "rmsc": rmsc}
@@ -86,8 +86,9 @@ def test_hand_worked_2x3_lds_cds_rmsc():
     assert s2 > s3  # sanity of the hand table: similarity decays with distance
     # mean token (A + B)/2, |mean|² = (1 + 1 + 1.2)/4 = 0.8 -> RMSC = sqrt(0.2)
     assert m["rmsc"].item() == pytest.approx(math.sqrt(0.2), abs=1e-6)
-    # the official far radius 6 does not exist on a 2x3 grid: the official code's far term is then 0
-    assert spatial_metrics(HAND, (2, 3))["lds"].item() == pytest.approx(near, abs=1e-6)
+    # the official far radius 6 does not exist on a 2x3 grid: no far pair, so LDS is undefined (the
+    # official code clamps the far count and silently returns the near mean, 0.83)
+    assert math.isnan(spatial_metrics(HAND, (2, 3))["lds"].item())
     # a 1x1 grid has no near pair: LDS undefined
     assert math.isnan(spatial_metrics(torch.randn(1, 1, 3), (1, 1))["lds"].item())
 
@@ -153,10 +154,11 @@ def test_srss_skipped_without_masks_and_error_when_only_srss():
         spatial_metrics(torch.randn(2, 16, 4), (4, 4), metrics=["srss"])
 
 
-def test_cds_zero_when_no_distance():
-    # a 1x1 grid has no pair at d >= 1; a 1x2 grid has one distance only
-    assert spatial_metrics(torch.randn(2, 1, 4), (1, 1))["cds"].tolist() == [0.0, 0.0]
-    assert spatial_metrics(torch.randn(2, 2, 4), (1, 2))["cds"].tolist() == [0.0, 0.0]
+def test_cds_undefined_when_fewer_than_two_distances():
+    # a 1x1 grid has no pair at d >= 1; a 1x2 grid has one distance only: no slope (the official code gives 0)
+    assert torch.isnan(spatial_metrics(torch.randn(2, 1, 4), (1, 1))["cds"]).all()
+    assert torch.isnan(spatial_metrics(torch.randn(2, 2, 4), (1, 2))["cds"]).all()
+    assert torch.isnan(spatial_metrics(torch.randn(2, 256, 4), (16, 16), cds_dmax=1)["cds"]).all()
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from typing import Callable
@@ -9,6 +10,8 @@ from typing import Callable
 import typer
 
 from ..errors import SpatialProbeError
+
+_OUTPUT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def cli_errors(fn: Callable) -> Callable:
@@ -20,6 +23,13 @@ def cli_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except SpatialProbeError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # full disk, read-only folder, ... met while writing: one line, no traceback
+            if exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            from ..checks import os_error_message
+
+            typer.secho(f"error: {os_error_message(exc)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
     return wrapper

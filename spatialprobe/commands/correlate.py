@@ -13,6 +13,8 @@ from ._common import cli_errors, split_list, config_option
 def _print_table(df) -> None:
     cols = ["x", "y", "n", "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p_perm",
             "spearman_rho", "kendall_tau", "loo_min", "loo_max", "lofo_min", "lofo_max"]
+    if df["control"].notna().any():
+        cols += ["control", "partial_r"]
     show = df[cols].copy()
     typer.echo(show.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
 
@@ -29,6 +31,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         family_col: Optional[str] = typer.Option(None, "--family-col",
                                                  help="Column with encoder families, for leave-one-family-out [default: 'family' if present]."),
         control: Optional[str] = typer.Option(None, "--control", help="Also report the partial correlation controlling for this column."),
+        allow_duplicates: bool = typer.Option(False, "--allow-duplicates",
+                                              help="Accept repeated ids (each repeat then counts as a point)."),
         n_resamples: Optional[int] = typer.Option(None, "--n-resamples", help="Bootstrap and permutation resamples [default: 10000]."),
         confidence: Optional[float] = typer.Option(None, "--confidence", help="CI level [default: 0.95]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the bootstrap and permutation test [default: 0]."),
@@ -78,7 +82,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
 
         result = correlate(config=config, reference=reference, table=str(table) if table else None,
                            x=split_list(x), y=split_list(y), family_col=family_col, control=control,
-                           n_resamples=n_resamples, confidence=confidence, seed=seed, out=str(out),
+                           allow_duplicates=allow_duplicates or None, n_resamples=n_resamples, confidence=confidence, seed=seed, out=str(out),
                            figure=False if no_figure else None)
         _print_table(result)
         typer.echo(f"\nwrote {out / 'correlations.csv'}, {out / 'config.json'}"

@@ -15,11 +15,13 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @cli_errors
     def extract_cmd(
         encoder: Optional[str] = typer.Option(None, "--encoder", "-e",
-                                              help="Encoder id(s), comma-separated, e.g. sam2 or hog,dinov2-vit-b [default: hog]."),
+                                              help="Encoder id(s), comma-separated, e.g. sam2 or hog,dinov2-vit-b "
+                                                   "(required unless --config names it)."),
         images: Optional[str] = typer.Option(None, "--images", "-i",
                                              help="builtin | builtin:digits | builtin:lfw | a folder (recursive; "
                                                   "<class>/<img> trees get labels) | a list file [default: builtin]."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Root folder; stores go to OUT/<encoder>/<fingerprint>/ [default: features]."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Root folder; stores go to OUT/<encoder>/<fingerprint>/ "
+                                                                       "(required unless --config names it)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="ADM centre-crop size [default: 256]."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Storage dtype of tokens: fp16 | bf16 | fp32 [default: fp16]."),
         batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help="Images per forward, or 'auto' [default: auto]."),
@@ -67,6 +69,21 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         from ..extract import extract
         from ..errors import ConfigError
 
+        from ..checks import check_range, check_device, prepare_out_dir
+
+        if config is None and (encoder is None or out is None):
+            missing = " and ".join(n for n, v in (("--encoder", encoder), ("--out", out)) if v is None)
+            raise ConfigError(f"extract needs {missing}: say which encoder(s) to run and where the store goes, "
+                              "e.g. `spatialprobe extract --encoder hog --images builtin --out features/` "
+                              "(see `spatialprobe ls encoders`).")
+        check_range("--limit", limit, 1, hint="leave it out to use every image.")
+        check_range("--resolution", resolution, 8, hint="the ADM centre-crop side in pixels, e.g. 256.")
+        check_range("--shard-size", shard_size, 1)
+        check_range("--workers", workers, 0)
+        if device is not None:
+            check_device(device, "--device")
+        if out is not None:
+            prepare_out_dir(out)
         bs = None
         if batch_size is not None:
             if batch_size.strip().lower() == "auto":

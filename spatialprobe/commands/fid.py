@@ -27,7 +27,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                               "fid,sfid,is,precision,recall [default: all]."),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Use only the first N samples."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward [default: 64]."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, … [default: auto]."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
         protocol: Optional[str] = typer.Option(None, "--protocol", help="Protocol id to record "
                                                "[default: derived, e.g. adm-in256-50k]."),
         fd_method: Optional[str] = typer.Option(None, "--fd-method", help="sqrtm (ADM) or eigh (same value, "
@@ -80,7 +80,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
         num_images: Optional[int] = typer.Option(None, "--num-images", "-n", help="Use only the first N images."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward [default: 64]."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, … [default: auto]."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
         fd_encoder: Optional[str] = typer.Option(None, "--fd-encoder", help="Also store this zoo encoder's pooled "
                                                  "statistics (fd_<encoder>_mu/_sigma)."),
         fd_pool: Optional[str] = typer.Option(None, "--fd-pool", help="mean or cls [default: mean]."),

@@ -33,8 +33,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         mask_rule: Optional[str] = typer.Option(None, "--mask-rule", help="Patch is FG if 'any' pixel is (official) "
                                                                         "or a 'majority' is (default: any)."),
         mask_filter: Optional[bool] = typer.Option(None, "--mask-filter/--no-mask-filter",
-                                                   help="Official filter: SRSS only for images with >= 25%% FG and "
-                                                        ">= 25%% BG patches (64 of 256) (default: off)."),
+                                                   help="Official filter: SRSS only for images with >= 25 % FG and "
+                                                        ">= 25 % BG patches (64 of 256) (default: off)."),
         mask_resolution: Optional[int] = typer.Option(None, "--mask-resolution",
                                                       help="Masks are resized (nearest) to this size (default: 256)."),
         mask_channel: Optional[int] = typer.Option(None, "--mask-channel", help="Channel of colour masks (0=R .. 3=A)."),

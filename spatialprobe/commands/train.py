@@ -138,7 +138,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale (default 1.0 = off)."),
         interval: Optional[str] = typer.Option(None, "--interval", help="Guidance interval low,high in the "
                                                "family's time (SiT t=1 noise, default 0,1; JiT t=0 noise, default 0.1,1)."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="ema (default), ema2 or model."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="auto, ema, ema2 or model [default: auto = the first "
+                                               "EMA, or the raw model when the run is too short for the EMA to have moved]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
         device: Optional[str] = device_option(),
         no_png: bool = typer.Option(False, "--no-png", help="Write only samples.npz."),

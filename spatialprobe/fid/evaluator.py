@@ -72,6 +72,11 @@ class FidConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}.")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}.")
+        from ..checks import check_device, check_range
+
+        check_range("is_split_size", self.is_split_size, 1)
+        check_range("pr_k", self.pr_k, 1)
+        check_device(self.device, "--device")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -311,6 +316,13 @@ def build_reference(images: Any, out: str | os.PathLike, *, config: str | os.Pat
         The meta record written into the file (also has ``path`` and ``sha256``).
     """
     cfg = resolve(FidConfig, config, **overrides)
+    from ..checks import prepare_out_file
+
+    from ..checks import check_range
+
+    check_range("resolution", resolution, 8, hint="the ADM centre-crop side in pixels, e.g. 256.")
+    check_range("pr_images", pr_images, 1)
+    prepare_out_file(out)
     device = resolve_device(cfg.device)
     imgs = open_reference_images(images, resolution=resolution)
     n = len(imgs) if cfg.num_samples is None else min(cfg.num_samples, len(imgs))
@@ -373,6 +385,44 @@ def build_reference(images: Any, out: str | os.PathLike, *, config: str | os.Pat
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
+def image_size(imgs: Any) -> tuple[int, int] | None:
+    """``(H, W)`` of an image set's first image (an ``.npz`` from its header), or None when empty."""
+    shape = getattr(imgs, "shape", None)
+    if isinstance(imgs, NpzImages) and shape is not None:
+        return int(shape[1]), int(shape[2])
+    for batch in imgs.iter_batches(1, limit=1):
+        return int(batch.shape[-2]), int(batch.shape[-1])
+    return None
+
+
+def reference_size(reference: Reference) -> tuple[int, int] | None:
+    """``(H, W)`` of the images a reference was built from (its meta record, else its ``arr_0``), or None."""
+    size = reference.meta.get("image_size")
+    if size and len(size) == 2:
+        return int(size[0]), int(size[1])
+    if reference.images is not None:
+        return int(reference.images.shape[1]), int(reference.images.shape[2])
+    return None
+
+
+def check_same_size(imgs: Any, reference: Reference, what: Any = "samples") -> None:
+    """Samples must have the reference's resolution: Inception resizes both to 299 px, so 32-px samples
+    scored against a 64-px reference give a number, under the reference's protocol id, that measures the
+    resolution gap, not the model."""
+    ref_size = reference_size(reference)
+    if ref_size is None:
+        log.warning("Reference %s records no image size: the samples' resolution cannot be checked against it.",
+                    reference.path)
+        return
+    size = image_size(imgs)
+    if size is not None and size != ref_size:
+        name = str(what) if isinstance(what, (str, os.PathLike)) else "tensor"
+        raise DataError(f"Samples {name!r} are {size[0]}x{size[1]} pixels but the reference {str(reference.path)!r} "
+                        f"was built from {ref_size[0]}x{ref_size[1]} images: the score would not follow the "
+                        f"reference's protocol. Sample at {ref_size[0]} px, or build a reference at "
+                        f"{size[0]} px (`spatialprobe fid-ref IMAGES --resolution {size[0]} --out ref.npz`).")
+
+
 def evaluate(samples: Any, ref: str | os.PathLike, *, out: str | os.PathLike | None = None,
              config: str | os.PathLike | None = None, model: InceptionFeatures | None = None,
              **overrides: Any) -> dict[str, Any]:
@@ -393,10 +443,15 @@ def evaluate(samples: Any, ref: str | os.PathLike, *, out: str | os.PathLike | N
         (weights sha256), settings and timing.
     """
     cfg = resolve(FidConfig, config, **overrides)
+    if out is not None:
+        from ..checks import prepare_out_dir
+
+        prepare_out_dir(out)
     device = resolve_device(cfg.device)
     want = set(cfg.metrics)
     reference = load_reference(ref)
     imgs = open_samples(samples)
+    check_same_size(imgs, reference, samples)
     n = len(imgs) if cfg.num_samples is None else min(cfg.num_samples, len(imgs))
     if n < 2 and want & {"fid", "sfid"}:
         raise DataError(f"Samples {str(samples) if not hasattr(samples, 'shape') else 'tensor'}: {n} image(s); "

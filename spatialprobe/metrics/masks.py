@@ -1,8 +1,10 @@
 """Foreground/background masks for SRSS: PNGs keyed by image id, patch rules, the official filter, id join.
 
 A mask file ``<id>.png`` (its path relative to the mask folder, without the extension, is the image
-id; ids with ``/`` live in subfolders) holds a per-pixel mask of the image as fed to
-the encoders (the 256-px centre crop). It is binarised with ``> 0``, resized with **nearest neighbour**
+id; ids with ``/`` live in subfolders) holds a per-pixel mask either of the image as fed to the encoders
+(the square centre crop) or of the original image: a mask at the original size (any size with the
+image's aspect ratio) gets the same ADM centre crop as the image (:func:`crop_mask`), and a mask of
+another aspect ratio is an error. It is binarised with ``> 0``, resized with **nearest neighbour**
 (no ringing, unlike a bicubic resize) to ``(H·p, W·p)`` pixels with ``p = round(resolution / H)``, and
 cut into ``p×p`` patches. A patch is foreground if **any** of its pixels is (``rule="any"``, the
 official max-pool) or if **more than half** are (``rule="majority"``).
@@ -58,17 +60,98 @@ def read_mask(path: str | Path, channel: int | None = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr) > 0)
 
 
-def patch_mask(mask: torch.Tensor, grid: tuple[int, int], *, rule: str = "any", resolution: int = 256) -> torch.Tensor:
+def adm_crop_geometry(size: tuple[int, int], resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where the ADM centre crop (:func:`spatialprobe.data.preprocess.center_crop_arr`) of an image of
+    ``size = (width, height)`` lands: ``((resized_w, resized_h), (x0, y0))``. The image is halved while its
+    short side is >= 2R, resized so the short side is R, and the central R×R window at ``(x0, y0)`` is kept."""
+    r = int(resolution)
+    w, h = int(size[0]), int(size[1])
+    while min(w, h) >= 2 * r:
+        w, h = w // 2, h // 2
+    scale = r / min(w, h)
+    nw, nh = max(r, round(w * scale)), max(r, round(h * scale))
+    return (nw, nh), ((nw - r) // 2, (nh - r) // 2)
+
+
+def crop_mask(mask: torch.Tensor, resolution: int = 256, image_size: tuple[int, int] | None = None, *,
+              name: str = "mask") -> torch.Tensor:
+    """A pixel mask ``[h, w]`` as the encoders saw its image: the ADM centre crop to ``resolution``².
+
+    A square mask is taken as the crop itself (or a square image) and returned unchanged. A non-square
+    mask is the mask of the original image: it gets the image's crop (nearest neighbour, no ringing).
+    With ``image_size = (width, height)`` of the original image, a mask of another aspect ratio is a
+    :class:`DataError` (it cannot line up with the image), as is a square mask of a non-square image
+    unless it is exactly ``resolution``² (already cropped).
+    """
+    h, w = int(mask.shape[0]), int(mask.shape[1])
+    r = int(resolution)
+    if image_size is not None:
+        iw, ih = int(image_size[0]), int(image_size[1])
+        cropped = (h, w) == (r, r) and iw != ih
+        # same aspect ratio up to one pixel of rounding at the mask's scale
+        if not cropped and abs(w * ih - h * iw) > max(iw, ih, w, h):
+            raise DataError(f"Mask {name} is {w}x{h} pixels but its image is {iw}x{ih}: the aspect ratios differ, so "
+                            f"the mask cannot line up with the image. Give the mask at the image's size ({iw}x{ih}) "
+                            f"or at the {r}x{r} centre crop the encoders see.")
+    if h == w:
+        return mask
+    (nw, nh), (x0, y0) = adm_crop_geometry((w, h), r)
+    m = F.interpolate(mask.to(torch.float32)[None, None], size=(nh, nw), mode="nearest-exact")[0, 0]
+    return m[y0:y0 + r, x0:x0 + r] > 0.5
+
+
+def image_sizes(source) -> dict[str, tuple[int, int]]:
+    """``{id: (width, height)}`` of an image source's original images (file headers only; arrays by shape).
+    Empty when the sizes cannot be read (the aspect-ratio check of :func:`crop_mask` is then skipped)."""
+    from PIL import Image
+
+    out: dict[str, tuple[int, int]] = {}
+    files = getattr(source, "files", None)
+    try:
+        if files is not None:
+            for i, f in zip(source.ids, files):
+                with Image.open(f) as im:
+                    out[str(i)] = tuple(im.size)
+        else:
+            for k, i in enumerate(source.ids):
+                im = source.load_pil(k)
+                out[str(i)] = tuple(im.size)
+    except Exception as exc:  # noqa: BLE001 - sizes are a check, not a requirement
+        log.info("image sizes of %s not read (%s): mask aspect ratios are not checked", getattr(source, "spec", "?"), exc)
+        return {}
+    return out
+
+
+def store_image_sizes(store_path) -> dict[str, tuple[int, int]]:
+    """Original image sizes of a feature store's images, when its image source can still be opened."""
+    try:
+        from .. import store
+        from ..data import open_source
+
+        m = store.open(store_path).manifest
+        spec = (m.get("source") or {}).get("spec")
+        if not spec:
+            return {}
+        return image_sizes(open_source(spec, resolution=int((m.get("source") or {}).get("resolution") or 256)))
+    except Exception as exc:  # noqa: BLE001 - a moved image folder only skips the check
+        log.info("image source of %s not opened (%s): mask aspect ratios are not checked", store_path, exc)
+        return {}
+
+
+def patch_mask(mask: torch.Tensor, grid: tuple[int, int], *, rule: str = "any", resolution: int = 256,
+               image_size: tuple[int, int] | None = None, name: str = "mask") -> torch.Tensor:
     """Pixel mask ``[h, w]`` -> patch mask ``[H·W]`` (bool, row-major) for a token grid ``(H, W)``.
 
-    The mask is resized with nearest neighbour to ``(H·ph, W·pw)``, ``ph = max(1, round(resolution/H))``
-    (likewise pw), then each ``ph×pw`` patch is FG under ``rule``: ``"any"`` FG pixel (official) or a
-    strict ``"majority"`` of FG pixels.
+    A non-square mask first gets the image's ADM centre crop (:func:`crop_mask`, which also checks the
+    aspect ratio against ``image_size``). The mask is then resized with nearest neighbour to
+    ``(H·ph, W·pw)``, ``ph = max(1, round(resolution/H))`` (likewise pw), and each ``ph×pw`` patch is FG
+    under ``rule``: ``"any"`` FG pixel (official) or a strict ``"majority"`` of FG pixels.
     """
     if rule not in RULES:
         raise ConfigError(f"Unknown mask rule {rule!r}; use one of {', '.join(RULES)}.")
     if mask.ndim != 2:
         raise DataError(f"A pixel mask must be 2-D [h, w]; got shape {tuple(mask.shape)}.")
+    mask = crop_mask(mask, resolution, image_size, name=name)
     gh, gw = grid
     ph, pw = max(1, round(resolution / gh)), max(1, round(resolution / gw))
     m = mask.to(torch.float32)[None, None]
@@ -103,11 +186,16 @@ def mask_files(folder: str | Path) -> dict[str, Path]:
 
 
 def load_masks(folder: str | Path, grid: tuple[int, int], *, ids: Sequence[str] | None = None, rule: str = "any",
-               resolution: int = 256, channel: int | None = None) -> dict[str, torch.Tensor]:
-    """``{id: bool Tensor[H·W]}`` patch masks from a folder of ``<id>.png`` files (all, or only ``ids``)."""
+               resolution: int = 256, channel: int | None = None,
+               image_sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
+    """``{id: bool Tensor[H·W]}`` patch masks from a folder of ``<id>.png`` files (all, or only ``ids``).
+
+    ``image_sizes`` (``{id: (width, height)}`` of the original images) enables the aspect-ratio check."""
     files = mask_files(folder)
     keys = list(files) if ids is None else [i for i in ids if i in files]
-    return {i: patch_mask(read_mask(files[i], channel), grid, rule=rule, resolution=resolution) for i in keys}
+    sizes = image_sizes or {}
+    return {i: patch_mask(read_mask(files[i], channel), grid, rule=rule, resolution=resolution,
+                          image_size=sizes.get(i), name=repr(str(files[i]))) for i in keys}
 
 
 def min_patches(t: int, fraction: float = OFFICIAL_MIN_FRACTION) -> int:

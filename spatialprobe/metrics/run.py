@@ -19,7 +19,7 @@ import torch
 from ..config import resolve, write_config
 from ..errors import ConfigError, DataError, InputFileError
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
-from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi
+from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,13 @@ class MetricsConfig:
             raise ConfigError(f"mask_rule={self.mask_rule!r}: use one of {', '.join(RULES)}.")
         if self.chunk_size < 1:
             raise ConfigError(f"chunk_size={self.chunk_size} must be >= 1.")
+        if self.mask_resolution < 1:
+            raise ConfigError(f"mask_resolution={self.mask_resolution} must be >= 1 pixel.")
+        if not 0 <= self.mask_min_fraction <= 0.5:
+            raise ConfigError(f"mask_min_fraction={self.mask_min_fraction} must lie in [0, 0.5].")
+        from ..checks import check_device
+
+        check_device(self.device, "--device")
         parse_sweeps(self.sweep)  # fail early
 
 
@@ -247,6 +254,10 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
     from tqdm.auto import tqdm
 
     cfg = resolve(MetricsConfig, config, **options)
+    if cfg.out:
+        from ..checks import prepare_out_dir
+
+        prepare_out_dir(cfg.out)
     if any(str(f).startswith("official:") for f in cfg.features):  # official iREPA collection, joined by id
         from ..official import official_metrics
 
@@ -277,11 +288,18 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
             raise DataError(f"No image of {str(src.path)!r} has a mask in {cfg.masks!r}.")
         base = _base_radii(cfg, src.grid)
         settings = [{**base, **over} for over in sweeps]
+        for over, st in zip(sweeps, settings):
+            for m, why in undefined_radii(st, src.grid).items():
+                if m in want:
+                    log.warning("%s [%s]: %s is NaN for every image: %s.", src.name, _label(over), m.upper(), why)
         masks_by_id = None
         n_filtered = 0
         if files is not None:
+            from .masks import store_image_sizes
+
+            sizes = store_image_sizes(src.path) if src._store is not None else {}
             masks_by_id = load_masks(cfg.masks, src.grid, ids=ids, rule=cfg.mask_rule,
-                                     resolution=cfg.mask_resolution, channel=cfg.mask_channel)
+                                     resolution=cfg.mask_resolution, channel=cfg.mask_channel, image_sizes=sizes)
             if cfg.mask_filter:
                 stacked = torch.stack([masks_by_id[i] for i in ids])
                 keep = official_filter(stacked, cfg.mask_min_fraction)
@@ -294,7 +312,15 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
         done_ids: list[str] = []
         bar = tqdm(total=len(ids), desc=f"metrics {src.name}", unit="img", leave=False,
                    disable=len(ids) < 2 * cfg.chunk_size)
+        n_zero = 0
         for cid, x in src.chunks(ids, cfg.chunk_size):
+            finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+            if not bool(finite.all()):
+                bad = [i for i, ok in zip(cid, finite.tolist()) if not ok]
+                raise DataError(f"Features {str(src.path)!r}: the tokens of {len(bad)} image(s) are non-finite "
+                                f"(NaN or inf): {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. The input is "
+                                "broken, not the metric: re-extract those images (fp16 overflow? use --dtype fp32).")
+            n_zero += int((x.reshape(x.shape[0], -1).abs().amax(1) == 0).sum())
             m = torch.stack([masks_by_id[i] for i in cid]) if masks_by_id is not None else None
             out = spatial_metrics_multi(x.to(device), src.grid, None if m is None else m.to(device),
                                         settings=settings, metrics=want)
@@ -303,6 +329,9 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
             done_ids.extend(cid)
             bar.update(len(cid))
         bar.close()
+        if n_zero:
+            log.warning("%s: %d of %d image(s) have all-zero tokens; their metrics are undefined (NaN, counted "
+                        "in the *_nan columns).", src.name, n_zero, len(done_ids))
         for over, s, acc in zip(sweeps, settings, values):
             cols = {k: torch.cat([a[k] for a in acc]).numpy() for k in want}
             df = pd.DataFrame({"encoder": src.name, "setting": _label(over), "id": done_ids, **cols})
@@ -325,7 +354,6 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
     summary_df = pd.DataFrame(summary)
     if cfg.out:
         out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
         per_image.to_csv(out / "per_image.csv", index=False)
         try:
             per_image.to_parquet(out / "per_image.parquet", index=False)

@@ -128,14 +128,16 @@ def _lds_cds(hist: torch.Tensor, counts: torch.Tensor, s: Mapping[str, int], wan
     if "lds" in want:
         near = (d >= 1) & (d <= s["lds_near"])
         far = d >= max(s["lds_far"], 1)
-        # as the official code: an empty near set gives NaN (mean of nothing), an empty far set a far
-        # term of 0 (its denominator is clamped to 1)
-        out["lds"] = hist[:, near].sum(1) / counts[near].sum() - hist[:, far].sum(1) / counts[far].sum().clamp_min(1)
+        # an empty near or far set (a radius beyond the grid) leaves LDS undefined: NaN. (The official
+        # code clamps the far count to 1, so a far radius beyond the grid silently returns the near mean.)
+        n_far = counts[far].sum()
+        lds = hist[:, near].sum(1) / counts[near].sum() - hist[:, far].sum(1) / n_far.clamp_min(1)
+        out["lds"] = lds if float(n_far) > 0 else torch.full_like(lds, float("nan"))
     if "cds" in want:
         sel = (d >= 1) & (d <= s["cds_dmax"]) & (counts > 0)
         x = d[sel].double()
-        if x.numel() < 2:  # no distance (official: zeros) or one distance (slope undefined): 0
-            out["cds"] = torch.zeros(hist.shape[0], dtype=torch.float64, device=hist.device)
+        if x.numel() < 2:  # no distance or one distance: the slope is undefined (the official code gives 0)
+            out["cds"] = torch.full((hist.shape[0],), float("nan"), dtype=torch.float64, device=hist.device)
         else:
             wts = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
             out["cds"] = -(hist[:, sel] / counts[sel]) @ wts
@@ -165,6 +167,28 @@ def _srss(g: torch.Tensor, fg: torch.Tensor, tables: tuple[torch.Tensor, ...], p
     val = diff.sum(1) / nvalid.clamp_min(1)
     undefined = (fg.sum(1) < 2) | ((~fg).sum(1) < 1) | (nvalid == 0)
     return torch.where(undefined, torch.full_like(val, float("nan")), val)
+
+
+def max_distance(grid: tuple[int, int]) -> int:
+    """Largest Manhattan distance between two cells of an ``(H, W)`` grid: ``H + W − 2``."""
+    return int(grid[0]) + int(grid[1]) - 2
+
+
+def undefined_radii(setting: Mapping[str, int], grid: tuple[int, int]) -> dict[str, str]:
+    """``{metric: reason}`` for the metrics a radius setting leaves undefined (NaN) on ``grid``: a far or
+    negative radius beyond the grid's largest distance, or a CDS fit over fewer than two distances."""
+    s = _check_radii(setting)
+    dmax = max_distance(grid)
+    g = f"{grid[0]}x{grid[1]}"
+    out: dict[str, str] = {}
+    if s["lds_far"] > dmax:
+        out["lds"] = f"lds_far={s['lds_far']} is beyond the largest distance {dmax} of the {g} grid (valid: 1..{dmax})"
+    if min(s["cds_dmax"], dmax) < 2:
+        out["cds"] = (f"cds_dmax={s['cds_dmax']} fits fewer than two distances on the {g} grid, so the slope is "
+                      f"undefined (valid: 2..{dmax})")
+    if s["srss_neg"] > dmax:
+        out["srss"] = f"srss_neg={s['srss_neg']} is beyond the largest distance {dmax} of the {g} grid (valid: 1..{dmax})"
+    return out
 
 
 def _rmsc_direct(x: torch.Tensor) -> torch.Tensor:
@@ -210,6 +234,11 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
         want = [m for m in want if m != "srss"]
         if not want:
             raise DataError("SRSS needs FG/BG masks: pass masks [B, T] (CLI: --masks DIR).")
+    if not bool(torch.isfinite(tokens).all()):
+        bad = (~torch.isfinite(tokens.reshape(b, -1))).any(1).nonzero().flatten().tolist()
+        raise DataError(f"tokens are non-finite (NaN or inf) for {len(bad)} of {b} image(s) (batch index "
+                        f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}); the input is broken, "
+                        "not the metric: re-extract those images (fp16 overflow? try fp32).")
     sets = [_check_radii(s) for s in settings]
     wanted = set(want)
     dev = tokens.device
@@ -252,6 +281,11 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
                     if key not in cache:
                         cache[key] = _srss(g, masks[i:i + chunk], _srss_tables(h, w, str(dev), *key), *key)
                     r["srss"] = cache[key]
+        zero = x.reshape(c, -1).abs().amax(1) == 0  # an all-zero token map has no structure: undefined
+        if bool(zero.any()):
+            for r in res:
+                for k in r:
+                    r[k] = torch.where(zero.to(r[k].device), torch.full_like(r[k], float("nan")), r[k])
         for p, r in zip(parts, res):
             p.append(r)
     out = []
@@ -273,16 +307,18 @@ def spatial_metrics(tokens: torch.Tensor, grid: tuple[int, int], masks: torch.Te
         metrics: any of ``"lds", "cds", "srss", "rmsc"``.
         lds_near: LDS near set ``1 <= d <= lds_near`` (official 1: the 4-neighbour pairs).
         lds_far: LDS far set ``d >= lds_far`` over ordered pairs (official 6).
-        cds_dmax: CDS fits ``d = 1..cds_dmax`` (distances absent from the grid are skipped; CDS = 0 when
+        cds_dmax: CDS fits ``d = 1..cds_dmax`` (distances absent from the grid are skipped; CDS is NaN when
             fewer than two remain).
         srss_pos: SRSS positives are FG tokens at ``1 <= d <= srss_pos`` from a FG anchor.
         srss_neg: SRSS negatives are BG tokens at ``d >= srss_neg``.
         chunk_size: images per chunk (Gram memory chunk·T²·4 bytes); default ~8 MiB of Gram.
 
     Returns:
-        ``{metric: float32 Tensor[B]}`` on the tokens' device. LDS is NaN when its near pair set is
-        empty, and its far term is 0 when the far set is empty (both as in the official code); SRSS is NaN when an image has < 2 FG or no BG tokens, or no anchor with both a positive
-        and a negative. Distance is Manhattan on the grid; tokens are L2-normalised (eps 1e-8).
+        ``{metric: float32 Tensor[B]}`` on the tokens' device. LDS is NaN when its near or far pair set
+        is empty (a radius beyond the grid, :func:`undefined_radii`), CDS when fewer than two distances
+        are fitted; SRSS is NaN when an image has < 2 FG or no BG tokens, or no anchor with both a
+        positive and a negative. Every metric is NaN for an all-zero token map. Non-finite tokens are an
+        error. Distance is Manhattan on the grid; tokens are L2-normalised (eps 1e-8).
 
     Example:
         >>> m = spatial_metrics(torch.randn(4, 256, 768), (16, 16))

@@ -105,6 +105,7 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
         c.teacher = None
     if c.steps < 1 or c.batch_size < 1:
         raise ConfigError(f"steps ({c.steps}) and batch_size ({c.batch_size}) must be positive.")
+    _check_ranges(c, fam)
     if c.latent_norm not in ("channel", "scalar"):
         raise ConfigError(f"latent_norm {c.latent_norm!r} must be 'channel' or 'scalar'.")
     if c.precision not in ("auto", "bf16", "fp32"):
@@ -114,6 +115,52 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
     if fam == "jit":
         c.vae = None
     return c
+
+
+def _check_ranges(c: TrainConfig, fam: str) -> None:
+    """Every numeric option in its valid range, with the range in the message (before any work is done)."""
+    from ..checks import check_device, check_range
+
+    check_range("lr", c.lr, 0, lo_open=True, hint="e.g. 1e-4.")
+    for d in c.ema_decays or []:
+        check_range("ema_decays", d, 0, 1, lo_open=True, hi_open=True, hint="e.g. 0.9999 (or 0.999 for short runs).")
+    if c.betas is not None:
+        if len(c.betas) != 2:
+            raise ConfigError(f"betas={c.betas!r} needs two numbers, e.g. 0.9,0.999.")
+        for b in c.betas:
+            check_range("betas", b, 0, 1, hi_open=True)
+    check_range("weight_decay", c.weight_decay, 0)
+    check_range("grad_clip", c.grad_clip, 0, hint="0 turns clipping off.")
+    check_range("warmup_epochs", c.warmup_epochs, 0)
+    check_range("label_dropout", c.label_dropout, 0, 1, hi_open=True)
+    check_range("gamma", c.gamma, 0, 1, hint="gamma scales the removed token mean (paper: 0.6 to 0.8).")
+    check_range("proj_coeff", c.proj_coeff, 0)
+    check_range("max_images", c.max_images, 1, hint="leave it out to use every image.")
+    check_range("num_classes", c.num_classes, 1)
+    check_range("log_every", c.log_every, 1)
+    check_range("ckpt_every", c.ckpt_every, 1)
+    check_range("workers", c.workers, 0)
+    check_range("teacher_resolution", c.teacher_resolution, 16)
+    if c.encoder_depth is not None:
+        from .models import variant
+
+        depth = variant(c.model).get("depth")
+        check_range("encoder_depth", c.encoder_depth, 1, depth, hint=f"{c.model} has {depth} blocks.")
+    if c.kernel_size is not None and c.projector == "conv" and (c.kernel_size < 1 or c.kernel_size % 2 == 0):
+        raise ConfigError(f"kernel_size={c.kernel_size} must be a positive odd number (1, 3, 5, ...).")
+    if c.resolution is not None:
+        from .models import variant
+
+        patch = int(variant(c.model).get("patch", 1))
+        step = patch * (8 if fam == "sit" and c.vae == "sd-vae-ft-mse" else 1)
+        if fam == "sit" and c.vae != "sd-vae-ft-mse":
+            step = 2 * patch  # the VAE's own factor is checked once it is loaded
+        if c.resolution < step or c.resolution % step:
+            what = f"the {c.model} patch size {patch}" + (" times the VAE factor 8" if step != patch and fam == "sit"
+                                                        and c.vae == "sd-vae-ft-mse" else "")
+            raise ConfigError(f"resolution={c.resolution} must be a positive multiple of {step} ({what}), "
+                              f"e.g. {max(step, round(c.resolution / step) * step)}.")
+    check_device(c.device)
 
 
 def check_resume(saved: dict[str, Any], now: TrainConfig) -> None:
@@ -142,11 +189,31 @@ class SampleConfig:
     steps: int | None = None           #: default: 250 (sde), 50 (ode, JiT)
     cfg: float = 1.0
     interval: list[float] | None = None  #: guidance interval in the family's own time [default: SiT 0,1; JiT 0.1,1]
-    weights: str = "ema"               #: ema (first EMA) | ema2 | model
+    weights: str = "auto"              #: auto (the first EMA, or the raw model when the run is too short for it) | ema | ema2 | model
     seed: int = 0
     device: str = "auto"
     png: bool = True
     weights_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        from ..checks import check_range
+
+        check_range("n", self.n, 1, hint="the number of images to generate.")
+        check_range("batch_size", self.batch_size, 1)
+        check_range("steps", self.steps, 1, hint="leave it out for the sampler's default (250 sde, else 50).")
+        check_range("cfg", self.cfg, 0, hint="1.0 turns guidance off.")
+        if self.weights not in SAMPLE_WEIGHTS:
+            raise ConfigError(f"weights={self.weights!r} must be one of {', '.join(SAMPLE_WEIGHTS)}.")
+        if self.interval is not None:
+            if len(self.interval) != 2:
+                raise ConfigError(f"interval {self.interval!r} needs two numbers: low,high.")
+            lo, hi = self.interval
+            check_range("interval low", lo, 0, 1)
+            check_range("interval high", hi, lo, 1, hint="low <= high.")
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: the weights ``sample`` can use
+SAMPLE_WEIGHTS = ("auto", "ema", "ema1", "ema2", "model")

@@ -155,9 +155,12 @@ def newest_intact_checkpoint(out: str | Path, map_location: str | torch.device =
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    from ..checks import writing
+
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with writing(path, tmp, what="checkpoint"):
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
 
 
 def _num_classes(source) -> int:
@@ -315,8 +318,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         cfg.num_classes = _num_classes(source)
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the world size {world}.")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..checks import prepare_out_dir
+
+    out = prepare_out_dir(cfg.out)
     (out / "checkpoints").mkdir(exist_ok=True)
 
     # teacher(s)

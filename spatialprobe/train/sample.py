@@ -145,6 +145,36 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------ driver
 
+#: an EMA still made of more than this fraction of the random initialisation has not learned yet
+EMA_INIT_LIMIT = 0.1
+
+
+def ema_init_fraction(decay: float, step: int) -> float:
+    """Weight of the initial (random) parameters in an EMA after ``step`` updates: ``decay ** step``."""
+    return float(decay) ** int(step)
+
+
+def choose_weights(requested: str, state: dict) -> str:
+    """The weights to sample from. ``auto`` takes the first EMA unless the run is too short for it (its
+    decay ** steps > :data:`EMA_INIT_LIMIT`: EMA 0.9999 after 80 steps is 99 % the random init and gives
+    flat grey images); then the raw model, with a note. An explicit EMA that has not moved is used, with a
+    warning."""
+    decays = list((state.get("config") or {}).get("ema_decays") or [])
+    step = int(state.get("step", 0))
+    k = {"auto": 0, "ema": 0, "ema1": 0, "ema2": 1}.get(requested)
+    if k is None or k >= len(decays):
+        return "model" if requested == "auto" and not decays else requested
+    frac = ema_init_fraction(decays[k], step)
+    if frac <= EMA_INIT_LIMIT:
+        return "ema" if requested == "auto" else requested
+    why = (f"after {step} step{'' if step == 1 else 's'} the EMA (decay {decays[k]:g}) is still {100 * frac:.0f} % the random "
+           f"initialisation")
+    if requested == "auto":
+        log.warning("%s: sampling from the raw model weights (--weights model); pass --weights ema to force the EMA.", why)
+        return "model"
+    log.warning("%s: samples will look like noise or flat grey; --weights model uses the trained weights.", why)
+    return requested
+
 
 def sample(config=None, *, config_file=None, **overrides) -> Path:
     """Generate images from a training run; returns the output folder (``samples.npz``, ``png/``, ``config.json``).
@@ -166,8 +196,14 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     elif overrides:
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     c = config
+    from ..checks import check_device
+
+    check_device(c.device)
     device = resolve_device(c.device)
-    model, state = load_run(c.run, weights=c.weights, device=device)
+    model, state = load_run(c.run, weights="ema" if c.weights == "auto" else c.weights, device=device)
+    weights = choose_weights(c.weights, state)
+    if weights != (c.weights if c.weights != "auto" else "ema"):
+        model, state = load_run(c.run, weights=weights, device=device)
     fam = state["family"]
     sampler = c.sampler or ("sde" if fam == "sit" else "heun")
     valid = ("sde", "ode-euler", "ode-heun") if fam == "sit" else ("heun", "euler")
@@ -178,7 +214,9 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     if len(interval) != 2:
         raise ConfigError(f"interval {c.interval!r} needs two numbers: low,high.")
     out = Path(c.out) if c.out else Path(state["path"]).parent.parent / f"samples-{state['step']:07d}"
-    out.mkdir(parents=True, exist_ok=True)
+    from ..checks import prepare_out_dir
+
+    prepare_out_dir(out)
     num_classes = int(state["model_args"]["num_classes"])
     labels = balanced_labels(c.n, num_classes)
     vae = None
@@ -215,7 +253,7 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
         (out / "png").mkdir(exist_ok=True)
         for i, im in enumerate(arr):
             Image.fromarray(im).save(out / "png" / f"{i:06d}_{int(labels[i])}.png")
-    write_config(out / "config.json", c, checkpoint=state["path"], step=state["step"], family=fam,
+    write_config(out / "config.json", c, checkpoint=state["path"], step=state["step"], family=fam, weights_used=weights,
                  sampler=sampler, steps=steps, interval=list(interval))
     log.info("wrote %d samples to %s", len(arr), out)
     return out
