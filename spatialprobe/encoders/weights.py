@@ -7,7 +7,10 @@ generic ``<id>.safetensors`` / ``<id>.pth``):
 2. ``$SPATIALPROBE_WEIGHTS``, same layout;
 3. the Hugging Face hub cache (``$HF_HUB_CACHE`` / ``$HF_HOME/hub`` / ``~/.cache/huggingface/hub``) for the
    yaml's ``hf_repos`` and, for timm models, timm's own hub repo (``model.safetensors``);
-4. the torch hub cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``).
+4. the torch hub cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``);
+5. the folders where a layout's own tools cache it (``openai-clip``: ``~/.cache/clip``).
+
+A name ending in '/' is a transformers folder (it must hold ``config.json``); any other name is a file.
 """
 
 from __future__ import annotations
@@ -69,19 +72,18 @@ def _timm_hub_repo(spec: EncoderSpec) -> str | None:
     return f"{cfg.hf_hub_id}:{cfg.hf_hub_filename or 'model.safetensors'}"
 
 
-def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Every path searched for ``spec``'s checkpoint, in priority order (folders end with '/')."""
-    names = list(spec.weights.files) + [f"{spec.id}.safetensors", f"{spec.id}.pth"]
-    if spec.backend == "hf_dinov2":
-        names = list(spec.weights.files) + [f"{spec.id}/"]
-    out: list[Path] = []
-    roots = [weights_dir, os.environ.get("SPATIALPROBE_WEIGHTS")]
-    for root in roots:
+def _candidates(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[tuple[Path, bool]]:
+    """(path, is_folder) for every place searched, in priority order (HF snapshot paths contain '*')."""
+    names = list(spec.weights.files) + ([f"{spec.id}/"] if spec.backend == "hf_dinov2"
+                                        else [f"{spec.id}.safetensors", f"{spec.id}.pth"])
+    out: list[tuple[Path, bool]] = []
+    for root in (weights_dir, os.environ.get("SPATIALPROBE_WEIGHTS")):
         if root:
             for n in names:
-                out.append(Path(root) / n)
+                folder = n.endswith("/")
+                out.append((Path(root) / n, folder))
                 if not n.startswith(spec.id):
-                    out.append(Path(root) / spec.id / n)
+                    out.append((Path(root) / spec.id / n, folder))
     repos = list(spec.weights.hf_repos)
     timm_repo = _timm_hub_repo(spec)
     if timm_repo:
@@ -89,25 +91,46 @@ def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = N
     for r in repos:
         repo, _, fname = r.partition(":")
         snap = _hf_cache() / f"models--{repo.replace('/', '--')}" / "snapshots" / "*"
-        out.append(snap / (fname or ""))
-    for n in spec.weights.files:
-        if not n.endswith("/"):
-            out.append(_torch_hub_checkpoints() / n)
+        out.append((snap / fname if fname else snap, not fname))
+    files = [n for n in spec.weights.files if not n.endswith("/")]
+    for n in files:
+        out.append((_torch_hub_checkpoints() / n, False))
+    from .layouts import LAYOUTS
+
+    for fmt in spec.weights.format:  # where the publisher's own tools cache the file (e.g. ~/.cache/clip)
+        for d in LAYOUTS[fmt].cache_dirs:
+            for n in files:
+                out.append((Path(os.path.expanduser(d)) / n, False))
     return out
 
 
+def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Every path searched for ``spec``'s checkpoint, in priority order (folders end with '/')."""
+    return [Path(str(p) + "/") if folder else p for p, folder in _candidates(spec, weights_dir)]
+
+
+def _fmt(p: Path, folder: bool) -> str:
+    return str(p) + ("/" if folder else "")
+
+
 def locate(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> WeightsLocation:
-    """Find ``spec``'s checkpoint without loading it."""
-    cands = candidate_paths(spec, weights_dir)
-    want_dir = spec.backend == "hf_dinov2" or any(f.endswith("/") for f in spec.weights.files)
-    for c in cands:
-        matches = sorted(c.parent.parent.glob(f"{c.parent.name}/{c.name}")) if "*" in str(c) else [c]
+    """Find ``spec``'s checkpoint (a file, or a transformers folder with config.json) without loading it."""
+    cands = _candidates(spec, weights_dir)
+    expected = [_fmt(p, f) for p, f in cands]
+    for c, folder in cands:
+        if "*" in str(c):
+            parts = c.parts
+            star = parts.index("*")
+            base, rest = Path(*parts[:star]), parts[star + 1:]
+            matches = [Path(m, *rest) for m in sorted(base.glob("*"))]
+        else:
+            matches = [c]
         for m in matches:
-            if want_dir and m.is_dir() and (m / "config.json").is_file():
-                return WeightsLocation(spec.id, m, [str(x) for x in cands], spec.weights.source)
-            if not want_dir and m.is_file():
-                return WeightsLocation(spec.id, m, [str(x) for x in cands], spec.weights.source)
-    return WeightsLocation(spec.id, None, [str(x) for x in cands], spec.weights.source)
+            if folder and m.is_dir() and (m / "config.json").is_file():
+                return WeightsLocation(spec.id, m, expected, spec.weights.source)
+            if not folder and m.is_file():
+                return WeightsLocation(spec.id, m, expected, spec.weights.source)
+    return WeightsLocation(spec.id, None, expected, spec.weights.source)
 
 
 def require(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> Path:
@@ -165,22 +188,15 @@ def check_sha(spec: EncoderSpec, path: Path, digest: str) -> None:
                                    f"Re-fetch it from {spec.weights.source}.")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a raw checkpoint file (.safetensors, torch pickle, or a TorchScript archive) on CPU."""
-    import torch
+def read_checkpoint(path: str | os.PathLike, *, meta: bool = False) -> dict[str, Any]:
+    """A raw checkpoint (.safetensors, ``torch.load(weights_only=True)``, or TorchScript) on CPU (or meta).
 
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    See :func:`spatialprobe.encoders.layouts.read_file`; nothing is ever unpickled beyond tensors (and
+    ``argparse.Namespace`` for RADIO hub files).
+    """
+    from .layouts import read_file
 
-        return load_file(path, device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # TorchScript archives (OpenAI CLIP) or legacy pickles
-        try:
-            return torch.jit.load(path, map_location="cpu").state_dict()
-        except Exception:
-            raise WeightsMismatchError(f"cannot read checkpoint {path}: {exc}") from None
+    return read_file(path, meta=meta)[0]
 
 
 def unwrap(ckpt: dict[str, Any]) -> dict[str, Any]:

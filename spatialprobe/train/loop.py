@@ -295,7 +295,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         raise ConfigError(f"{out} already holds checkpoints ({ckpt.name}); pass --resume to continue it, "
                           "or choose another --out.")
     if cfg.resume and ckpt is not None:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=True)
         check_resume(state["config"], cfg)
         model.load_state_dict(state["model"])
         for e, sd in zip(emas, state["emas"]):
@@ -430,7 +430,7 @@ def load_run(path: str | Path, *, weights: str = "ema", device: str | torch.devi
     if ck is None or not ck.is_file():
         raise InputFileError(f"No checkpoint at {str(path)!r}; pass a run folder holding checkpoints/NNNNNNN.pt "
                              "or a checkpoint file.")
-    state = torch.load(ck, map_location="cpu", weights_only=False)
+    state = torch.load(ck, map_location="cpu", weights_only=True)
     model = build_model(state["config"]["model"], **state["model_args"])
     if weights == "model":
         sd = state["model"]
