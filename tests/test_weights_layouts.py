@@ -298,3 +298,111 @@ def test_no_weights_only_false_in_the_package():
             if re.search(r"weights_only\s*=\s*False", line)]
     assert hits == [], hits
     assert any("weights_only=True" in p.read_text() for p in root.rglob("*.py"))
+
+
+# ------------------------------------------------------------------ spatialprobe weights --check / --verify
+
+def _check_folder(root: Path) -> None:
+    """One good full-depth file per encoder layout (values zero: --check reads headers only), one truncated
+    file, one file of the wrong model."""
+    for name, depth in (("sam2-vit-s", None), ("pe-vit-b", 12), ("cradio-vit-b", 12), ("cradio-vit-l", 24),
+                        ("siglip-vit-b", 12), ("siglip2-vit-b", 12), ("webssl-vit-dino300m_full2b_224", 24)):
+        synthesise(name, root, depth=depth, zeros_only=True)
+    # a PE-Core-B file under PE-Core-L's name: right layout, wrong model
+    (root / "PE-Core-L14-336.pt").write_bytes((root / "PE-Core-B16-224.pt").read_bytes())
+    # a truncated download
+    import timm
+
+    torch.save(timm.create_model("vit_base_patch16_224", depth=1).state_dict(), root / "x.pth")
+    data = (root / "x.pth").read_bytes()
+    (root / "dino_vitbase16_pretrain.pth").write_bytes(data[: len(data) // 2])
+    (root / "x.pth").unlink()
+
+
+def test_weights_check_reports_each_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from spatialprobe.cli import app
+
+    root = tmp_path / "w"
+    _check_folder(root)
+    res = CliRunner().invoke(app, ["weights", "--check", "--weights-dir", str(root)])
+    out = res.output
+    assert res.exit_code == 1, out
+    lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith(("ok ", "BAD"))}
+    for eid, lay in (("sam2-vit-s", "sam2-full"), ("pe-vit-b", "pe-clip"), ("cradio-vit-b", "radio-hub"),
+                     ("cradio-vit-l", "radio-hub"), ("siglip-vit-b", "hf-siglip"), ("siglip2-vit-b", "hf-siglip"),
+                     ("webssl-vit-dino300m_full2b_224", "hf-dinov2")):
+        assert lines[eid].startswith("ok ") and f"({lay})" in lines[eid], out
+    assert lines["pe-vit-l"].startswith("BAD") and "(pe-clip)" in lines["pe-vit-l"]
+    assert lines["dino-vit-b"].startswith("BAD")
+    text = out.split("dino-vit-b", 1)[1].splitlines()[1]
+    assert "truncated" in text, out
+    assert "pe-vit-l" in out.split(lines["pe-vit-l"], 1)[1].splitlines()[1]
+    assert "7/9 file(s) ok, 2 wrong" in out
+
+    # only good files: exit 0; --verify compares the pinned digests
+    for bad in ("PE-Core-L14-336.pt", "dino_vitbase16_pretrain.pth"):
+        (root / bad).unlink()
+    res = CliRunner().invoke(app, ["weights", "--check", "--encoder", "sam2", "--weights-dir", str(root)])
+    assert res.exit_code == 0 and "ok  sam2-vit-s" in res.output, res.output
+    (root / "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth").write_bytes(b"not it")
+    res = CliRunner().invoke(app, ["weights", "--verify", "--family", "DINOv3", "--weights-dir", str(root)])
+    assert res.exit_code == 1 and "sha256 mismatch" in res.output, res.output
+    res = CliRunner().invoke(app, ["weights", "--verify", "--encoder", "sam2", "--weights-dir", str(root)])
+    assert res.exit_code == 0 and "sha256 not pinned" in res.output, res.output
+
+
+def test_every_zoo_row_states_its_layouts():
+    from spatialprobe.encoders.layouts import LAYOUTS
+
+    for s in E.list_specs():
+        if not s.weight_free:
+            assert s.weights.format and set(s.weights.format) <= set(LAYOUTS), s.id
+
+
+# ------------------------------------------------------------------ SD-VAE ft-MSE: dnnlib cache and single files
+
+def test_vae_dnnlib_cache_and_single_file(tmp_path):
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file, save_file
+
+    from spatialprobe.train import vae as V
+
+    snap = tmp_path / "home" / ".cache" / "dnnlib" / "diffusers" / "models--stabilityai--sd-vae-ft-mse" / "snapshots"
+    folder = synthesise("sd-vae-ft-mse", snap, seed=7)
+    folder = folder.rename(snap / "0123abc")
+    vae, vid = V.load_vae("sd-vae-ft-mse")
+    ref = AutoencoderKL.from_pretrained(str(folder), local_files_only=True).eval()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        want = ref.encode(x).latent_dist.mean
+        _close(vae.encode(x).latent_dist.mean, want, 1e-5)
+    assert vid.startswith("sd-vae-ft-mse:")
+
+    # the same weights as one file (legacy attention names, as in the folder) in --weights-dir
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    sd = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    save_file(sd, str(wd / "sd-vae-ft-mse.safetensors"))
+    vae2, vid2 = V.load_vae("sd-vae-ft-mse", weights_dir=str(wd))
+    with torch.no_grad():
+        _close(vae2.encode(x).latent_dist.mean, want, 1e-5)
+    del sd["encoder.conv_in.weight"]
+    save_file(sd, str(wd / "sd-vae-ft-mse.safetensors"))
+    with pytest.raises(WeightsMismatchError, match=r"encoder\.conv_in\.weight"):
+        V.load_vae("sd-vae-ft-mse", weights_dir=str(wd))
+
+
+# ------------------------------------------------------------------ FID Inception: the message counts the file's tensors
+
+def test_inception_mismatch_counts_release_tensors(tmp_path):
+    from spatialprobe.fid import inception as I
+
+    sd = I._new_extractor(["2048"]).state_dict()
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    assert len(sd) == I.INCEPTION_TENSORS == 472
+    del sd["fc.weight"]
+    torch.save(sd, tmp_path / I.INCEPTION_WEIGHTS_FILE)
+    with pytest.raises(WeightsMismatchError, match="471 tensors in this file, 472 in the release"):
+        I.build_inception(tmp_path / I.INCEPTION_WEIGHTS_FILE)

@@ -70,6 +70,10 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family."),
         paper27: bool = typer.Option(False, "--paper27", help="Only the paper's 27 encoders."),
         checksum: bool = typer.Option(False, "--checksum", help="Compute the sha256 of present files (slow for big files; cached)."),
+        check: bool = typer.Option(False, "--check", help="Open every file found without loading its values (headers / meta "
+                                   "device), recognise its release layout and run the strict key/shape check; exit 1 if any is wrong."),
+        verify: bool = typer.Option(False, "--verify", help="Compare the sha256 of every file found with the digest pinned in "
+                                    "encoders.yaml; exit 1 on a mismatch."),
     ) -> None:
         """Show, for each encoder, where its weights file is expected, whether it is present (path, size,
         sha256 when known or with --checksum) and where to get it. Nothing is downloaded.
@@ -79,11 +83,29 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
           spatialprobe weights --paper27
 
           spatialprobe weights --encoder sam2 --weights-dir ~/weights --checksum
+
+          spatialprobe weights --check --weights-dir ~/weights   (before a long extraction: is every file right?)
+
+          spatialprobe weights --check --verify --paper27
         """
         from ..encoders import list_specs, spec
-        from ..encoders.weights import locate, sha256
+        from ..encoders.weights import check_all, locate, sha256
 
         rows = [spec(encoder)] if encoder else list_specs(family=family, paper27=paper27)
+        if check or verify:
+            results, missing = check_all(rows, weights_dir, check=check, verify=verify)
+            for r in results:
+                tag = "ok " if r.ok else "BAD"
+                lay = f" ({r.layout})" if r.layout else ""
+                sha = f"  sha256 {r.sha_status}" if r.sha_status else ""
+                line = f"{tag} {r.id:<32} {r.path}{lay}{sha}"
+                typer.echo(line + (f"\n    {r.problem}" if r.problem else ""))
+            bad = sum(not r.ok for r in results)
+            typer.echo(f"\n{len(results) - bad}/{len(results)} file(s) ok, {bad} wrong, {len(missing)} encoder(s) "
+                       f"without a file (see `spatialprobe weights`).")
+            if bad:
+                raise typer.Exit(1)
+            return
         n_present = 0
         for s in rows:
             if s.weight_free:

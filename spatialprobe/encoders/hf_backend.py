@@ -44,8 +44,10 @@ def _check_meta(spec: EncoderSpec, path: Path) -> torch.nn.Module:
                                                                "torch_dtype", "model_type")}
     with torch.device("meta"):
         model = Dinov2Model(Dinov2Config(**cfg))
-    want = model.state_dict()
     have = {k[len("dinov2."):] if k.startswith("dinov2.") else k: v for k, v in ck.state_dict.items()}
+    want = model.state_dict()
+    if not all(k in have for k in want):  # the file keeps the names transformers saves (and renames at load)
+        want = _saved_names(want)
     missing = [k for k in want if k not in have]
     unexpected = [k for k in have if k not in want and not k.startswith("mask_token")]
     W.assert_complete(spec.id, path, missing, unexpected)
@@ -55,6 +57,27 @@ def _check_meta(spec: EncoderSpec, path: Path) -> torch.nn.Module:
         raise WeightsMismatchError(f"{path}: shape mismatch for {spec.id!r}: {bad[:4]}")
     _check_width(spec, path, model)
     return model
+
+
+#: module names of transformers >= 5 Dinov2Model -> the names its folders are saved with (renamed back at load)
+_SAVED = (("attention.q_proj.", "attention.attention.query."), ("attention.k_proj.", "attention.attention.key."),
+          ("attention.v_proj.", "attention.attention.value."), ("attention.o_proj.", "attention.output.dense."),
+          ("mlp.down_proj.", "mlp.weights_out."))
+
+
+def _saved_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if ".mlp.up_proj." in k:
+            continue
+        if ".mlp.gate_proj." in k:  # gate and up are one fused weights_in tensor in the file
+            out[k.replace(".mlp.gate_proj.", ".mlp.weights_in.")] = torch.empty(
+                (2 * v.shape[0], *v.shape[1:]), device="meta")
+            continue
+        for a, b in _SAVED:
+            k = k.replace(a, b)
+        out[k] = v
+    return out
 
 
 def _check_width(spec: EncoderSpec, path: Path, model: torch.nn.Module) -> None:

@@ -144,7 +144,7 @@ def read_file(path: str | Path, *, meta: bool = False) -> tuple[Any, bool]:
             return torch.jit.load(str(path), map_location="cpu").state_dict(), False
         except Exception as exc:  # noqa: BLE001
             first = exc
-    msg = str(first).strip().splitlines()[0][:300] if str(first).strip() else type(first).__name__
+    msg = str(first).strip().splitlines()[0].split(". ")[0][:300] if str(first).strip() else type(first).__name__
     raise WeightsMismatchError(f"cannot read checkpoint {path}: {msg}. The file is truncated, corrupt or not a "
                                f"weights file (only tensors are ever unpickled); re-fetch it.") from None
 

@@ -93,7 +93,7 @@ def _strict_load(model: torch.nn.Module, spec: EncoderSpec, path: Path, sd: dict
     try:
         res = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
-        raise WeightsMismatchError(f"checkpoint {path} does not fit encoder {spec.id!r}: {exc}") from None
+        raise WeightsMismatchError(f"checkpoint {path} does not fit encoder {spec.id!r}: {W._short(exc)}") from None
     W.assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
 
 

@@ -223,6 +223,15 @@ def assert_complete(eid: str, path: Any, missing: list[str], unexpected: list[st
         raise WeightsMismatchError("; ".join(msg) + ".")
 
 
+def _short(exc: Exception, n: int = 3) -> str:
+    """A load_state_dict error with its first ``n`` size mismatches and their count."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    mism = [ln for ln in lines if ln.startswith("size mismatch")]
+    if len(mism) <= n:
+        return " ".join(lines)
+    return " ".join(mism[:n]) + f" ... ({len(mism)} shape mismatches in all)"
+
+
 _PATCH_LOCK = threading.Lock()
 
 
@@ -238,7 +247,7 @@ def record_loads() -> Iterator[list[Any]]:
         try:
             res = orig(self, state_dict, strict=False, assign=assign)
         except RuntimeError as exc:  # shape mismatch
-            raise WeightsMismatchError(f"checkpoint shapes do not fit the model: {exc}") from None
+            raise WeightsMismatchError(f"checkpoint shapes do not fit the model: {_short(exc)}") from None
         calls.append(res)
         return res
 
@@ -248,3 +257,76 @@ def record_loads() -> Iterator[list[Any]]:
             yield calls
         finally:
             torch.nn.Module.load_state_dict = orig
+
+
+@dataclass
+class FileCheck:
+    """What ``spatialprobe weights --check/--verify`` found for one encoder's file."""
+
+    id: str
+    path: Path
+    ok: bool
+    layout: str | None = None
+    problem: str = ""
+    sha256: str | None = None
+    sha_status: str = ""  #: "" (not verified) | "ok" | "mismatch" | "not pinned"
+
+
+def check_file(spec: EncoderSpec, path: str | os.PathLike) -> FileCheck:
+    """Open ``path`` for ``spec`` without reading its values: recognise the layout, convert it and run the
+    strict key/shape check of the real load against the architecture built on the meta device."""
+    import torch
+
+    from ..errors import SpatialProbeError
+    from .layouts import LAYOUTS, folder_layout, open_checkpoint
+    from .registry import _classes
+
+    path = Path(path)
+    layout = None
+    try:
+        layout = folder_layout(path) if path.is_dir() else open_checkpoint(
+            path, spec.weights.format, eid=spec.id, meta=True).layout
+        build, _ = _classes(spec.backend)
+        with torch.device("meta"):
+            build(spec, path=path, overrides={}, meta=True)
+    except SpatialProbeError as exc:
+        return FileCheck(spec.id, path, False, layout, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any failure is a problem with this file, reported, not raised
+        return FileCheck(spec.id, path, False, layout, f"{type(exc).__name__}: {exc}")
+    assert layout in LAYOUTS
+    return FileCheck(spec.id, path, True, layout)
+
+
+def verify_sha(spec: EncoderSpec, path: Path, res: FileCheck | None = None) -> FileCheck:
+    """Compare the file's sha256 with the digest pinned in encoders.yaml (full or prefix)."""
+    res = res or FileCheck(spec.id, path, True)
+    res.sha256 = sha256(path)
+    want = spec.weights.sha256
+    if not want:
+        res.sha_status = "not pinned"
+    elif res.sha256.startswith(str(want).lower()):
+        res.sha_status = "ok"
+    else:
+        res.sha_status = "mismatch"
+        res.ok = False
+        res.problem = (res.problem + "; " if res.problem else "") + (
+            f"sha256 {res.sha256[:16]}... does not match the pinned {want}: corrupt or a different file")
+    return res
+
+
+def check_all(specs: list[EncoderSpec], weights_dir: str | os.PathLike | None = None, *, check: bool = True,
+              verify: bool = False) -> tuple[list[FileCheck], list[EncoderSpec]]:
+    """(results for every file found, specs whose file is missing) for ``weights --check/--verify``."""
+    from tqdm import tqdm
+
+    found, missing = [], []
+    for s in specs:
+        if s.weight_free:
+            continue
+        loc = locate(s, weights_dir)
+        (found if loc.present else missing).append((s, loc.path))
+    out = []
+    for s, path in tqdm(found, desc="checking weights", unit="file", disable=None if len(found) > 1 else True):
+        res = check_file(s, path) if check else FileCheck(s.id, path, True)
+        out.append(verify_sha(s, path, res) if verify else res)
+    return out, [s for s, _ in missing]
