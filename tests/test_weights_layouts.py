@@ -84,6 +84,30 @@ def test_sam2_full_release_file(tmp_path, photos):
     _close(got, y.reshape(1, -1, y.shape[-1]), 1e-5)
     assert got.shape == (1, 64, 768)
 
+    # the iREPA path: transformers Sam2Model(...).vision_encoder, last_hidden_state (NHWC, before the neck),
+    # filled from the same file by its own explicit map (trunk -> backbone, neck convs included: strict)
+    from transformers import Sam2HieraDetConfig, Sam2VisionConfig, Sam2VisionModel
+
+    bb = Sam2HieraDetConfig(blocks_per_stage=[1, 2, 11, 2], embed_dim_per_stage=[96, 192, 384, 768],
+                            num_attention_heads_per_stage=[1, 2, 4, 8], global_attention_blocks=[7, 10, 13],
+                            window_positional_embedding_background_size=[7, 7], window_size_per_stage=[8, 4, 14, 7])
+    hf = Sam2VisionModel(Sam2VisionConfig(backbone_config=bb))
+    ren = (("norm1.", "layer_norm1."), ("norm2.", "layer_norm2."), ("mlp.layers.0.", "mlp.proj_in."),
+           ("mlp.layers.1.", "mlp.proj_out."), ("patch_embed.proj.", "patch_embed.projection."))
+    hsd = {}
+    for k, v in sd.items():
+        if k.startswith("image_encoder.trunk."):
+            k = "backbone." + k[len("image_encoder.trunk."):]
+            for a, b in ren:
+                k = k.replace(a, b)
+            hsd[k] = v
+        elif k.startswith("image_encoder.neck.convs."):
+            hsd[k[len("image_encoder."):].replace(".conv.", ".")] = v
+    hf.load_state_dict(hsd, strict=True)
+    with torch.no_grad():
+        h = hf.eval()(pixel_values=_prep(photos[:1], 256, "bicubic", IMAGENET)).last_hidden_state
+    _close(got, h.reshape(1, -1, h.shape[-1]), 1e-4)
+
     del sd["image_encoder.trunk.blocks.3.attn.qkv.weight"]
     torch.save({"model": sd}, path)
     with pytest.raises(WeightsMismatchError, match=r"blocks\.3\.attn\.qkv\.weight"):
