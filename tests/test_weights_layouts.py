@@ -57,6 +57,7 @@ def _prep(images, size, mode, norm, antialias=False):
 
 def _close(a, b, tol=1e-4):
     assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.isfinite(a).all() and a.float().std() > 1e-3, "degenerate tokens: the comparison would prove nothing"
     err = (a - b).abs().max().item()
     assert err <= tol, f"max abs error {err}"
 
@@ -275,6 +276,14 @@ def test_webssl_bf16_folder_loads_in_fp32(tmp_path, photos):
     with torch.no_grad():
         y = ref(pixel_values=_prep(photos, 224, "bicubic", IMAGENET)).last_hidden_state[:, 1:]
     _close(got, y, 1e-5)
+
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(folder / "model.safetensors"))
+    del sd["encoder.layer.1.attention.attention.key.weight"]
+    save_file(sd, str(folder / "model.safetensors"))
+    with pytest.raises(WeightsMismatchError, match=r"layer\.1\.attention\.(k_proj|attention\.key)\.weight"):
+        E.get(eid, weights_dir=tmp_path / "w")
 
 
 # ------------------------------------------------------------------ MoCo v3 ViT-L as the iREPA study distributes it
