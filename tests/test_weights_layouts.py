@@ -421,10 +421,48 @@ def test_vae_dnnlib_cache_and_single_file(tmp_path):
     vae2, vid2 = V.load_vae("sd-vae-ft-mse", weights_dir=str(wd))
     with torch.no_grad():
         _close(vae2.encode(x).latent_dist.mean, want, 1e-5)
+
+    # the original LDM (CompVis) single file, e.g. vae-ft-mse-840000-ema-pruned.ckpt: {"state_dict": LDM keys}
+    (wd / "sd-vae-ft-mse.safetensors").unlink()
+    torch.save({"state_dict": _to_ldm(sd), "global_step": 840000}, wd / "vae-ft-mse-840000-ema-pruned.ckpt")
+    vae3, _ = V.load_vae("sd-vae-ft-mse", weights_dir=str(wd))
+    with torch.no_grad():
+        _close(vae3.encode(x).latent_dist.mean, want, 1e-5)
+    (wd / "vae-ft-mse-840000-ema-pruned.ckpt").unlink()
+
     del sd["encoder.conv_in.weight"]
     save_file(sd, str(wd / "sd-vae-ft-mse.safetensors"))
     with pytest.raises(WeightsMismatchError, match=r"encoder\.conv_in\.weight"):
         V.load_vae("sd-vae-ft-mse", weights_dir=str(wd))
+
+
+def _to_ldm(sd):
+    """diffusers AutoencoderKL keys (legacy attention names) -> the original LDM keys, written out here."""
+    out = {}
+    for k, v in sd.items():
+        n = k
+        m = re.match(r"(encoder|decoder)\.(down|up)_blocks\.(\d)\.(resnets|downsamplers|upsamplers)\.(\d)\.(.*)", k)
+        if m:
+            part, kind, i, sub, j, rest = m.groups()
+            i = int(i) if kind == "down" else 3 - int(i)  # LDM numbers the decoder's up blocks bottom-up
+            rest = rest.replace("conv_shortcut", "nin_shortcut")
+            n = (f"{part}.{kind}.{i}.block.{j}.{rest}" if sub == "resnets"
+                 else f"{part}.{kind}.{i}.{'downsample' if kind == 'down' else 'upsample'}.{rest}")
+        m = re.match(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d)\.(.*)", k)
+        if m:
+            part, sub, j, rest = m.groups()
+            if sub == "resnets":
+                n = f"{part}.mid.block_{int(j) + 1}.{rest}"
+            else:
+                for a, b in (("group_norm.", "norm."), ("query.", "q."), ("key.", "k."), ("value.", "v."),
+                             ("proj_attn.", "proj_out.")):
+                    rest = rest.replace(a, b) if rest.startswith(a) else rest
+                n = f"{part}.mid.attn_1.{rest}"
+                if rest.endswith("weight") and not rest.startswith("norm."):
+                    v = v[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        n = n.replace("conv_norm_out", "norm_out")
+        out[n] = v
+    return out
 
 
 # ------------------------------------------------------------------ FID Inception: the message counts the file's tensors
