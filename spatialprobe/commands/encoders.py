@@ -125,4 +125,4 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                 typer.echo(f"{s.id:<32} missing  expected {files}{where}{gated}\n{'':<42}get: {s.weights.source}")
         total = sum(not s.weight_free for s in rows)
         typer.echo(f"\n{n_present}/{total} present. Search order: --weights-dir, $SPATIALPROBE_WEIGHTS "
-                   f"(flat or <id>/), Hugging Face cache, torch hub cache.")
+                   f"(flat or <id>/), Hugging Face cache, torch hub cache, ~/.cache/clip.")

@@ -1,17 +1,24 @@
 """timm backends: plain timm (most of the zoo), the PE recipe, C-RADIO, and local checkpoints (MoCo v3).
 
-Loading paths (all strict: any weight of the model left unloaded raises WeightsMismatchError):
+Every path first reads the file with :func:`.layouts.open_checkpoint` (``weights_only=True``; the layout
+is recognised from the file's own keys and wrappers, checked against the row's ``weights.format``,
+upcast to fp32 and converted in one step), then loads strictly: any weight of the model left unloaded
+raises WeightsMismatchError.
 
-- ``timm``: ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` so timm's
-  own ``checkpoint_filter_fn`` converts original-format checkpoints (DINO/v2/v3 hub, OpenAI CLIP, MAE,
-  I-JEPA, SAM2, timm hub files).
-- ``timm_pe``: the checkpoint's absolute position embedding is resampled to 16×16 with bilinear,
+- ``timm``: the converted state dict goes through ``pretrained_cfg_overlay=dict(state_dict=...)`` so
+  timm's own ``checkpoint_filter_fn`` finishes original-format checkpoints (DINO/v2/v3, OpenAI CLIP, MAE,
+  I-JEPA, SigLIP, timm hub files). SAM2 (``sam2-full`` / ``timm-hiera``) loads into the Hiera trunk
+  without its classifier head (the release file has none; the nhwc tap never uses it).
+- ``timm_pe``: the vision tower's absolute position embedding is resampled to 16×16 with bilinear,
   no antialias (as the PE reference), the model is built at ``img_size = 16·patch`` with
   ``ref_feat_shape=(16,16)`` (integer RoPE positions) and loaded through the overlay.
-- ``timm_radio``: RADIO keys (``radio_model.model.*`` or hub ``base_model.*``) are converted with
-  ``align_corners=False`` (current RADIO code) and loaded with ``load_state_dict``.
-- ``timm_local``: a plain timm ViT and a local ``.pth`` (MoCo v3 ``module.base_encoder.*``), prefixes
-  stripped, heads dropped, position embedding resampled (bicubic, antialias) to the grid.
+- ``timm_radio``: RADIO keys (HF ``radio_model.model.*``, hub ``base_model.*`` renamed to them) are
+  converted with ``align_corners=False`` (current RADIO code) and loaded with ``load_state_dict``; the
+  file's input conditioner must equal the row's mean/std.
+- ``timm_local``: a plain timm ViT and a local ``.pth`` (MoCo v3 ``module.base_encoder.*``, the iREPA
+  ViT-L's ``normN``/``fcN`` names), heads dropped, position embedding resampled (bicubic, antialias).
+
+``meta=True`` runs the same path on the meta device without reading values (``spatialprobe weights --check``).
 """
 
 from __future__ import annotations
