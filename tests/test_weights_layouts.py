@@ -341,6 +341,12 @@ def _check_folder(root: Path) -> None:
     for name, depth in (("sam2-vit-s", None), ("pe-vit-b", 12), ("cradio-vit-b", 12), ("cradio-vit-l", 24),
                         ("siglip-vit-b", 12), ("siglip2-vit-b", 12), ("webssl-vit-dino300m_full2b_224", 24)):
         synthesise(name, root, depth=depth, zeros_only=True)
+    synthesise("sd-vae-ft-mse", root, zeros_only=True)
+    from spatialprobe.fid import inception as I
+
+    sd = I._new_extractor(["2048"]).state_dict()
+    torch.save({k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in sd.items()
+                if not k.endswith("num_batches_tracked")}, root / I.INCEPTION_WEIGHTS_FILE)
     # a PE-Core-B file under PE-Core-L's name: right layout, wrong model
     (root / "PE-Core-L14-336.pt").write_bytes((root / "PE-Core-B16-224.pt").read_bytes())
     # a truncated download
@@ -372,11 +378,21 @@ def test_weights_check_reports_each_file(tmp_path):
     text = out.split("dino-vit-b", 1)[1].splitlines()[1]
     assert "truncated" in text, out
     assert "pe-vit-l" in out.split(lines["pe-vit-l"], 1)[1].splitlines()[1]
-    assert "7/9 file(s) ok, 2 wrong" in out
+    assert lines["fid-inception"].startswith("ok ") and lines["sd-vae-ft-mse"].startswith("ok "), out
+    assert "9/11 file(s) ok, 2 wrong" in out
 
     # only good files: exit 0; --verify compares the pinned digests
     for bad in ("PE-Core-L14-336.pt", "dino_vitbase16_pretrain.pth"):
         (root / bad).unlink()
+    res = CliRunner().invoke(app, ["weights", "--check", "--weights-dir", str(root)])
+    assert res.exit_code == 0 and "9/9 file(s) ok" in res.output, res.output
+    # a VAE folder of the wrong model is reported too
+    from safetensors.torch import save_file
+
+    save_file({"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)},
+              str(root / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors"))
+    res = CliRunner().invoke(app, ["weights", "--check", "--weights-dir", str(root)])
+    assert res.exit_code == 1 and "BAD sd-vae-ft-mse" in res.output, res.output
     res = CliRunner().invoke(app, ["weights", "--check", "--encoder", "sam2", "--weights-dir", str(root)])
     assert res.exit_code == 0 and "ok  sam2-vit-s" in res.output, res.output
     (root / "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth").write_bytes(b"not it")

@@ -23,6 +23,32 @@ def _human(n: float) -> str:
     return f"{n:.1f}TB"
 
 
+def _check_pipeline_files(weights_dir: Optional[Path]) -> list:
+    """--check for the FID Inception and the SD-VAE ft-MSE, when they are on disk."""
+    from ..encoders.weights import FileCheck
+    from ..errors import WeightsNotFoundError
+    from ..fid.inception import check_inception_weights, inception_weights_candidates
+    from ..train.vae import check_vae, find_vae
+
+    out = []
+    cands = inception_weights_candidates(weights_dir if weights_dir and weights_dir.is_dir() else None)
+    if weights_dir and weights_dir.is_dir():
+        cands += inception_weights_candidates(None)
+    inc = next((p for p in cands if p.is_file()), None)
+    if inc is not None:
+        problem = check_inception_weights(inc)
+        out.append(FileCheck("fid-inception", inc, problem is None, "inception-fidelity", problem or ""))
+    try:
+        vae = find_vae(str(weights_dir) if weights_dir else None)
+    except WeightsNotFoundError:
+        vae = None
+    if vae is not None:
+        problem = check_vae(vae)
+        out.append(FileCheck("sd-vae-ft-mse", vae, problem is None, "diffusers" if vae.is_dir() else "vae-file",
+                             problem or ""))
+    return out
+
+
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @ls_app.command("encoders")
     @cli_errors
@@ -94,6 +120,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         rows = [spec(encoder)] if encoder else list_specs(family=family, paper27=paper27)
         if check or verify:
             results, missing = check_all(rows, weights_dir, check=check, verify=verify)
+            if check and not (encoder or family or paper27):
+                results += _check_pipeline_files(weights_dir)
             for r in results:
                 tag = "ok " if r.ok else "BAD"
                 lay = f" ({r.layout})" if r.layout else ""

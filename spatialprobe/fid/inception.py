@@ -127,6 +127,32 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def check_inception_weights(path: str | os.PathLike) -> str | None:
+    """The problem with an Inception weights file (None if its keys and shapes fit), reading headers only."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from ..encoders.layouts import read_safetensors
+
+            sd = read_safetensors(path, meta=True)
+        else:
+            sd = torch.load(path, map_location="meta", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return f"cannot read {path}: {str(exc).splitlines()[0][:200]} (truncated or not a weights file)"
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        return f"{path} holds a {type(sd).__name__}, not a state dict"
+    want = {k: v for k, v in _new_extractor(["2048"]).state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want and not k.endswith("num_batches_tracked")]
+    shapes = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or shapes:
+        return (f"{path} is not {INCEPTION_WEIGHTS_FILE} ({len(sd)} tensors, the release has {INCEPTION_TENSORS}): "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {shapes[:3]}")
+    return None
+
+
 def _random_init(model: torch.nn.Module, seed: int) -> None:
     """Kaiming conv weights, identity batch norm: features that vary between images (PyTorch's default init
     makes pool_3 collapse to a constant). For tests and benchmarks only: the numbers mean nothing."""

@@ -89,14 +89,38 @@ def find_vae(weights_dir: str | None = None) -> Path | None:
 _LEGACY_ATTN = {"query.": "to_q.", "key.": "to_k.", "value.": "to_v.", "proj_attn.": "to_out.0."}
 
 
-def _vae_from_file(path: Path):
+def check_vae(path: str | os.PathLike) -> str | None:
+    """The problem with a VAE folder or file (None if it fits the SD-VAE ft-MSE), reading headers only."""
+    from ..errors import SpatialProbeError
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            from ..encoders.layouts import read_safetensors
+
+            cfg = json.loads((path / "config.json").read_text())
+            st = path / "diffusion_pytorch_model.safetensors"
+            if not st.is_file():
+                return f"{path}: no diffusion_pytorch_model.safetensors next to config.json"
+            _vae_from_file(st, meta=True, config={k: v for k, v in cfg.items() if not k.startswith("_")},
+                           tensors=read_safetensors(st, meta=True))
+        else:
+            _vae_from_file(path, meta=True)
+    except SpatialProbeError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return f"{path}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _vae_from_file(path: Path, *, meta: bool = False, config: dict | None = None, tensors: dict | None = None):
     """AutoencoderKL from one weights file: diffusers keys (legacy attention names accepted) or the original
-    LDM keys (converted with diffusers' own single-file converter); loaded strictly."""
+    LDM keys (converted with diffusers' own single-file converter); loaded strictly (``meta``: headers only)."""
     from diffusers import AutoencoderKL
 
     from ..encoders.layouts import read_file, upcast
 
-    obj = read_file(path)[0]
+    obj = tensors if tensors is not None else read_file(path, meta=meta)[0]
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict) or not sd:
         raise WeightsMismatchError(f"VAE file {path} holds no state dict.")
@@ -107,7 +131,8 @@ def _vae_from_file(path: Path):
         sd = convert_ldm_vae_checkpoint(sd, dict(SD_VAE_CONFIG))
     elif any(".attentions.0.query." in k for k in sd):
         sd = {_rename_attn(k): v for k, v in sd.items()}
-    vae = AutoencoderKL(**SD_VAE_CONFIG)
+    with torch.device("meta" if meta else "cpu"):
+        vae = AutoencoderKL(**(config or SD_VAE_CONFIG))
     try:
         res = vae.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
