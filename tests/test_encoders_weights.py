@@ -191,3 +191,24 @@ def test_pinned_sha_prefix_is_checked(tmp_path):
     (tmp_path / "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth").write_bytes(b"not the checkpoint")
     with pytest.raises(WeightsMismatchError, match="sha256"):
         E.get("dinov3-vit-b16", weights_dir=tmp_path)
+
+
+# ------------------------------------------------------------------ timm hub files of the SigLIP and SAM2 rows
+
+def test_timm_hub_files_of_siglip_and_sam2(tmp_path, photo):
+    from safetensors.torch import save_file
+
+    src = E.get("siglip-vit-b", pretrained=False, depth=1, seed=7)
+    save_file(src.model.state_dict(), str(tmp_path / "siglip-vit-b.safetensors"))
+    enc = E.get("siglip-vit-b", weights_dir=tmp_path, depth=1)
+    assert torch.equal(enc(photo).patch, src(photo).patch)
+
+    import timm
+
+    hub = timm.create_model("sam2_hiera_small", pretrained=False).state_dict()  # with timm's head.norm
+    assert any(k.startswith("head.norm") for k in hub)
+    save_file(hub, str(tmp_path / "sam2-vit-s.safetensors"))
+    enc = E.get("sam2-vit-s", weights_dir=tmp_path, input_res=256)
+    trunk = {k: v for k, v in hub.items() if not k.startswith("head.")}
+    assert all(torch.equal(v, trunk[k]) for k, v in enc.model.state_dict().items()) and len(trunk) == len(
+        enc.model.state_dict())

@@ -23,6 +23,32 @@ def _human(n: float) -> str:
     return f"{n:.1f}TB"
 
 
+def _check_pipeline_files(weights_dir: Optional[Path]) -> list:
+    """--check for the FID Inception and the SD-VAE ft-MSE, when they are on disk."""
+    from ..encoders.weights import FileCheck
+    from ..errors import WeightsNotFoundError
+    from ..fid.inception import check_inception_weights, inception_weights_candidates
+    from ..train.vae import check_vae, find_vae
+
+    out = []
+    cands = inception_weights_candidates(weights_dir if weights_dir and weights_dir.is_dir() else None)
+    if weights_dir and weights_dir.is_dir():
+        cands += inception_weights_candidates(None)
+    inc = next((p for p in cands if p.is_file()), None)
+    if inc is not None:
+        problem = check_inception_weights(inc)
+        out.append(FileCheck("fid-inception", inc, problem is None, "inception-fidelity", problem or ""))
+    try:
+        vae = find_vae(str(weights_dir) if weights_dir else None)
+    except WeightsNotFoundError:
+        vae = None
+    if vae is not None:
+        problem = check_vae(vae)
+        out.append(FileCheck("sd-vae-ft-mse", vae, problem is None, "diffusers" if vae.is_dir() else "vae-file",
+                             problem or ""))
+    return out
+
+
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @ls_app.command("encoders")
     @cli_errors
@@ -79,6 +105,10 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         family: Optional[str] = typer.Option(None, "--family", "-f", help="Only this family."),
         paper27: bool = typer.Option(False, "--paper27", help="Only the paper's 27 encoders."),
         checksum: bool = typer.Option(False, "--checksum", help="Compute the sha256 of present files (slow for big files; cached)."),
+        check: bool = typer.Option(False, "--check", help="Open every file found without loading its values (headers / meta "
+                                   "device), recognise its release layout and run the strict key/shape check; exit 1 if any is wrong."),
+        verify: bool = typer.Option(False, "--verify", help="Compare the sha256 of every file found with the digest pinned in "
+                                    "encoders.yaml; exit 1 on a mismatch."),
     ) -> None:
         """Show, for each encoder, where its weights file is expected, whether it is present (path, size,
         sha256 when known or with --checksum) and where to get it. Nothing is downloaded.
@@ -90,12 +120,32 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
           spatialprobe weights --encoder sam2 --weights-dir ~/weights --checksum
 
           spatialprobe weights --encoder dinov2-vit-b@mix_cls=0.1   (a variant reads its base's weights)
+
+          spatialprobe weights --check --weights-dir ~/weights   (before a long extraction: is every file right?)
+
+          spatialprobe weights --check --verify --paper27
         """
         from ..encoders import list_specs, spec
         from ..encoders.variants import base_spec
-        from ..encoders.weights import locate, sha256
+        from ..encoders.weights import check_all, locate, sha256
 
         rows = [spec(encoder)] if encoder else list_specs(family=family, paper27=paper27)
+        if check or verify:
+            results, missing = check_all([base_spec(r.id) for r in rows], weights_dir, check=check, verify=verify)
+            if check and not (encoder or family or paper27):
+                results += _check_pipeline_files(weights_dir)
+            for r in results:
+                tag = "ok " if r.ok else "BAD"
+                lay = f" ({r.layout})" if r.layout else ""
+                sha = f"  sha256 {r.sha_status}" if r.sha_status else ""
+                line = f"{tag} {r.id:<32} {r.path}{lay}{sha}"
+                typer.echo(line + (f"\n    {r.problem}" if r.problem else ""))
+            bad = sum(not r.ok for r in results)
+            typer.echo(f"\n{len(results) - bad}/{len(results)} file(s) ok, {bad} wrong, {len(missing)} encoder(s) "
+                       f"without a file (see `spatialprobe weights`).")
+            if bad:
+                raise typer.Exit(1)
+            return
         n_present = 0
         for s in rows:
             if s.weight_free:
@@ -115,4 +165,4 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                 typer.echo(f"{s.id:<32} missing  expected {files}{where}{gated}\n{'':<42}get: {s.weights.source}")
         total = sum(not s.weight_free for s in rows)
         typer.echo(f"\n{n_present}/{total} present. Search order: --weights-dir, $SPATIALPROBE_WEIGHTS "
-                   f"(flat or <id>/), Hugging Face cache, torch hub cache.")
+                   f"(flat or <id>/), Hugging Face cache, torch hub cache, ~/.cache/clip.")

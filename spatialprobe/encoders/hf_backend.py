@@ -33,26 +33,90 @@ def make_config(spec: EncoderSpec, overrides: dict[str, Any]):
     return Dinov2Config(**kw)
 
 
-def build_model(spec: EncoderSpec, *, path: Path | None, overrides: dict[str, Any]) -> torch.nn.Module:
-    """Random-init ``Dinov2Model`` (path None) or ``Dinov2Model.from_pretrained(path)`` checked complete."""
+def _check_meta(spec: EncoderSpec, path: Path) -> torch.nn.Module:
+    """Key/shape check of a folder against the model its config.json describes, reading headers only."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from . import layouts as L
+
+    ck = L.open_checkpoint(path, spec.weights.format, eid=spec.id, meta=True)
+    cfg = {k: v for k, v in ck.config.items() if k not in ("architectures", "transformers_version", "dtype",
+                                                               "torch_dtype", "model_type")}
+    with torch.device("meta"):
+        model = Dinov2Model(Dinov2Config(**cfg))
+    have = {k[len("dinov2."):] if k.startswith("dinov2.") else k: v for k, v in ck.state_dict.items()}
+    want = model.state_dict()
+    if not all(k in have for k in want):  # the file keeps the names transformers saves (and renames at load)
+        want = _saved_names(want)
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want and not k.startswith("mask_token")]
+    W.assert_complete(spec.id, path, missing, unexpected)
+    bad = [f"{k} {tuple(have[k].shape)} != {tuple(v.shape)}" for k, v in want.items()
+           if k in have and tuple(have[k].shape) != tuple(v.shape)]
+    if bad:
+        raise WeightsMismatchError(f"{path}: shape mismatch for {spec.id!r}: {bad[:4]}")
+    _check_width(spec, path, model)
+    return model
+
+
+#: module names of transformers >= 5 Dinov2Model -> the names its folders are saved with (renamed back at load)
+_SAVED = (("attention.q_proj.", "attention.attention.query."), ("attention.k_proj.", "attention.attention.key."),
+          ("attention.v_proj.", "attention.attention.value."), ("attention.o_proj.", "attention.output.dense."),
+          ("mlp.down_proj.", "mlp.weights_out."))
+
+
+def _saved_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if ".mlp.up_proj." in k:
+            continue
+        if ".mlp.gate_proj." in k:  # gate and up are one fused weights_in tensor in the file
+            out[k.replace(".mlp.gate_proj.", ".mlp.weights_in.")] = torch.empty(
+                (2 * v.shape[0], *v.shape[1:]), device="meta")
+            continue
+        for a, b in _SAVED:
+            k = k.replace(a, b)
+        out[k] = v
+    return out
+
+
+def _check_width(spec: EncoderSpec, path: Path, model: torch.nn.Module) -> None:
+    if model.config.hidden_size != spec.embed_dim:
+        raise WeightsMismatchError(f"{path}: hidden_size {model.config.hidden_size} != {spec.embed_dim} "
+                                   f"of {spec.id!r}; wrong model folder.")
+
+
+def build_model(spec: EncoderSpec, *, path: Path | None, overrides: dict[str, Any],
+                meta: bool = False) -> torch.nn.Module:
+    """Random-init ``Dinov2Model`` (path None) or ``Dinov2Model.from_pretrained(path)`` in fp32, checked complete.
+
+    The folder is always loaded in float32: transformers >= 5 defaults to ``dtype="auto"``, which would turn
+    a bf16/fp16 folder into a half-precision model. ``meta=True`` checks keys and shapes only.
+    """
     from transformers import Dinov2Model
 
     if path is None:
         return Dinov2Model(make_config(spec, overrides))
     if overrides:
         raise ConfigError(f"{spec.id}: architecture overrides {sorted(overrides)} need pretrained=False.")
+    if meta:
+        return _check_meta(spec, path)
+    from . import layouts as L
+
+    if path.is_dir():
+        layout = L.folder_layout(path)
+        L.check_format(layout, spec.weights.format, spec.id, path)
     try:
-        model, info = Dinov2Model.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+        model, info = Dinov2Model.from_pretrained(str(path), local_files_only=True, output_loading_info=True,
+                                                  dtype=torch.float32)
     except Exception as exc:
         raise WeightsMismatchError(f"cannot load {path} as transformers Dinov2Model for {spec.id!r}: "
                                    f"{type(exc).__name__}: {exc}") from None
     W.assert_complete(spec.id, path, list(info.get("missing_keys", [])), list(info.get("unexpected_keys", [])))
     if info.get("mismatched_keys"):
         raise WeightsMismatchError(f"{path}: shape mismatch for {spec.id!r}: {info['mismatched_keys'][:4]}")
-    if model.config.hidden_size != spec.embed_dim:
-        raise WeightsMismatchError(f"{path}: hidden_size {model.config.hidden_size} != {spec.embed_dim} "
-                                   f"of {spec.id!r}; wrong model folder.")
-    return model
+    _check_width(spec, path, model)
+    return model.float()
 
 
 class HFDinov2Encoder(ZooEncoder):

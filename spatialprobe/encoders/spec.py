@@ -39,6 +39,7 @@ class WeightsSpec:
     sha256: str | None = None  #: full or prefix sha256 when known
     gated: bool = False
     licence: str = ""
+    format: tuple[str, ...] = ()  #: accepted release layouts (``spatialprobe.encoders.layouts.LAYOUTS``)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,16 @@ class EncoderSpec:
         if "norm" in changes and "mean" not in changes:
             changes["mean"], changes["std"] = _norm(changes["norm"], self.id)
         return dataclasses.replace(self, **changes)
+
+
+def _formats(eid: str, value: Any) -> tuple[str, ...]:
+    from .layouts import LAYOUTS
+
+    out = (value,) if isinstance(value, str) else tuple(value or ())
+    bad = [f for f in out if f not in LAYOUTS]
+    if bad:
+        raise ConfigError(f"encoders.yaml: {eid}: unknown weights.format {bad}; known layouts: {sorted(LAYOUTS)}.")
+    return out
 
 
 def _norm(name: str, eid: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -132,7 +143,8 @@ def parse_row(eid: str, row: dict[str, Any], defaults: dict[str, Any] | None = N
         raise ConfigError(f"encoders.yaml: {eid}: unknown weights field(s) {sorted(wbad)}.")
     weights = WeightsSpec(files=tuple(w.get("files", ())), source=str(w.get("source", "")),
                           hf_repos=tuple(w.get("hf_repos", ())), sha256=w.get("sha256"),
-                          gated=bool(w.get("gated", False)), licence=str(w.get("licence", "")))
+                          gated=bool(w.get("gated", False)), licence=str(w.get("licence", "")),
+                          format=_formats(eid, w.get("format", ())))
     spec = EncoderSpec(
         id=eid, family=row["family"], backend=row["backend"], model=str(row.get("model", "")),
         in_paper_27=bool(row.get("in_paper_27", False)), embed_dim=int(row.get("embed_dim", 0)),

@@ -1,17 +1,24 @@
 """timm backends: plain timm (most of the zoo), the PE recipe, C-RADIO, and local checkpoints (MoCo v3).
 
-Loading paths (all strict: any weight of the model left unloaded raises WeightsMismatchError):
+Every path first reads the file with :func:`.layouts.open_checkpoint` (``weights_only=True``; the layout
+is recognised from the file's own keys and wrappers, checked against the row's ``weights.format``,
+upcast to fp32 and converted in one step), then loads strictly: any weight of the model left unloaded
+raises WeightsMismatchError.
 
-- ``timm``: ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` so timm's
-  own ``checkpoint_filter_fn`` converts original-format checkpoints (DINO/v2/v3 hub, OpenAI CLIP, MAE,
-  I-JEPA, SAM2, timm hub files).
-- ``timm_pe``: the checkpoint's absolute position embedding is resampled to 16×16 with bilinear,
+- ``timm``: the converted state dict goes through ``pretrained_cfg_overlay=dict(state_dict=...)`` so
+  timm's own ``checkpoint_filter_fn`` finishes original-format checkpoints (DINO/v2/v3, OpenAI CLIP, MAE,
+  I-JEPA, SigLIP, timm hub files). SAM2 (``sam2-full`` / ``timm-hiera``) loads into the Hiera trunk
+  without its classifier head (the release file has none; the nhwc tap never uses it).
+- ``timm_pe``: the vision tower's absolute position embedding is resampled to 16×16 with bilinear,
   no antialias (as the PE reference), the model is built at ``img_size = 16·patch`` with
   ``ref_feat_shape=(16,16)`` (integer RoPE positions) and loaded through the overlay.
-- ``timm_radio``: RADIO keys (``radio_model.model.*`` or hub ``base_model.*``) are converted with
-  ``align_corners=False`` (current RADIO code) and loaded with ``load_state_dict``.
-- ``timm_local``: a plain timm ViT and a local ``.pth`` (MoCo v3 ``module.base_encoder.*``), prefixes
-  stripped, heads dropped, position embedding resampled (bicubic, antialias) to the grid.
+- ``timm_radio``: RADIO keys (HF ``radio_model.model.*``, hub ``base_model.*`` renamed to them) are
+  converted with ``align_corners=False`` (current RADIO code) and loaded with ``load_state_dict``; the
+  file's input conditioner must equal the row's mean/std.
+- ``timm_local``: a plain timm ViT and a local ``.pth`` (MoCo v3 ``module.base_encoder.*``, the iREPA
+  ViT-L's ``normN``/``fcN`` names), heads dropped, position embedding resampled (bicubic, antialias).
+
+``meta=True`` runs the same path on the meta device without reading values (``spatialprobe weights --check``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ..errors import ConfigError, DataError, WeightsMismatchError
 from .base import EncoderOutput
 from .module import ZooEncoder
 from .spec import EncoderSpec
+from . import layouts as L
 from . import weights as W
 
 log = logging.getLogger(__name__)
@@ -57,34 +65,65 @@ def _check_calls(spec: EncoderSpec, path: Path, calls: list[Any]) -> None:
 
 
 def _resample_pe(sd: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str, torch.Tensor]:
-    """PE recipe step 1: the native absolute position embedding -> 16×16, bilinear, no antialias."""
+    """PE recipe step 1: the vision tower's absolute position embedding -> 16×16, bilinear, no antialias.
+
+    ``sd`` is a vision-tower state dict (``pe-vision`` keys, or timm keys): the text tower of a ``pe-clip``
+    file was dropped by its conversion, so its own ``positional_embedding`` is never touched.
+    """
     from timm.layers import resample_abs_pos_embed
 
     g = spec.grid[0]
     out = dict(sd)
-    for key in ("positional_embedding", "visual.positional_embedding", "pos_embed"):
+    for key in ("positional_embedding", "pos_embed"):
         if key not in out:
             continue
-        pe = out[key]
+        pe = out[key].float()
         squeeze = pe.dim() == 2
         pe = pe[None] if squeeze else pe
         n = pe.shape[1] - spec.cls_tokens
         if n != g * g:
-            pe = resample_abs_pos_embed(pe.float(), [g, g], num_prefix_tokens=spec.cls_tokens,
-                                        interpolation="bilinear", antialias=False).to(out[key].dtype)
+            side = int(round(n ** 0.5))
+            if side * side != n:
+                raise WeightsMismatchError(f"{spec.id}: {key} {tuple(out[key].shape)} is not a square grid plus "
+                                           f"{spec.cls_tokens} CLS token(s); wrong file for this encoder.")
+            pe = resample_abs_pos_embed(pe, [g, g], num_prefix_tokens=spec.cls_tokens,
+                                        interpolation="bilinear", antialias=False)
         out[key] = pe[0] if squeeze else pe
     return out
 
 
-def _load_radio(model: torch.nn.Module, spec: EncoderSpec, path: Path) -> None:
+def _open(spec: EncoderSpec, path: Path, meta: bool) -> L.Checkpoint:
+    return L.open_checkpoint(path, spec.weights.format, eid=spec.id, meta=meta)
+
+
+def _strict_load(model: torch.nn.Module, spec: EncoderSpec, path: Path, sd: dict[str, torch.Tensor]) -> None:
+    try:
+        res = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:
+        raise WeightsMismatchError(f"checkpoint {path} does not fit encoder {spec.id!r}: {W._short(exc)}") from None
+    W.assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
+
+
+def _check_conditioner(spec: EncoderSpec, path: Path, sd: dict[str, torch.Tensor]) -> None:
+    """RADIO normalises with the checkpoint's input conditioner: it must be the spec's mean/std."""
+    for key, want in (("mean", spec.mean), ("std", spec.std)):
+        v = sd.get(f"input_conditioner.norm_{key}", sd.get(f"radio_model.input_conditioner.norm_{key}"))
+        if v is None or v.is_meta:
+            continue
+        got = v.float().flatten()
+        if got.numel() != 3 or not torch.allclose(got, torch.tensor(want), atol=1e-6):
+            raise WeightsMismatchError(
+                f"{path}: the input conditioner norm_{key} {[round(x, 6) for x in got.tolist()]} differs from "
+                f"{spec.id!r}'s {list(want)}; pass mean=/std= overrides with the file's values.")
+
+
+def _load_radio(model: torch.nn.Module, spec: EncoderSpec, path: Path, meta: bool = False) -> None:
     from timm.layers import resample_abs_pos_embed
     from timm.models.vision_transformer import _convert_radio
 
-    sd = W.unwrap(W.read_checkpoint(path))
-    if any(k.startswith("base_model.") for k in sd):
-        sd = {("radio_model.model." + k[len("base_model.model."):]) if k.startswith("base_model.model.")
-              else ("radio_model." + k[len("base_model."):]) if k.startswith("base_model.") else k: v
-              for k, v in sd.items()}
+    ck = _open(spec, path, meta)
+    sd = ck.state_dict  # radio-hub is already renamed to radio-hf keys (and upcast to fp32)
+    _check_conditioner(spec, path, sd)
     if any(k.startswith("radio_model.model.") for k in sd):
         sd = _convert_radio(sd, model, interpolation="bilinear", antialias=False,
                             align_corners=bool(spec.kwargs.get("align_corners", False)))
@@ -92,71 +131,65 @@ def _load_radio(model: torch.nn.Module, spec: EncoderSpec, path: Path) -> None:
         g = model.patch_embed.grid_size
         sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], list(g), num_prefix_tokens=0,
                                                  interpolation="bilinear", antialias=False, align_corners=False)
-    res = model.load_state_dict(sd, strict=False)
-    W.assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
+    _strict_load(model, spec, path, sd)
 
 
-_MOCO_PREFIXES = ("module.base_encoder.", "base_encoder.", "module.", "encoder.")
-
-
-def load_local(model: torch.nn.Module, spec: EncoderSpec, path: Path) -> None:
-    """Load a plain-ViT checkpoint (MoCo v3 layout) strictly: strip prefixes, drop heads, resample pos."""
+def load_local(model: torch.nn.Module, spec: EncoderSpec, path: Path, meta: bool = False) -> None:
+    """Load a plain-ViT checkpoint (MoCo v3 layout) strictly: prefixes stripped, heads dropped, pos resampled."""
     from timm.layers import resample_abs_pos_embed
 
-    raw = W.unwrap(W.read_checkpoint(path))
-    if any(k.startswith("module.base_encoder.") or k.startswith("base_encoder.") for k in raw):
-        raw = {k: v for k, v in raw.items() if "base_encoder." in k}  # drop the momentum encoder/predictor
-    sd = {}
-    for k, v in raw.items():
-        for p in _MOCO_PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-                break
-        if k.startswith("head.") or k.startswith("fc_norm."):
-            continue
-        sd[k] = v
+    sd = _open(spec, path, meta).state_dict
+    sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm."))}
     if "pos_embed" in sd and sd["pos_embed"].shape != model.pos_embed.shape:
         sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], list(model.patch_embed.grid_size),
                                                  num_prefix_tokens=model.num_prefix_tokens)
-    try:
-        res = model.load_state_dict(sd, strict=False)
-    except RuntimeError as exc:
-        raise WeightsMismatchError(f"checkpoint {path} does not fit encoder {spec.id!r}: {exc}") from None
-    W.assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
+    _strict_load(model, spec, path, sd)
 
 
-def build_model(spec: EncoderSpec, *, path: Path | None, overrides: dict[str, Any]) -> torch.nn.Module:
-    """The timm module for ``spec``: random init when ``path`` is None, else strictly loaded from ``path``."""
+def _is_hiera(spec: EncoderSpec) -> bool:
+    return spec.model.startswith(("sam2_hiera", "hiera"))
+
+
+def _drop_hiera_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The SAM2 trunk has no classifier head (the release file has no head.norm): tokens come from
+    forward_features, so the head timm adds is removed rather than left at random init."""
+    if hasattr(model, "head"):
+        model.head = torch.nn.Identity()
+    return model
+
+
+def build_model(spec: EncoderSpec, *, path: Path | None, overrides: dict[str, Any],
+                meta: bool = False) -> torch.nn.Module:
+    """The timm module for ``spec``: random init when ``path`` is None, else strictly loaded from ``path``.
+
+    ``meta=True`` reads only the file's headers and loads onto a meta-device model: the same recognition,
+    conversion and strict key/shape check as a real load, without reading any values (``weights --check``).
+    """
     kw = build_kwargs(spec, overrides)
     if path is None:
-        return _create(spec, kw, pretrained=False)
-    if spec.backend in ("timm_radio", "timm_local"):
         model = _create(spec, kw, pretrained=False)
-        (_load_radio if spec.backend == "timm_radio" else load_local)(model, spec, path)
+        return _drop_hiera_head(model) if _is_hiera(spec) else model
+    if spec.backend in ("timm_radio", "timm_local") or _is_hiera(spec):
+        model = _create(spec, kw, pretrained=False)
+        if spec.backend == "timm_radio":
+            _load_radio(model, spec, path, meta)
+        elif spec.backend == "timm_local":
+            load_local(model, spec, path, meta)
+        else:
+            _drop_hiera_head(model)
+            _strict_load(model, spec, path, _open(spec, path, meta).state_dict)
         return model
-    overlay: dict[str, Any]
-    if spec.backend == "timm_pe":
-        overlay = dict(state_dict=_resample_pe(W.unwrap(W.read_checkpoint(path)), spec))
-    else:
-        overlay = dict(file=str(path))
+    ck = _open(spec, path, meta)
+    sd = _resample_pe(ck.state_dict, spec) if spec.backend == "timm_pe" else ck.state_dict
+    overlay: dict[str, Any] = dict(state_dict=sd)
     try:
         with W.record_loads() as calls:
-            try:
-                model = _create(spec, kw, pretrained=True, pretrained_cfg_overlay=overlay)
-            except WeightsMismatchError:
-                raise
-            except Exception:
-                if "file" not in overlay:
-                    raise
-                # e.g. a TorchScript archive (OpenAI CLIP): read it ourselves, same filter path
-                overlay = dict(state_dict=W.unwrap(W.read_checkpoint(path)))
-                calls.clear()
-                model = _create(spec, kw, pretrained=True, pretrained_cfg_overlay=overlay)
+            model = _create(spec, kw, pretrained=True, pretrained_cfg_overlay=overlay)
     except WeightsMismatchError as exc:
         raise WeightsMismatchError(f"{path} -> {spec.id!r}: {exc}") from None
     except Exception as exc:  # filter functions fail on foreign key layouts
-        raise WeightsMismatchError(f"checkpoint {path} does not fit encoder {spec.id!r} ({spec.model}): "
-                                   f"{type(exc).__name__}: {exc}. Check the file against "
+        raise WeightsMismatchError(f"checkpoint {path} ({ck.layout}) does not fit encoder {spec.id!r} "
+                                   f"({spec.model}): {type(exc).__name__}: {exc}. Check the file against "
                                    f"{spec.weights.source}.") from None
     _check_calls(spec, path, calls)
     return model

@@ -7,7 +7,10 @@ generic ``<id>.safetensors`` / ``<id>.pth``):
 2. ``$SPATIALPROBE_WEIGHTS``, same layout;
 3. the Hugging Face hub cache (``$HF_HUB_CACHE`` / ``$HF_HOME/hub`` / ``~/.cache/huggingface/hub``) for the
    yaml's ``hf_repos`` and, for timm models, timm's own hub repo (``model.safetensors``);
-4. the torch hub cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``).
+4. the torch hub cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``);
+5. the folders where a layout's own tools cache it (``openai-clip``: ``~/.cache/clip``).
+
+A name ending in '/' is a transformers folder (it must hold ``config.json``); any other name is a file.
 """
 
 from __future__ import annotations
@@ -69,19 +72,18 @@ def _timm_hub_repo(spec: EncoderSpec) -> str | None:
     return f"{cfg.hf_hub_id}:{cfg.hf_hub_filename or 'model.safetensors'}"
 
 
-def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Every path searched for ``spec``'s checkpoint, in priority order (folders end with '/')."""
-    names = list(spec.weights.files) + [f"{spec.id}.safetensors", f"{spec.id}.pth"]
-    if spec.backend == "hf_dinov2":
-        names = list(spec.weights.files) + [f"{spec.id}/"]
-    out: list[Path] = []
-    roots = [weights_dir, os.environ.get("SPATIALPROBE_WEIGHTS")]
-    for root in roots:
+def _candidates(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[tuple[Path, bool]]:
+    """(path, is_folder) for every place searched, in priority order (HF snapshot paths contain '*')."""
+    names = list(spec.weights.files) + ([f"{spec.id}/"] if spec.backend == "hf_dinov2"
+                                        else [f"{spec.id}.safetensors", f"{spec.id}.pth"])
+    out: list[tuple[Path, bool]] = []
+    for root in (weights_dir, os.environ.get("SPATIALPROBE_WEIGHTS")):
         if root:
             for n in names:
-                out.append(Path(root) / n)
+                folder = n.endswith("/")
+                out.append((Path(root) / n, folder))
                 if not n.startswith(spec.id):
-                    out.append(Path(root) / spec.id / n)
+                    out.append((Path(root) / spec.id / n, folder))
     repos = list(spec.weights.hf_repos)
     timm_repo = _timm_hub_repo(spec)
     if timm_repo:
@@ -89,25 +91,46 @@ def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = N
     for r in repos:
         repo, _, fname = r.partition(":")
         snap = _hf_cache() / f"models--{repo.replace('/', '--')}" / "snapshots" / "*"
-        out.append(snap / (fname or ""))
-    for n in spec.weights.files:
-        if not n.endswith("/"):
-            out.append(_torch_hub_checkpoints() / n)
+        out.append((snap / fname if fname else snap, not fname))
+    files = [n for n in spec.weights.files if not n.endswith("/")]
+    for n in files:
+        out.append((_torch_hub_checkpoints() / n, False))
+    from .layouts import LAYOUTS
+
+    for fmt in spec.weights.format:  # where the publisher's own tools cache the file (e.g. ~/.cache/clip)
+        for d in LAYOUTS[fmt].cache_dirs:
+            for n in files:
+                out.append((Path(os.path.expanduser(d)) / n, False))
     return out
 
 
+def candidate_paths(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Every path searched for ``spec``'s checkpoint, in priority order (folders end with '/')."""
+    return [Path(str(p) + "/") if folder else p for p, folder in _candidates(spec, weights_dir)]
+
+
+def _fmt(p: Path, folder: bool) -> str:
+    return str(p) + ("/" if folder else "")
+
+
 def locate(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> WeightsLocation:
-    """Find ``spec``'s checkpoint without loading it."""
-    cands = candidate_paths(spec, weights_dir)
-    want_dir = spec.backend == "hf_dinov2" or any(f.endswith("/") for f in spec.weights.files)
-    for c in cands:
-        matches = sorted(c.parent.parent.glob(f"{c.parent.name}/{c.name}")) if "*" in str(c) else [c]
+    """Find ``spec``'s checkpoint (a file, or a transformers folder with config.json) without loading it."""
+    cands = _candidates(spec, weights_dir)
+    expected = [_fmt(p, f) for p, f in cands]
+    for c, folder in cands:
+        if "*" in str(c):
+            parts = c.parts
+            star = parts.index("*")
+            base, rest = Path(*parts[:star]), parts[star + 1:]
+            matches = [Path(m, *rest) for m in sorted(base.glob("*"))]
+        else:
+            matches = [c]
         for m in matches:
-            if want_dir and m.is_dir() and (m / "config.json").is_file():
-                return WeightsLocation(spec.id, m, [str(x) for x in cands], spec.weights.source)
-            if not want_dir and m.is_file():
-                return WeightsLocation(spec.id, m, [str(x) for x in cands], spec.weights.source)
-    return WeightsLocation(spec.id, None, [str(x) for x in cands], spec.weights.source)
+            if folder and m.is_dir() and (m / "config.json").is_file():
+                return WeightsLocation(spec.id, m, expected, spec.weights.source)
+            if not folder and m.is_file():
+                return WeightsLocation(spec.id, m, expected, spec.weights.source)
+    return WeightsLocation(spec.id, None, expected, spec.weights.source)
 
 
 def require(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> Path:
@@ -165,22 +188,15 @@ def check_sha(spec: EncoderSpec, path: Path, digest: str) -> None:
                                    f"Re-fetch it from {spec.weights.source}.")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a raw checkpoint file (.safetensors, torch pickle, or a TorchScript archive) on CPU."""
-    import torch
+def read_checkpoint(path: str | os.PathLike, *, meta: bool = False) -> dict[str, Any]:
+    """A raw checkpoint (.safetensors, ``torch.load(weights_only=True)``, or TorchScript) on CPU (or meta).
 
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    See :func:`spatialprobe.encoders.layouts.read_file`; nothing is ever unpickled beyond tensors (and
+    ``argparse.Namespace`` for RADIO hub files).
+    """
+    from .layouts import read_file
 
-        return load_file(path, device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # TorchScript archives (OpenAI CLIP) or legacy pickles
-        try:
-            return torch.jit.load(path, map_location="cpu").state_dict()
-        except Exception:
-            raise WeightsMismatchError(f"cannot read checkpoint {path}: {exc}") from None
+    return read_file(path, meta=meta)[0]
 
 
 def unwrap(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +223,15 @@ def assert_complete(eid: str, path: Any, missing: list[str], unexpected: list[st
         raise WeightsMismatchError("; ".join(msg) + ".")
 
 
+def _short(exc: Exception, n: int = 3) -> str:
+    """A load_state_dict error with its first ``n`` size mismatches and their count."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    mism = [ln for ln in lines if ln.startswith("size mismatch")]
+    if len(mism) <= n:
+        return " ".join(lines)
+    return " ".join(mism[:n]) + f" ... ({len(mism)} shape mismatches in all)"
+
+
 _PATCH_LOCK = threading.Lock()
 
 
@@ -222,7 +247,7 @@ def record_loads() -> Iterator[list[Any]]:
         try:
             res = orig(self, state_dict, strict=False, assign=assign)
         except RuntimeError as exc:  # shape mismatch
-            raise WeightsMismatchError(f"checkpoint shapes do not fit the model: {exc}") from None
+            raise WeightsMismatchError(f"checkpoint shapes do not fit the model: {_short(exc)}") from None
         calls.append(res)
         return res
 
@@ -232,3 +257,81 @@ def record_loads() -> Iterator[list[Any]]:
             yield calls
         finally:
             torch.nn.Module.load_state_dict = orig
+
+
+@dataclass
+class FileCheck:
+    """What ``spatialprobe weights --check/--verify`` found for one encoder's file."""
+
+    id: str
+    path: Path
+    ok: bool
+    layout: str | None = None
+    problem: str = ""
+    sha256: str | None = None
+    sha_status: str = ""  #: "" (not verified) | "ok" | "mismatch" | "not pinned"
+
+
+def check_file(spec: EncoderSpec, path: str | os.PathLike) -> FileCheck:
+    """Open ``path`` for ``spec`` without reading its values: recognise the layout, convert it and run the
+    strict key/shape check of the real load against the architecture built on the meta device."""
+    import torch
+
+    from ..errors import SpatialProbeError
+    from .layouts import LAYOUTS, folder_layout, open_checkpoint
+    from .registry import _classes
+
+    path = Path(path)
+    layout = None
+    try:
+        layout = folder_layout(path) if path.is_dir() else open_checkpoint(
+            path, spec.weights.format, eid=spec.id, meta=True).layout
+        build, _ = _classes(spec.backend)
+        import inspect
+
+        if "meta" not in inspect.signature(build).parameters:  # a backend added with register_backend
+            return FileCheck(spec.id, path, True, layout, "layout recognised; backend "
+                             f"{spec.backend!r} has no meta-device check, so keys were not compared")
+        with torch.device("meta"):
+            build(spec, path=path, overrides={}, meta=True)
+    except SpatialProbeError as exc:
+        return FileCheck(spec.id, path, False, layout, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any failure is a problem with this file, reported, not raised
+        return FileCheck(spec.id, path, False, layout, f"{type(exc).__name__}: {exc}")
+    assert layout in LAYOUTS
+    return FileCheck(spec.id, path, True, layout)
+
+
+def verify_sha(spec: EncoderSpec, path: Path, res: FileCheck | None = None) -> FileCheck:
+    """Compare the file's sha256 with the digest pinned in encoders.yaml (full or prefix)."""
+    res = res or FileCheck(spec.id, path, True)
+    res.sha256 = sha256(path)
+    want = spec.weights.sha256
+    if not want:
+        res.sha_status = "not pinned"
+    elif res.sha256.startswith(str(want).lower()):
+        res.sha_status = "ok"
+    else:
+        res.sha_status = "mismatch"
+        res.ok = False
+        res.problem = (res.problem + "; " if res.problem else "") + (
+            f"sha256 {res.sha256[:16]}... does not match the pinned {want}: corrupt or a different file")
+    return res
+
+
+def check_all(specs: list[EncoderSpec], weights_dir: str | os.PathLike | None = None, *, check: bool = True,
+              verify: bool = False) -> tuple[list[FileCheck], list[EncoderSpec]]:
+    """(results for every file found, specs whose file is missing) for ``weights --check/--verify``."""
+    from tqdm import tqdm
+
+    found, missing = [], []
+    for s in specs:
+        if s.weight_free:
+            continue
+        loc = locate(s, weights_dir)
+        (found if loc.present else missing).append((s, loc.path))
+    out = []
+    for s, path in tqdm(found, desc="checking weights", unit="file", disable=None if len(found) > 1 else True):
+        res = check_file(s, path) if check else FileCheck(s.id, path, True)
+        out.append(verify_sha(s, path, res) if verify else res)
+    return out, [s for s, _ in missing]

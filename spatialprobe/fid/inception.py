@@ -26,13 +26,16 @@ from ..errors import DataError, WeightsMismatchError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
-#: torch-fidelity's file name for the converted TF-2015 Inception (23.85M parameters, 566 tensors).
+#: torch-fidelity's file name for the converted TF-2015 Inception (23.85M parameters; a plain dict of 472
+#: tensors, no ``num_batches_tracked``).
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 #: Where that file is published (torch-fidelity v0.2.0 release); fetch it by hand on a connected machine.
 INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                          + INCEPTION_WEIGHTS_FILE)
 #: pytorch-fid's copy of the same conversion (same module names and hash suffix), also accepted.
 _ALT_FILES = ("pt_inception-2015-12-05-6726825d.pth",)
+#: tensors in the release file (a plain state dict without BatchNorm ``num_batches_tracked``).
+INCEPTION_TENSORS = 472
 #: Channels of ``mixed_6/conv`` kept by ADM for sFID, and the flattened size 17·17·7.
 SPATIAL_CHANNELS = 7
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
@@ -114,7 +117,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never free unpickling
     except Exception as exc:  # noqa: BLE001 - any read error is about this file
         raise WeightsMismatchError(f"Inception weights {str(path)!r} could not be read as a state_dict: {exc}") from exc
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -122,6 +125,32 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise WeightsMismatchError(f"Inception weights {str(path)!r} hold a {type(sd).__name__}, not a state_dict.")
     return sd
+
+
+def check_inception_weights(path: str | os.PathLike) -> str | None:
+    """The problem with an Inception weights file (None if its keys and shapes fit), reading headers only."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from ..encoders.layouts import read_safetensors
+
+            sd = read_safetensors(path, meta=True)
+        else:
+            sd = torch.load(path, map_location="meta", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return f"cannot read {path}: {str(exc).splitlines()[0][:200]} (truncated or not a weights file)"
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        return f"{path} holds a {type(sd).__name__}, not a state dict"
+    want = {k: v for k, v in _new_extractor(["2048"]).state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want and not k.endswith("num_batches_tracked")]
+    shapes = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or shapes:
+        return (f"{path} is not {INCEPTION_WEIGHTS_FILE} ({len(sd)} tensors, the release has {INCEPTION_TENSORS}): "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {shapes[:3]}")
+    return None
 
 
 def _random_init(model: torch.nn.Module, seed: int) -> None:
@@ -214,7 +243,8 @@ def build_inception(weights: str | os.PathLike | None = None, *, device: str | t
         except RuntimeError as exc:
             raise WeightsMismatchError(
                 f"Inception weights {str(path)!r} do not fit torch-fidelity's inception-v3-compat network "
-                f"(expected {INCEPTION_WEIGHTS_FILE}: 566 tensors, fc.weight [1008, 2048]): {exc}") from exc
+                f"(expected {INCEPTION_WEIGHTS_FILE}: {len(sd)} tensors in this file, {INCEPTION_TENSORS} in the "
+                f"release, fc.weight [1008, 2048]): {exc}") from exc
         from ..config import sha256_file
 
         weights_id, weights_file = sha256_file(path), path

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import StoreError, WeightsNotFoundError
+from ..errors import StoreError, WeightsMismatchError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,124 @@ def _weights_roots(weights_dir: str | None) -> list[Path]:
     return roots
 
 
-def load_vae(name: str = "sd-vae-ft-mse", *, weights_dir: str | None = None, device: str | torch.device = "cpu"):
-    """Return ``(vae, vae_id)``: a frozen ``diffusers.AutoencoderKL`` in eval mode and a checksum-like id.
+#: single-file variants of the same weights (diffusers keys, or the original LDM/CompVis keys)
+SD_VAE_FILES = ("sd-vae-ft-mse.safetensors", "vae-ft-mse-840000-ema-pruned.safetensors",
+                "diffusion_pytorch_model.safetensors", "sd-vae-ft-mse.ckpt", "vae-ft-mse-840000-ema-pruned.ckpt")
 
-    ``name``: ``sd-vae-ft-mse`` (looked up in ``weights_dir``, ``$SPATIALPROBE_WEIGHTS`` and the Hugging Face
-    cache; never downloaded), ``tiny-random[:seed]`` (random init of :data:`TINY_VAE_CONFIG`), or a folder
-    written by ``save_pretrained``.
+
+def _dnnlib_cache() -> Path:
+    """Where the iREPA code keeps its diffusers copy (``dnnlib`` cache, ``$DNNLIB_CACHE_DIR`` if set)."""
+    base = os.environ.get("DNNLIB_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dnnlib")
+    return Path(base) / "diffusers" / f"models--{SD_VAE_REPO.replace('/', '--')}"
+
+
+def _vae_candidates(weights_dir: str | None = None) -> list[tuple[Path, bool]]:
+    """(path, is_folder) of every place searched for the SD-VAE ft-MSE, in order ('*': any snapshot)."""
+    out: list[tuple[Path, bool]] = []
+    for root in _weights_roots(weights_dir):
+        out.append((root / "sd-vae-ft-mse", True))
+        out += [(root / "sd-vae-ft-mse" / f, False) for f in SD_VAE_FILES] + [(root / f, False) for f in SD_VAE_FILES]
+    caches = []
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        caches.append(Path(HF_HUB_CACHE) / f"models--{SD_VAE_REPO.replace('/', '--')}")
+    except Exception:  # noqa: BLE001 - no hub constants: skip that cache
+        pass
+    caches.append(_dnnlib_cache())
+    for cache in caches:
+        out += [(cache / "snapshots" / "*", True), (cache, True)]
+    return out
+
+
+def vae_candidates(weights_dir: str | None = None) -> list[str]:
+    """Every place searched for the SD-VAE ft-MSE, in order (folders end with '/')."""
+    return [str(p) + ("/" if folder else "") for p, folder in _vae_candidates(weights_dir)]
+
+
+def find_vae(weights_dir: str | None = None) -> Path | None:
+    """The first folder (with config.json) or single file holding the SD-VAE ft-MSE, or None."""
+    for c, folder in _vae_candidates(weights_dir):
+        matches = sorted(c.parent.glob("*")) if c.name == "*" else [c]
+        for m in matches:
+            if folder and m.is_dir() and (m / "config.json").is_file():
+                return m
+            if not folder and m.is_file():
+                return m
+    return None
+
+
+_LEGACY_ATTN = {"query.": "to_q.", "key.": "to_k.", "value.": "to_v.", "proj_attn.": "to_out.0."}
+
+
+def check_vae(path: str | os.PathLike) -> str | None:
+    """The problem with a VAE folder or file (None if it fits the SD-VAE ft-MSE), reading headers only."""
+    from ..errors import SpatialProbeError
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            from ..encoders.layouts import read_safetensors
+
+            cfg = json.loads((path / "config.json").read_text())
+            st = path / "diffusion_pytorch_model.safetensors"
+            if not st.is_file():
+                return f"{path}: no diffusion_pytorch_model.safetensors next to config.json"
+            _vae_from_file(st, meta=True, config={k: v for k, v in cfg.items() if not k.startswith("_")},
+                           tensors=read_safetensors(st, meta=True))
+        else:
+            _vae_from_file(path, meta=True)
+    except SpatialProbeError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return f"{path}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _vae_from_file(path: Path, *, meta: bool = False, config: dict | None = None, tensors: dict | None = None):
+    """AutoencoderKL from one weights file: diffusers keys (legacy attention names accepted) or the original
+    LDM keys (converted with diffusers' own single-file converter); loaded strictly (``meta``: headers only)."""
+    from diffusers import AutoencoderKL
+
+    from ..encoders.layouts import read_file, upcast
+
+    obj = tensors if tensors is not None else read_file(path, meta=meta)[0]
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict) or not sd:
+        raise WeightsMismatchError(f"VAE file {path} holds no state dict.")
+    sd = upcast({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
+    if any(k.startswith(("encoder.down.", "first_stage_model.")) for k in sd):  # original LDM (CompVis) keys
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+        sd = convert_ldm_vae_checkpoint(sd, dict(SD_VAE_CONFIG))
+    elif any(".attentions.0.query." in k for k in sd):
+        sd = {_rename_attn(k): v for k, v in sd.items()}
+    with torch.device("meta" if meta else "cpu"):
+        vae = AutoencoderKL(**(config or SD_VAE_CONFIG))
+    try:
+        res = vae.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:
+        raise WeightsMismatchError(f"VAE file {path} does not fit the SD-VAE ft-MSE: {exc}") from None
+    from ..encoders.weights import assert_complete
+
+    assert_complete("sd-vae-ft-mse", path, list(res.missing_keys), list(res.unexpected_keys))
+    return vae
+
+
+def _rename_attn(k: str) -> str:
+    for a, b in _LEGACY_ATTN.items():
+        if f".attentions.0.{a}" in k:
+            return k.replace(f".attentions.0.{a}", f".attentions.0.{b}")
+    return k
+
+
+def load_vae(name: str = "sd-vae-ft-mse", *, weights_dir: str | None = None, device: str | torch.device = "cpu"):
+    """Return ``(vae, vae_id)``: a frozen ``diffusers.AutoencoderKL`` in eval mode (fp32) and a checksum-like id.
+
+    ``name``: ``sd-vae-ft-mse`` (looked up in ``weights_dir`` and ``$SPATIALPROBE_WEIGHTS`` as a diffusers
+    folder ``sd-vae-ft-mse/`` or a single file, see :data:`SD_VAE_FILES`; then the Hugging Face cache and the
+    iREPA code's ``~/.cache/dnnlib/diffusers`` copy; never downloaded), ``tiny-random[:seed]`` (random init of
+    :data:`TINY_VAE_CONFIG`), a folder written by ``save_pretrained``, or a single weights file.
     """
     from diffusers import AutoencoderKL
 
@@ -55,34 +167,35 @@ def load_vae(name: str = "sd-vae-ft-mse", *, weights_dir: str | None = None, dev
             vae = AutoencoderKL(**TINY_VAE_CONFIG)
         vid = f"tiny-random-init:{seed}"
     else:
-        folder = None
-        if Path(name).is_dir():
-            folder = Path(name)
+        found: Path | None = None
+        if Path(name).exists():
+            found = Path(name)
         elif name == "sd-vae-ft-mse":
-            for root in _weights_roots(weights_dir):
-                if (root / name / "config.json").is_file():
-                    folder = root / name
-                    break
-            if folder is None:
-                try:
-                    from huggingface_hub import try_to_load_from_cache
-
-                    hit = try_to_load_from_cache(SD_VAE_REPO, "config.json")
-                    if isinstance(hit, str):
-                        folder = Path(hit).parent
-                except Exception:  # noqa: BLE001 - cache lookup is best effort
-                    folder = None
-        if folder is None:
-            where = ", ".join(str(r / "sd-vae-ft-mse") for r in _weights_roots(weights_dir)) or "(no --weights-dir)"
+            found = find_vae(weights_dir)
+        if found is None:
+            where = "\n  ".join(str(c) for c in vae_candidates(weights_dir) if name == "sd-vae-ft-mse")
             raise WeightsNotFoundError(
-                f"VAE {name!r} not found offline (looked in {where} and the Hugging Face cache). Put the diffusers "
-                f"folder (config.json + diffusion_pytorch_model.safetensors) there, e.g. on a machine with network: "
-                f"`huggingface-cli download {SD_VAE_REPO} --local-dir WEIGHTS/sd-vae-ft-mse`, then pass "
-                "--weights-dir WEIGHTS; or use --vae tiny-random for a smoke test.")
-        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-        st = folder / "diffusion_pytorch_model.safetensors"
-        vid = f"{name if name == 'sd-vae-ft-mse' else folder.name}:{_sha256(st)[:16]}" if st.is_file() else str(folder)
-    vae.eval().requires_grad_(False)
+                f"VAE {name!r} not found offline; looked for a diffusers folder (config.json + "
+                f"diffusion_pytorch_model.safetensors) or a single file ({', '.join(SD_VAE_FILES)}) in:\n  "
+                f"{where or '(nothing: ' + repr(name) + ' is neither sd-vae-ft-mse nor an existing path)'}\n"
+                f"Fetch it on a machine with network, e.g. `huggingface-cli download {SD_VAE_REPO} --local-dir "
+                "WEIGHTS/sd-vae-ft-mse`, then pass --weights-dir WEIGHTS; or use --vae tiny-random for a smoke test.")
+        if found.is_dir():
+            if not (found / "config.json").is_file():
+                raise WeightsMismatchError(f"VAE folder {found} has no config.json; it must be the whole diffusers "
+                                           f"folder of {SD_VAE_REPO}.")
+            try:
+                vae = AutoencoderKL.from_pretrained(str(found), local_files_only=True, torch_dtype=torch.float32)
+            except Exception as exc:  # noqa: BLE001 - any load error is about this folder
+                raise WeightsMismatchError(f"cannot load VAE folder {found}: {type(exc).__name__}: {exc}") from None
+            st = found / "diffusion_pytorch_model.safetensors"
+            label = name if name == "sd-vae-ft-mse" else found.name
+            vid = f"{label}:{_sha256(st)[:16]}" if st.is_file() else str(found)
+        else:
+            vae = _vae_from_file(found)
+            vid = f"{name if name == 'sd-vae-ft-mse' else found.name}:{_sha256(found)[:16]}"
+        log.info("VAE %s from %s", name, found)
+    vae.float().eval().requires_grad_(False)
     return vae.to(device), vid
 
 
