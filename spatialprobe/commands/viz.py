@@ -19,8 +19,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                   help="Image file, or a built-in photograph id (skimage/astronaut, chelsea, ...)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: similarity.png/.pdf, similarity_maps.npz, config.json."),
         tokens: Optional[str] = typer.Option(None, "--tokens", help="Reference tokens ROW:COL or flat indices, comma-"
-                                                                     "separated, e.g. 8:8,3:12 [default: the official "
-                                                                     "4 points: centre + 3 seeded]."),
+                                                                     "separated, e.g. 8:8,3:12 (default: the official "
+                                                                     "4 points: centre + 3 seeded)."),
         n_refs: Optional[int] = typer.Option(None, "--n-refs", help="Number of official reference points (default: 4)."),
         gamma: Optional[float] = typer.Option(None, "--gamma", help="Spatial-normalisation γ (default: 0.6)."),
         random_init: bool = typer.Option(False, "--random-init", help="Random-init weights (plumbing check; maps mean nothing)."),

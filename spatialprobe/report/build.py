@@ -102,13 +102,14 @@ def kernel_manager(workdir: Path):
 
 
 def _kernel_env() -> dict[str, str]:
-    """The kernel imports this very spatialprobe (its parent folder goes first on PYTHONPATH), headless."""
+    """The kernel imports this very spatialprobe (its parent folder goes first on PYTHONPATH) and draws
+    with the inline backend (a caller's ``MPLBACKEND=Agg`` would turn figures into text)."""
     import spatialprobe
 
     env = dict(os.environ)
     root = str(Path(spatialprobe.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["MPLBACKEND"] = "Agg"
+    env.pop("MPLBACKEND", None)
     return env
 
 

@@ -81,9 +81,11 @@ def parse_tokens(spec: str | Sequence | None, grid: tuple[int, int]) -> list[tup
                 r, c = int(a), int(b)
             else:
                 k = int(it)
-                if not 0 <= k < h * w:
-                    raise ConfigError(f"token index {k} is outside the {h}x{w} grid (0..{h * w - 1}).")
-                r, c = divmod(k, w)
+                r, c = (k // w, k % w) if 0 <= k < h * w else (-1, -1)
+                if r < 0:
+                    raise IndexError(k)
+        except IndexError as exc:
+            raise ConfigError(f"token index {exc.args[0]} is outside the {h}x{w} grid (0..{h * w - 1}).") from None
         except ValueError:
             raise ConfigError(f"reference token {it!r} is neither ROW:COL nor a flat index; "
                               f"e.g. --tokens 8:8,3:12 or --tokens 136") from None
