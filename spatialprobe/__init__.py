@@ -28,6 +28,8 @@ _LAZY = {
     "ProbeConfig": "spatialprobe.probe",
     "inject": "spatialprobe.inject",
     "InjectConfig": "spatialprobe.inject",
+    "predict": "spatialprobe.predict",
+    "PredictConfig": "spatialprobe.predict",
 }
 
 

@@ -32,6 +32,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         n_resamples: Optional[int] = typer.Option(None, "--n-resamples", help="Bootstrap and permutation resamples [default: 10000]."),
         confidence: Optional[float] = typer.Option(None, "--confidence", help="CI level [default: 0.95]."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the bootstrap and permutation test [default: 0]."),
+        official: Optional[Path] = typer.Option(None, "--official",
+                                                help="Official iREPA collection folder (data/features, masks, stats): "
+                                                     "recompute every r from the released data, joined by image id."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="With --official: gFID at this step (default: 100000)."),
+        model: Optional[str] = typer.Option(None, "--model", help="With --official: sit-xl-2, sit-l-2 or sit-b-2 "
+                                                                  "(default: sit-xl-2)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: correlations.csv, config.json, correlation_panel.png/.pdf."),
         no_figure: bool = typer.Option(False, "--no-figure", help="Skip the figure."),
         config: Optional[Path] = config_option(),
@@ -45,7 +51,27 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
           spatialprobe correlate --reference sit-xl-100k --out out/
 
           spatialprobe correlate --table results.csv --x lds,lp_acc --y gfid --family-col family --out out/
+
+          spatialprobe correlate --official spatial-metrics-data --steps 100000 --out out/official
         """
+        if official is not None:
+            from ..errors import ConfigError
+            from ..official import correlate_official
+
+            if reference or table:
+                raise ConfigError("--official reads its own table; drop --reference/--table.")
+
+            res = correlate_official(official=str(official), steps=steps, model=model, x=split_list(x),
+                                     n_resamples=n_resamples or 10_000, confidence=confidence or 0.95,
+                                     seed=seed or 0, out=str(out), figure=not no_figure)
+            _print_table(res.correlations)
+            typer.echo("\nthe official script's positional feature/mask join instead gives:")
+            typer.echo(res.positional.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            for note in res.notes:
+                typer.echo(f"note: {note}")
+            typer.echo(f"\nwrote {out / 'correlations.csv'}, {out / 'official_table.csv'}, "
+                       f"{out / 'positional_join.csv'}, {out / 'positional_values.csv'}, {out / 'config.json'}")
+            return
         from ..correlation import correlate
 
         result = correlate(config=config, reference=reference, table=str(table) if table else None,

@@ -7,7 +7,8 @@
 - a folder: every image below it, recursively; id = relative path without the extension. When every
   image sits exactly one folder deep (``<class>/<image>``, i.e. an ImageNet-style ``<split>/<class>/*``
   tree opened at the split), labels come from the sorted class-folder names;
-- a list file: one path per line (relative to the list's folder), optionally ``<TAB or ,>label``.
+- a list file: one path per line (relative to the list's folder), optionally ``<TAB or ,>label``;
+- ``official:DIR``: the images of an official iREPA collection (:mod:`spatialprobe.official`).
 
 Every source returns uint8 ``[3, R, R]`` tensors after the ADM centre crop (R = 256 by default).
 """
@@ -33,6 +34,10 @@ def open_source(spec: "str | Path | ImageSource", *, resolution: int = 256) -> I
         from .builtin import builtin_source
 
         return builtin_source(s, resolution=resolution)
+    if s.startswith("official:"):  # the iREPA collection's data/images/<i>.png, ids "0".."N-1"
+        from ..official import image_source
+
+        return image_source(s, resolution=resolution)
     p = Path(s).expanduser()
     if p.is_dir():
         return folder_source(p, resolution=resolution)

@@ -247,6 +247,10 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
     from tqdm.auto import tqdm
 
     cfg = resolve(MetricsConfig, config, **options)
+    if any(str(f).startswith("official:") for f in cfg.features):  # official iREPA collection, joined by id
+        from ..official import official_metrics
+
+        return official_metrics(cfg)
     sweeps = parse_sweeps(cfg.sweep)
     want = list(cfg.metrics)
     if cfg.masks is None and "srss" in want:
