@@ -110,11 +110,15 @@ def _kernel_env() -> dict[str, str]:
     root = str(Path(spatialprobe.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("MPLBACKEND", None)
+    # tqdm.auto in a kernel without ipywidgets warns, then draws plain bars; the bars are enough
+    env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), "ignore:IProgress not found") if w)
     return env
 
 
-def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600):
+def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600, figure_dpi: int | None = None):
     """Run every cell of ``nb`` in a fresh kernel of this interpreter (cwd = ``cwd``); returns ``nb``.
+
+    ``figure_dpi`` sets the resolution of the inline figures (e.g. 80 to keep a stored notebook small).
 
     A failing cell raises :class:`~spatialprobe.errors.ReportError` naming the cell and the error; the
     outputs up to that cell stay in ``nb``.
@@ -124,7 +128,10 @@ def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600):
 
     with tempfile.TemporaryDirectory(prefix="spatialprobe-kernel-") as tmp:
         client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME, km=kernel_manager(Path(tmp)),
-                                resources={"metadata": {"path": str(cwd)}})
+                                resources={"metadata": {"path": str(cwd)}}, coalesce_streams=True,
+                                record_timing=False, extra_arguments=[] if figure_dpi is None else [
+                                    "--InlineBackend.print_figure_kwargs="
+                                    f"{{'bbox_inches': 'tight', 'dpi': {int(figure_dpi)}}}"])
         try:
             client.execute(env=_kernel_env())
         except CellExecutionError as exc:
@@ -132,6 +139,29 @@ def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600):
             raise ReportError(f"a notebook cell failed: {exc.ename}: {exc.evalue}"
                               + (f" (cell: {first[0][:120]})" if first else "")) from None
     return nb
+
+
+def run_notebook(path: str | Path, *, out: str | Path | None = None, timeout: int = 600,
+                 figure_dpi: int | None = 80) -> Path:
+    """Execute a notebook top to bottom in a fresh kernel (cwd: a temporary folder) and write it with its
+    outputs to ``out`` (default: in place), e.g. to refresh ``notebooks/*.ipynb``; figures are stored at
+    ``figure_dpi``. Returns the path written."""
+    import nbformat
+    from nbformat.corpus.words import generate_corpus_id
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"Notebook {str(p)!r} does not exist.")
+    nb = nbformat.read(p, as_version=4)
+    if (nb.nbformat, nb.nbformat_minor) < (4, 5):  # cell ids are required from 4.5 on
+        nb.nbformat_minor = 5
+    for cell in nb.cells:
+        cell.setdefault("id", generate_corpus_id())
+    with tempfile.TemporaryDirectory(prefix="spatialprobe-nb-") as cwd:
+        execute_notebook(nb, cwd=cwd, timeout=timeout, figure_dpi=figure_dpi)
+    target = Path(out) if out else p
+    nbformat.write(nb, target)
+    return target
 
 
 def to_html(nb, *, show_code: bool = False) -> str:
