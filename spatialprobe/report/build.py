@@ -129,7 +129,7 @@ def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600, figure_dpi: int
     with tempfile.TemporaryDirectory(prefix="spatialprobe-kernel-") as tmp:
         client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME, km=kernel_manager(Path(tmp)),
                                 resources={"metadata": {"path": str(cwd)}}, coalesce_streams=True,
-                                record_timing=False, extra_arguments=[] if figure_dpi is None else [
+                                record_timing=False, shutdown_kernel="immediate", extra_arguments=[] if figure_dpi is None else [
                                     "--InlineBackend.print_figure_kwargs="
                                     f"{{'bbox_inches': 'tight', 'dpi': {int(figure_dpi)}}}"])
         try:

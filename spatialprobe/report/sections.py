@@ -115,11 +115,21 @@ def load(path: str | Path, *, kind: str = "auto", dpi: int = 110) -> Context:
         found = kind
     ctx = Context(dir=d, kind=found, dpi=dpi)
     for p in sorted(_walk_json(d))[:MAX_JSON_FILES]:
-        try:
-            ctx.records[str(p.relative_to(d))] = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            log.warning("provenance: %s is not readable JSON (%s); left out", p, exc)
+        _read_record(ctx, p, str(p.relative_to(d)))
+    # feature stores a metrics run read live elsewhere: their manifests hold the weights checksums
+    for rec in list(ctx.records.values()):
+        for inp in rec.get("inputs") or []:
+            path = Path(inp["path"]) if isinstance(inp, dict) and inp.get("path") else None
+            if path is not None and (path / "manifest.json").is_file():
+                _read_record(ctx, path / "manifest.json", str(path / "manifest.json"))
     return ctx
+
+
+def _read_record(ctx: Context, p: Path, key: str) -> None:
+    try:
+        ctx.records[key] = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("provenance: %s is not readable JSON (%s); left out", p, exc)
 
 
 def _walk_json(d: Path, depth: int = 5) -> Iterable[Path]:
@@ -226,6 +236,12 @@ _PROV_KEY = re.compile(r"(protocol|sha256|weights_id|weights$|fingerprint|checks
 _ENV_KEYS = ("spatialprobe", "git_revision", "python", "numpy", "scipy", "pandas", "torch", "timm")
 
 
+def _short(src: str) -> str:
+    """A record's path as shown: relative to the folder, or the last three parts of an outside path."""
+    p = Path(src)
+    return src if not p.is_absolute() else "…/" + "/".join(p.parts[-3:])
+
+
 def provenance(ctx: Context) -> pd.DataFrame | Absent:
     """What was run: the folder's resolved options, package versions, input and weights checksums and
     protocol ids, from every ``config.json`` / ``manifest.json`` below the folder."""
@@ -253,11 +269,12 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if isinstance(inp, dict):
             for k, v in inp.items():
                 add("inputs", k, v, src)
+        who = f"{rec['encoder']}: " if isinstance(rec.get("encoder"), str) and src.endswith("manifest.json") else ""
         for k, v in _flatten({kk: vv for kk, vv in rec.items() if kk not in ("config", "environment", "ids", "shards",
                                                                              "rows", "grid_results", "labels")}):
             leaf = k.rsplit(".", 1)[-1]
             if _PROV_KEY.search(leaf) and not isinstance(v, (list, dict)):
-                add("checksums & protocols", k, v, src)
+                add("checksums & protocols", who + k, v, src)
         for k, v in _flatten(rec.get("config", {})):
             leaf = k.rsplit(".", 1)[-1]
             if _PROV_KEY.search(leaf) and src != "config.json":
@@ -266,7 +283,8 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if isinstance(enc, dict) and enc.get("weights_id"):
             add("checksums & protocols", f"weights {enc.get('name', '?')}", enc["weights_id"], src)
     out = pd.DataFrame(list(rows.values()))
-    out["sources"] = [", ".join(s[:3]) + (f" (+{len(s) - 3})" if len(s) > 3 else "") for s in out["sources"]]
+    short = [[_short(x) for x in s] for s in out["sources"]]
+    out["sources"] = [", ".join(s[:3]) + (f" (+{len(s) - 3})" if len(s) > 3 else "") for s in short]
     order = {"options": 0, "inputs": 1, "versions": 2, "checksums & protocols": 3}
     return out.sort_values(["section", "item"], key=lambda c: c.map(order) if c.name == "section" else c,
                            kind="stable").reset_index(drop=True)
