@@ -277,3 +277,27 @@ def test_report_renders_in_headless_chromium(correlate_report, tmp_path):
     assert img.shape == (4000, 1280)
     # a rendered page: white background with text and figures, not a blank or error page
     assert 0.5 < (img > 250).mean() < 0.99 and img.std() > 20
+
+
+def test_a_failing_template_cell_gives_one_clear_error(tmp_path):
+    import nbformat
+
+    from spatialprobe.errors import ReportError
+    from spatialprobe.report.build import report
+
+    (tmp_path / "injection.csv").write_text("encoder,alpha,lp_acc,lds\nhog,0,0.5,0.1\nhog,0.5,0.6,0.05\n")
+    tpl = tmp_path / "mine.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("report_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("assert report_dir.endswith('%s')" % tmp_path.name),
+        nbformat.v4.new_code_cell("raise ValueError('boom')")]), tpl)
+    with pytest.raises(ReportError, match=r"ValueError: boom \(cell: raise ValueError\('boom'\)\).*report.ipynb"):
+        report(tmp_path, template=str(tpl), html=False)
+    nb = nbformat.read(tmp_path / "report.ipynb", as_version=4)
+    assert nb.cells[1].metadata["tags"] == ["injected-parameters"]
+    assert nb.cells[2].execution_count == 3 and not nb.cells[2].outputs  # the injected report_dir was used
+    assert nb.cells[3].outputs[0].output_type == "error"
+    with pytest.raises(DataError, match="not a probe folder"):
+        report(tmp_path, kind="probe")  # checked before a kernel starts
+    with pytest.raises(InputFileError, match="template"):
+        report(tmp_path, template=str(tmp_path / "missing.ipynb"))

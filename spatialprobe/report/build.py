@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputFileError, ReportError
-from .sections import FIGURES_DIR, detect_kind
+from .sections import FIGURES_DIR
+from .sections import load as load_context
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,10 @@ def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600, figure_dpi: int
         try:
             client.execute(env=_kernel_env())
         except CellExecutionError as exc:
-            first = str(exc).strip().splitlines()
-            raise ReportError(f"a notebook cell failed: {exc.ename}: {exc.evalue}"
-                              + (f" (cell: {first[0][:120]})" if first else "")) from None
+            parts = str(exc).split("-" * 18)  # nbclient frames the failing cell's source with dashes
+            src = " ".join(parts[1].split()) if len(parts) > 2 else ""
+            raise ReportError(f"a notebook cell failed with {exc.ename}: {exc.evalue}"
+                              + (f" (cell: {src[:160]})" if src else "")) from None
     return nb
 
 
@@ -191,7 +193,7 @@ def report(dir: str | Path | None = None, *, config: str | Path | None = None, *
         options["dir"] = str(dir)
     cfg = resolve(ReportConfig, config, **options)
     d = Path(cfg.dir)
-    kind = detect_kind(d) if cfg.kind == "auto" else cfg.kind
+    kind = load_context(d, kind=cfg.kind).kind  # a wrong folder or kind fails here, before any kernel starts
     tpl = template_path(cfg.template)
     try:
         nb = nbformat.read(tpl, as_version=4)
@@ -209,8 +211,10 @@ def report(dir: str | Path | None = None, *, config: str | Path | None = None, *
     nb_path = d / "report.ipynb"
     try:
         execute_notebook(nb, cwd=d, timeout=cfg.timeout)
-    finally:
+    except ReportError as exc:
         nbformat.write(nb, nb_path)
+        raise ReportError(f"{exc} The notebook up to that cell is in {str(nb_path)!r}.") from None
+    nbformat.write(nb, nb_path)
     html_path = None
     if cfg.html:
         html_path = d / "report.html"
