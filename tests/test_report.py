@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -301,3 +302,18 @@ def test_a_failing_template_cell_gives_one_clear_error(tmp_path):
         report(tmp_path, kind="probe")  # checked before a kernel starts
     with pytest.raises(InputFileError, match="template"):
         report(tmp_path, template=str(tmp_path / "missing.ipynb"))
+
+
+def test_correlate_points_found_from_a_relative_path_or_the_study_table(tmp_path):
+    from spatialprobe.report.sections import _find_table
+
+    folder = tmp_path / "runs" / "mini" / "correlate" / "lds"
+    folder.mkdir(parents=True)
+    (tmp_path / "runs" / "mini" / "nodes").mkdir()
+    t = tmp_path / "runs" / "mini" / "nodes" / "wide.csv"
+    t.write_text("encoder,lds\n")
+    # recorded relative to where the study ran (here: tmp_path), read from anywhere
+    assert _find_table(Path("runs/mini/nodes/wide.csv"), folder) == t
+    assert _find_table(Path("elsewhere/wide.csv"), folder) is None
+    (folder.parent / "table.csv").write_text("encoder,lds\n")
+    assert _find_table(Path("elsewhere/wide.csv"), folder) == folder.parent / "table.csv"

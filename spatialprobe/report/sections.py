@@ -309,14 +309,29 @@ def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.Data
         return reference.load(inp["reference"]), family_col, f"packaged reference {inp['reference']!r}"
     table = inp.get("table")
     if table and table != "<DataFrame>":
-        p = Path(table)
-        p = p if p.is_absolute() or p.is_file() else folder / p
-        if p.is_file():
+        p = _find_table(Path(table), folder)
+        if p is not None:
             from ..correlation import read_table
 
             return read_table(p), family_col, f"table {str(p)!r}"
         return None, family_col, f"the input table {table!r} is no longer on disk"
     return None, family_col, "config.json does not name the input table"
+
+
+def _find_table(p: Path, folder: Path) -> Path | None:
+    """The input table as recorded; a relative path was relative to where the command ran, so it is also
+    tried below each parent of the folder. A study's correlate folder falls back to ``correlate/table.csv``
+    (the study's published wide table)."""
+    if p.is_file():
+        return p
+    if not p.is_absolute():
+        for base in folder.resolve().parents:
+            if (base / p).is_file():
+                return base / p
+    wide = folder.parent / "table.csv"
+    if folder.parent.name == "correlate" and wide.is_file():
+        return wide
+    return None
 
 
 def _correlate_folders(ctx: Context) -> dict[str, Path]:
@@ -327,6 +342,14 @@ def _correlate_folders(ctx: Context) -> dict[str, Path]:
     if ctx.kind == "study" and base.is_dir():
         return {p.name: p for p in sorted(base.iterdir()) if (p / "correlations.csv").is_file()}
     return {}
+
+
+def _no_correlations(ctx: Context) -> str:
+    if ctx.kind == "study":
+        return ("no correlations: the study wrote no correlate/<y>/correlations.csv (each needs at least 3 encoders "
+                "with that quality column; `spatialprobe study status` shows which nodes ran).")
+    return (f"no correlations: a {ctx.kind} folder holds no correlations.csv "
+            "(run `spatialprobe correlate --table results.csv --out DIR` on a table with a quality column).")
 
 
 def _all_stats(ctx: Context) -> pd.DataFrame | None:
@@ -409,8 +432,7 @@ def correlations(ctx: Context):
 
     folders = _correlate_folders(ctx)
     if not folders:
-        return Absent(f"no correlations: a {ctx.kind} folder holds no correlations.csv "
-                      "(run `spatialprobe correlate --table results.csv --out DIR`, or a study with quality columns).")
+        return Absent(_no_correlations(ctx))
     tables: dict[str, pd.DataFrame] = {}
     stats: dict[str, pd.DataFrame] = {}
     missing, family = [], "family"
@@ -455,7 +477,8 @@ def repa_minus_irepa(ctx: Context):
             keys = ["encoder"] + (["family"] if "family" in res.columns else [])
             wide = res.pivot_table(index=keys, columns="method", values=q, aggfunc="mean").reset_index()
             wide = wide.rename(columns={"repa": f"{q}_repa", "irepa": f"{q}_irepa"})
-            df = wide
+            wide.columns.name = None
+            df = wide.dropna(subset=[f"{q}_repa", f"{q}_irepa"], how="all")
     else:
         for folder in _correlate_folders(ctx).values():
             pts, _, _ = correlate_points(folder, ctx.records if folder == ctx.dir else None)
@@ -544,7 +567,7 @@ def robustness(ctx: Context):
 
     stats = _all_stats(ctx)
     if stats is None or not len(stats):
-        return Absent(f"no outlier or leave-one-family-out checks: a {ctx.kind} folder holds no correlations.csv.")
+        return Absent("no outlier or leave-one-family-out checks: " + _no_correlations(ctx).split(": ", 1)[1])
     rows = []
     for folder in _correlate_folders(ctx).values():
         st = _read_csv(folder / "correlations.csv")
