@@ -47,7 +47,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         maps = viz(config=config, encoder=encoder, image=image, out=str(out), tokens=tokens, n_refs=n_refs,
                    gamma=gamma, random_init=True if random_init else None,
                    weights_dir=str(weights_dir) if weights_dir else None, resolution=resolution, dpi=dpi,
-                   device=None if device in (None, "auto") else device)
+                   device=device)
         for m in maps:
             refs = " ".join(f"{r}:{c}" for r, c in m.refs)
             typer.echo(f"{m.encoder:<24} refs {refs}  cosine raw {m.raw.min():+.3f}..{m.raw.max():+.3f}  "

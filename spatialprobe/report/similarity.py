@@ -180,7 +180,7 @@ class VizConfig:
     gamma: float = DEFAULT_GAMMA  #: spatial-normalisation γ
     random_init: bool = False  #: random-init architectures (plumbing; the maps then mean nothing)
     weights_dir: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
     resolution: int = 256
     out: str | None = None
     dpi: int = 150  #: PNG resolution
@@ -206,12 +206,13 @@ def viz(config: str | Path | VizConfig | None = None, **options) -> list[Similar
     from ..config import resolve, write_config
 
     cfg = resolve(VizConfig, config, **options)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     image_id, img = load_image(cfg.image, cfg.resolution)
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     results, weights = [], {}
     for name in cfg.encoder:
-        enc = E.get(name, pretrained=not cfg.random_init, weights_dir=cfg.weights_dir, device=cfg.device)
-        out = enc(x.to(cfg.device))
+        enc = E.get(name, pretrained=not cfg.random_init, weights_dir=cfg.weights_dir, device=device)
+        out = enc(x.to(device))
         grid = tuple(out.grid)
         refs = parse_tokens(cfg.tokens, grid) or to_grid(reference_points(cfg.n_refs, seed=cfg.seed), grid)
         m = maps_for_tokens(out.patch.cpu(), grid, refs, gamma=cfg.gamma, encoder=enc.name, image=img,
