@@ -56,3 +56,7 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...], n: int = 3) -> s
 
     close = difflib.get_close_matches(name, list(known), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class ReportError(SpatialProbeError, RuntimeError):
+    """A report notebook failed to execute or export."""

@@ -1,0 +1,590 @@
+"""The sections of ``spatialprobe report``, called from the report notebook template.
+
+Each section function takes the :class:`Context` of one result folder and returns something a Jupyter
+kernel displays: a table, a list of figures (each also written as PDF + PNG under ``DIR/figures/``), or
+an :class:`Absent` line saying which data the folder lacks and how to make them. A section never
+vanishes silently.
+
+Folder kinds (:func:`detect_kind`): ``study`` (``study.yaml`` + ``results.csv``), ``predict``
+(``predictions.csv``), ``correlate`` (``correlations.csv``), ``inject`` (``injection.csv``), ``metrics``
+(``summary.csv`` + ``per_image.csv``), ``probe`` (``result.json`` + ``grid.csv``) and ``viz``
+(``similarity_maps.npz``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, InputFileError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("study", "predict", "correlate", "inject", "metrics", "probe", "viz")
+#: the files that mark each kind, in detection order
+MARKERS: dict[str, tuple[str, ...]] = {
+    "study": ("study.yaml", "results.csv"),
+    "predict": ("predictions.csv",),
+    "correlate": ("correlations.csv",),
+    "inject": ("injection.csv",),
+    "metrics": ("summary.csv", "per_image.csv"),
+    "probe": ("result.json", "grid.csv"),
+    "viz": ("similarity_maps.npz",),
+}
+#: section titles, in report order (the HTML test checks each one is there)
+SECTIONS = ("What was run", "Results", "Correlations", "REPA − iREPA per encoder", "Injection curves",
+            "Similarity maps", "Outliers and leave-one-family-out")
+PROPERTIES = ("lp_acc", "lds", "cds", "srss", "rmsc")
+QUALITY = ("gfid", "fd_digits", "sfid", "is", "precision", "recall")
+FIGURES_DIR = "figures"
+MAX_JSON_FILES = 200
+
+
+def detect_kind(path: str | Path) -> str:
+    """The kind of result folder ``path`` is (see the module docstring)."""
+    d = Path(path)
+    if not d.exists():
+        raise InputFileError(f"Result folder {str(d)!r} does not exist; pass the --out folder of a "
+                             "study, correlate, metrics, probe, inject, predict or viz run.")
+    if not d.is_dir():
+        raise InputFileError(f"{str(d)!r} is a file; pass the result folder that holds it ({str(d.parent)!r}).")
+    for kind in KINDS:
+        if all((d / f).is_file() for f in MARKERS[kind]):
+            return kind
+    expected = "; ".join(f"{k}: {' + '.join(v)}" for k, v in MARKERS.items())
+    raise DataError(f"{str(d)!r} is not a spatialprobe result folder: none of the known files is there "
+                    f"({expected}). Point `spatialprobe report` at the --out folder of one of those commands.")
+
+
+class Absent:
+    """One line standing in for a section whose data the folder does not hold."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def _repr_markdown_(self) -> str:
+        return f"*Not in this folder:* {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Not in this folder: {self.message}"
+
+
+@dataclass
+class Context:
+    """One result folder, its kind, its JSON records and where figures go."""
+
+    dir: Path
+    kind: str
+    dpi: int = 110
+    records: dict[str, dict] = field(default_factory=dict)  #: relative path -> parsed config.json/manifest.json
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.dir / FIGURES_DIR
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+
+def load(path: str | Path, *, kind: str = "auto", dpi: int = 110) -> Context:
+    """Open a result folder: detect (or check) its kind and read every ``config.json`` / ``manifest.json``
+    below it (the provenance)."""
+    import warnings
+
+    with warnings.catch_warnings():  # tqdm.auto in a kernel without ipywidgets: plain bars are fine
+        warnings.simplefilter("ignore")
+        import tqdm.auto  # noqa: F401
+    d = Path(path)
+    found = detect_kind(d)
+    if kind not in ("auto", None, found):
+        if kind not in KINDS:
+            raise DataError(f"kind {kind!r} is not one of {', '.join(KINDS)} (or auto).")
+        if not all((d / f).is_file() for f in MARKERS[kind]):
+            raise DataError(f"{str(d)!r} is not a {kind} folder (needs {' + '.join(MARKERS[kind])}); it looks like a "
+                            f"{found} folder.")
+        found = kind
+    ctx = Context(dir=d, kind=found, dpi=dpi)
+    for p in sorted(_walk_json(d))[:MAX_JSON_FILES]:
+        _read_record(ctx, p, str(p.relative_to(d)))
+    # feature stores a metrics run read live elsewhere: their manifests hold the weights checksums
+    for rec in list(ctx.records.values()):
+        for inp in rec.get("inputs") or []:
+            path = Path(inp["path"]) if isinstance(inp, dict) and inp.get("path") else None
+            if path is not None and (path / "manifest.json").is_file():
+                _read_record(ctx, path / "manifest.json", str(path / "manifest.json"))
+    return ctx
+
+
+def _read_record(ctx: Context, p: Path, key: str) -> None:
+    try:
+        ctx.records[key] = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("provenance: %s is not readable JSON (%s); left out", p, exc)
+
+
+def _walk_json(d: Path, depth: int = 5) -> Iterable[Path]:
+    for name in ("config.json", "manifest.json", "plan.json", "result.json", "fid.json"):
+        p = d / name
+        if p.is_file():
+            yield p
+    if depth:
+        for sub in sorted(d.iterdir()):
+            if sub.is_dir() and sub.name != FIGURES_DIR and not sub.name.startswith("."):
+                yield from _walk_json(sub, depth - 1)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _display_png(fig, dpi: int):
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return Image(data=buf.getvalue(), format="png")
+
+
+def render(parts) -> None:
+    """Display a section's result: one object or a list of them (tables, figures, notes)."""
+    from IPython.display import display
+
+    for part in parts if isinstance(parts, list) else [parts]:
+        display(part)
+
+
+def show(ctx: Context, fig, name: str):
+    """Write ``figures/<name>.pdf`` and ``.png`` (the style's print resolution) and return a PNG at the
+    report's screen resolution for display; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    from .figures import use_style
+
+    ctx.figures_dir.mkdir(parents=True, exist_ok=True)
+    with use_style():
+        for ext in ("pdf", "png"):
+            p = ctx.figures_dir / f"{name}.{ext}"
+            fig.savefig(p)
+            ctx.figures.append(p)
+        img = _display_png(fig, ctx.dpi)
+    plt.close(fig)
+    return img
+
+
+def _copy_figure(ctx: Context, src_stem: Path, name: str):
+    """A figure another command already drew (``<stem>.png`` / ``.pdf``): copied to ``figures/``, PNG shown."""
+    from IPython.display import Image
+
+    ctx.figures_dir.mkdir(parents=True, exist_ok=True)
+    for ext in ("pdf", "png"):
+        s = src_stem.with_suffix(f".{ext}")
+        if s.is_file():
+            t = ctx.figures_dir / f"{name}.{ext}"
+            shutil.copyfile(s, t)
+            ctx.figures.append(t)
+    return Image(filename=str(src_stem.with_suffix(".png")))
+
+
+def _read_csv(p: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(p)
+    except Exception as exc:  # noqa: BLE001 - the folder's file is the user's input
+        raise DataError(f"{str(p)!r} could not be read as CSV: {exc}") from exc
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(_fmt, v)) if len(v) <= 12 else f"[{len(v)} items]"
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)[:200]
+    return str(v)
+
+
+def _flatten(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, obj
+
+
+# ------------------------------------------------------------------------------------------ header
+
+
+def header(ctx: Context):
+    from IPython.display import Markdown
+
+    files = sorted(p.name for p in ctx.dir.iterdir() if p.is_file() and not p.name.startswith("report."))
+    return Markdown(f"**Folder:** `{ctx.dir.resolve()}`  \n**Kind:** {ctx.kind}  \n"
+                    f"**Files:** {', '.join(f'`{f}`' for f in files)}")
+
+
+# ------------------------------------------------------------------------------------------ provenance
+
+_PROV_KEY = re.compile(r"(protocol|sha256|weights_id|weights$|fingerprint|checksum|preprocess)", re.I)
+_ENV_KEYS = ("spatialprobe", "git_revision", "python", "numpy", "scipy", "pandas", "torch", "timm")
+
+
+def _short(src: str) -> str:
+    """A record's path as shown: relative to the folder, or the last three parts of an outside path."""
+    p = Path(src)
+    return src if not p.is_absolute() else "…/" + "/".join(p.parts[-3:])
+
+
+def provenance(ctx: Context) -> pd.DataFrame | Absent:
+    """What was run: the folder's resolved options, package versions, input and weights checksums and
+    protocol ids, from every ``config.json`` / ``manifest.json`` below the folder."""
+    if not ctx.records:
+        return Absent(f"no config.json or manifest.json under {str(ctx.dir)!r}, so versions, checksums and "
+                      "protocol ids are unknown (spatialprobe commands write config.json next to their results).")
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(section: str, key: str, value: Any, source: str) -> None:
+        if value is None or value == "" or value == [] or value == {}:
+            return
+        text = _fmt(value)
+        r = rows.setdefault((section, key, text), {"section": section, "item": key, "value": text, "sources": []})
+        if source not in r["sources"]:
+            r["sources"].append(source)
+
+    top = ctx.records.get("config.json") or ctx.records.get("study.json") or {}
+    for k, v in _flatten(top.get("config", {})):
+        add("options", k, v, "config.json")
+    for src, rec in ctx.records.items():
+        env = rec.get("environment") or {}
+        for k in _ENV_KEYS:
+            add("versions", k, env.get(k), src)
+        inp = rec.get("input")
+        if isinstance(inp, dict):
+            for k, v in inp.items():
+                add("inputs", k, v, src)
+        who = f"{rec['encoder']}: " if isinstance(rec.get("encoder"), str) and src.endswith("manifest.json") else ""
+        for k, v in _flatten({kk: vv for kk, vv in rec.items() if kk not in ("config", "environment", "ids", "shards",
+                                                                             "rows", "grid_results", "labels")}):
+            leaf = k.rsplit(".", 1)[-1]
+            if _PROV_KEY.search(leaf) and not isinstance(v, (list, dict)):
+                add("checksums & protocols", who + k, v, src)
+        for k, v in _flatten(rec.get("config", {})):
+            leaf = k.rsplit(".", 1)[-1]
+            if _PROV_KEY.search(leaf) and src != "config.json":
+                add("checksums & protocols", k, v, src)
+        enc = rec.get("encoder")
+        if isinstance(enc, dict) and enc.get("weights_id"):
+            add("checksums & protocols", f"weights {enc.get('name', '?')}", enc["weights_id"], src)
+    out = pd.DataFrame(list(rows.values()))
+    short = [[_short(x) for x in s] for s in out["sources"]]
+    out["sources"] = [", ".join(s[:3]) + (f" (+{len(s) - 3})" if len(s) > 3 else "") for s in short]
+    order = {"options": 0, "inputs": 1, "versions": 2, "checksums & protocols": 3}
+    return out.sort_values(["section", "item"], key=lambda c: c.map(order) if c.name == "section" else c,
+                           kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------ data loading
+
+
+def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.DataFrame | None, str | None, str]:
+    """The points behind a correlate folder, from its ``config.json``: the packaged reference or the
+    input table. Returns (points or None, family column, a note on where they came from)."""
+    cfg_path = folder / "config.json"
+    rec = (records or {}).get("config.json") if records is not None else None
+    if rec is None and cfg_path.is_file():
+        rec = json.loads(cfg_path.read_text(encoding="utf-8"))
+    rec = rec or {}
+    inp = rec.get("input") or {}
+    family_col = rec.get("family_col")
+    if inp.get("reference"):
+        from .. import reference
+
+        return reference.load(inp["reference"]), family_col, f"packaged reference {inp['reference']!r}"
+    table = inp.get("table")
+    if table and table != "<DataFrame>":
+        p = _find_table(Path(table), folder)
+        if p is not None:
+            from ..correlation import read_table
+
+            return read_table(p), family_col, f"table {str(p)!r}"
+        return None, family_col, f"the input table {table!r} is no longer on disk"
+    return None, family_col, "config.json does not name the input table"
+
+
+def _find_table(p: Path, folder: Path) -> Path | None:
+    """The input table as recorded; a relative path was relative to where the command ran, so it is also
+    tried below each parent of the folder. A study's correlate folder falls back to ``correlate/table.csv``
+    (the study's published wide table)."""
+    if p.is_file():
+        return p
+    if not p.is_absolute():
+        for base in folder.resolve().parents:
+            if (base / p).is_file():
+                return base / p
+    wide = folder.parent / "table.csv"
+    if folder.parent.name == "correlate" and wide.is_file():
+        return wide
+    return None
+
+
+def _correlate_folders(ctx: Context) -> dict[str, Path]:
+    """y name -> correlate folder (the folder itself, or a study's ``correlate/<y>/``)."""
+    if ctx.kind == "correlate":
+        return {"": ctx.dir}
+    base = ctx.dir / "correlate"
+    if ctx.kind == "study" and base.is_dir():
+        return {p.name: p for p in sorted(base.iterdir()) if (p / "correlations.csv").is_file()}
+    return {}
+
+
+def _no_correlations(ctx: Context) -> str:
+    if ctx.kind == "study":
+        return ("no correlations: the study wrote no correlate/<y>/correlations.csv (each needs at least 3 encoders "
+                "with that quality column; `spatialprobe study status` shows which nodes ran).")
+    return (f"no correlations: a {ctx.kind} folder holds no correlations.csv "
+            "(run `spatialprobe correlate --table results.csv --out DIR` on a table with a quality column).")
+
+
+def _all_stats(ctx: Context) -> pd.DataFrame | None:
+    frames = [_read_csv(p / "correlations.csv") for p in _correlate_folders(ctx).values()]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _quality_col(df: pd.DataFrame) -> str | None:
+    return next((c for c in QUALITY if c in df.columns and pd.to_numeric(df[c], errors="coerce").notna().any()), None)
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def results(ctx: Context):
+    """The folder's main table (study results averaged over seeds, correlations, metric summary, probe
+    result, injection table, predictions), plus the figure the command drew when only it can draw it."""
+    from IPython.display import Markdown
+
+    k, d = ctx.kind, ctx.dir
+    if k == "study":
+        df = _read_csv(d / "results.csv")
+        keys = [c for c in ("encoder", "family", "method") if c in df.columns]
+        num = [c for c in (*PROPERTIES, *QUALITY) if c in df.columns]
+        agg = df.groupby(keys, dropna=False, sort=False)[num].mean(numeric_only=True).reset_index() if keys else df
+        if "seed" in df.columns and keys:
+            agg.insert(len(keys), "n_seeds", df.groupby(keys, dropna=False, sort=False)["seed"].nunique().to_numpy())
+        return [Markdown(f"`results.csv`: {len(df)} rows (encoder × method × seed); mean over seeds:"), agg.round(4)]
+    if k == "correlate":
+        stats = _read_csv(d / "correlations.csv")
+        pts, _, note = correlate_points(d, ctx.records)
+        out = [Markdown("`correlations.csv`:"), stats.round(3)]
+        if pts is not None:
+            out += [Markdown(f"Points ({note}, {len(pts)} rows):"), pts.round(4)]
+        else:
+            out.append(Absent(f"the points behind the correlations: {note}."))
+        return out
+    if k == "metrics":
+        return [Markdown("`summary.csv` (per encoder and radius setting):"), _read_csv(d / "summary.csv").round(4)]
+    if k == "probe":
+        res = json.loads((d / "result.json").read_text(encoding="utf-8"))
+        best = {kk: v for kk, v in res.items() if not isinstance(v, (list, dict))}
+        best.update({f"best.{kk}": v for kk, v in (res.get("best") or {}).items()})
+        grid = _read_csv(d / "grid.csv")
+        return [pd.DataFrame({"item": list(best), "value": [_fmt(v) for v in best.values()]}),
+                Markdown("`grid.csv` (every head of the grid):"), grid.round(4)]
+    if k == "inject":
+        return [Markdown("`injection.csv` (one row per α):"), _read_csv(d / "injection.csv").round(4)]
+    if k == "predict":
+        out = [Markdown("`predictions.csv` (per new encoder and property: OLS prediction, 95 % interval, rank):"),
+               _read_csv(d / "predictions.csv").round(3)]
+        if (d / "prediction_panel.png").is_file():
+            out.append(_copy_figure(ctx, d / "prediction_panel", "prediction_panel"))
+        return out
+    if k == "viz":
+        from .similarity import load_maps
+
+        maps = load_maps(d / "similarity_maps.npz")
+        return pd.DataFrame([{"encoder": m.encoder, "refs": " ".join(f"{r}:{c}" for r, c in m.refs), "gamma": m.gamma,
+                              "raw_min": m.raw.min(), "raw_max": m.raw.max(), "normed_min": m.normed.min(),
+                              "normed_max": m.normed.max()} for m in maps]).round(4)
+    raise DataError(f"unknown report kind {k!r}")  # pragma: no cover - load() checks the kind
+
+
+# ------------------------------------------------------------------------------------------ correlations
+
+
+def _method_pair(names: Iterable[str]) -> tuple[str, str] | None:
+    """('gfid_repa', 'gfid_irepa') or the fd_digits equivalents when both are present."""
+    s = set(names)
+    for q in QUALITY:
+        if f"{q}_repa" in s and f"{q}_irepa" in s:
+            return f"{q}_repa", f"{q}_irepa"
+    return None
+
+
+def correlations(ctx: Context):
+    """Correlation panels with the CI of r in every title; REPA above iREPA when both exist."""
+    from .figures import correlation_grid
+
+    folders = _correlate_folders(ctx)
+    if not folders:
+        return Absent(_no_correlations(ctx))
+    tables: dict[str, pd.DataFrame] = {}
+    stats: dict[str, pd.DataFrame] = {}
+    missing, family = [], "family"
+    for name, folder in folders.items():
+        st = _read_csv(folder / "correlations.csv")
+        pts, fam, note = correlate_points(folder, ctx.records if folder == ctx.dir else None)
+        family = fam or family
+        if pts is None:
+            missing.append(f"{name or folder.name}: {note}")
+            continue
+        for y in st["y"].unique():
+            if y in pts.columns:
+                tables[str(y)] = pts
+                stats[str(y)] = st[st["y"] == y]
+    if not tables:
+        return Absent("the correlation points are not on disk (" + "; ".join(missing) + ").")
+    pair = _method_pair(tables)
+    order = list(pair) + [y for y in tables if y not in pair] if pair else list(tables)
+    xs = [x for x in PROPERTIES if any(x in stats[y]["x"].values for y in order)]
+    xs += [x for y in order for x in stats[y]["x"].unique() if x not in xs]
+    out = []
+    groups = [order[:2], order[2:]] if pair else [[y] for y in order]
+    for g in groups:
+        if not g:
+            continue
+        fig = correlation_grid({y: tables[y] for y in g}, xs, {y: stats[y] for y in g}, family_col=family)
+        out.append(show(ctx, fig, "correlations_" + "_vs_".join(g) if len(g) > 1 else f"correlations_{g[0]}"))
+    if missing:
+        out.append(Absent("some points are not on disk: " + "; ".join(missing)))
+    return out
+
+
+def repa_minus_irepa(ctx: Context):
+    """REPA − iREPA of the quality metric per encoder (positive: iREPA is better for gFID/FD)."""
+    from .figures import paired_difference
+
+    df = None
+    if ctx.kind == "study":
+        res = _read_csv(ctx.dir / "results.csv")
+        q = _quality_col(res)
+        if q and "method" in res.columns and {"repa", "irepa"} <= set(res["method"].astype(str)):
+            keys = ["encoder"] + (["family"] if "family" in res.columns else [])
+            wide = res.pivot_table(index=keys, columns="method", values=q, aggfunc="mean").reset_index()
+            wide = wide.rename(columns={"repa": f"{q}_repa", "irepa": f"{q}_irepa"})
+            wide.columns.name = None
+            df = wide.dropna(subset=[f"{q}_repa", f"{q}_irepa"], how="all")
+    else:
+        for folder in _correlate_folders(ctx).values():
+            pts, _, _ = correlate_points(folder, ctx.records if folder == ctx.dir else None)
+            if pts is not None and _method_pair(pts.columns):
+                df = pts
+                break
+    pair = _method_pair(df.columns) if df is not None else None
+    if pair is None:
+        return Absent(f"no REPA − iREPA comparison: this {ctx.kind} folder has no quality numbers for both methods "
+                      "(a study with methods repa and irepa, or a table with gfid_repa and gfid_irepa columns).")
+    a, b = pair
+    label = "encoder" if "encoder" in df.columns else df.columns[0]
+    fig = paired_difference(df, a, b, label_col=label, family_col="family" if "family" in df.columns else None)
+    tab = df[[c for c in (label, "family", a, b) if c in df.columns]].copy()
+    tab[f"{a} − {b}"] = pd.to_numeric(tab[a], errors="coerce") - pd.to_numeric(tab[b], errors="coerce")
+    return [show(ctx, fig, "repa_minus_irepa"), tab.sort_values(f"{a} − {b}", ascending=False).round(3)]
+
+
+# ------------------------------------------------------------------------------------------ injection
+
+
+def injection(ctx: Context):
+    """LP accuracy and spatial metrics against the injection strength α."""
+    from .figures import injection_curves
+
+    files = [ctx.dir / "injection.csv"] if ctx.kind == "inject" else sorted(ctx.dir.glob("**/injection.csv"))
+    if not files:
+        return Absent(f"no injection curves: no injection.csv in this {ctx.kind} folder "
+                      "(run `spatialprobe inject --encoder ENC --images DIR --labels L --out DIR`).")
+    table = pd.concat([_read_csv(f) for f in files], ignore_index=True)
+    return show(ctx, injection_curves(table), "injection_curves")
+
+
+# ------------------------------------------------------------------------------------------ similarity
+
+
+def _maps_files(ctx: Context) -> list[Path]:
+    from .similarity import MAPS_FILE
+
+    return sorted(p for p in ctx.dir.glob(f"**/{MAPS_FILE}") if FIGURES_DIR not in p.relative_to(ctx.dir).parts)
+
+
+def similarity(ctx: Context, encoders: list[str] | None = None, image: str = "skimage/astronaut",
+               random_init: bool = False):
+    """Similarity maps from ``similarity_maps.npz`` files in the folder; with ``encoders`` (e.g. the
+    weight-free ``hog``, ``pixels``) they are computed first into ``DIR/similarity/``."""
+    from .figures import similarity_figure
+    from .similarity import load_maps, viz
+
+    if encoders:
+        viz(encoder=list(encoders), image=image, random_init=random_init, out=str(ctx.dir / "similarity"))
+    files = _maps_files(ctx)
+    if not files:
+        return Absent("no similarity maps: no similarity_maps.npz in this folder (run `spatialprobe viz --encoder "
+                      f"ENC --image IMG --out {ctx.dir}/similarity`, or `spatialprobe report --viz-encoders hog,pixels`).")
+    out = []
+    for f in files:
+        stem = "similarity" if len(files) == 1 else "similarity_" + "_".join(f.relative_to(ctx.dir).parent.parts)
+        out.append(show(ctx, similarity_figure(load_maps(f)), stem))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ robustness
+
+
+def influence(points: pd.DataFrame, x: str, y: str, id_col: str | None) -> dict[str, Any]:
+    """The row whose removal moves Pearson r the most, and r without it."""
+    from ..stats import pearson
+
+    sub = points[[x, y]].apply(pd.to_numeric, errors="coerce")
+    ok = sub.notna().all(axis=1).to_numpy()
+    xv, yv = sub[x].to_numpy(float)[ok], sub[y].to_numpy(float)[ok]
+    ids = (points[id_col].astype(str).to_numpy()[ok] if id_col else np.arange(len(points))[ok].astype(str))
+    if len(xv) < 4:
+        return {"most_influential": None, "r_without_it": np.nan}
+    r = pearson(xv, yv)
+    loo = np.array([pearson(np.delete(xv, i), np.delete(yv, i)) for i in range(len(xv))])
+    i = int(np.argmax(np.abs(loo - r)))
+    return {"most_influential": ids[i], "r_without_it": loo[i]}
+
+
+def robustness(ctx: Context):
+    """Does one point or one family carry a correlation? r with its CI next to the leave-one-out and
+    leave-one-family-out ranges, and the single most influential point of each pair."""
+    from .figures import robustness_figure
+
+    stats = _all_stats(ctx)
+    if stats is None or not len(stats):
+        return Absent("no outlier or leave-one-family-out checks: " + _no_correlations(ctx).split(": ", 1)[1])
+    rows = []
+    for folder in _correlate_folders(ctx).values():
+        st = _read_csv(folder / "correlations.csv")
+        pts, _, _ = correlate_points(folder, ctx.records if folder == ctx.dir else None)
+        id_col = None
+        if pts is not None:
+            id_col = next((c for c in ("encoder", "point_id", "id") if c in pts.columns), None)
+            if id_col == "encoder" and "point_id" in pts.columns and pts["encoder"].isna().any():
+                id_col = "point_id"
+        for _, r in st.iterrows():
+            inf = influence(pts, r["x"], r["y"], id_col) if pts is not None and {r["x"], r["y"]} <= set(pts.columns) \
+                else {"most_influential": None, "r_without_it": np.nan}
+            rows.append({"x": r["x"], "y": r["y"], "n": r["n"], "pearson_r": r["pearson_r"],
+                         "ci": f"[{r['pearson_ci_low']:.2f}, {r['pearson_ci_high']:.2f}]",
+                         "loo": f"[{r['loo_min']:.2f}, {r['loo_max']:.2f}]",
+                         "lofo": "-" if pd.isna(r.get("lofo_min")) else f"[{r['lofo_min']:.2f}, {r['lofo_max']:.2f}]",
+                         **inf})
+    tab = pd.DataFrame(rows)
+    fig = show(ctx, robustness_figure(stats), "robustness")
+    return [fig, tab.round(3)]
