@@ -83,16 +83,7 @@ def correlation_panel(df: pd.DataFrame, xs: list[str], y: str, stats: pd.DataFra
             fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(handles) - 1) // 8), 1, 1))
         else:
             fig.tight_layout()
-        if out is None:
-            return fig
-        out = Path(out)
-        paths = []
-        for ext in formats:
-            p = out.with_suffix(f".{ext}")
-            fig.savefig(p)
-            paths.append(p)
-        plt.close(fig)
-        return paths
+        return _save(fig, out, formats)
 
 
 def _save(fig, out: str | Path | None, formats: tuple[str, ...], dpi: int | None = None):
@@ -360,13 +351,4 @@ def prediction_panel(ref: pd.DataFrame, xs: list[str], y: str, predictions: pd.D
         rows = (len(handles) - 1) // 8
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), bbox_to_anchor=(0.5, 0.0))
         fig.tight_layout(rect=(0, 0.1 + 0.06 * rows, 1, 1))
-        if out is None:
-            return fig
-        out = Path(out)
-        paths = []
-        for ext in formats:
-            p = out.with_suffix(f".{ext}")
-            fig.savefig(p)
-            paths.append(p)
-        plt.close(fig)
-        return paths
+        return _save(fig, out, formats)
