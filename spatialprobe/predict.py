@@ -145,7 +145,9 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, x0: np.ndarray, *, confiden
     b = ((xs - xm) * (ys - ym)).sum(1) / ((xs - xm) ** 2).sum(1)
     a = ym[:, 0] - b * xm[:, 0]
     resid = ys - (a[:, None] + b[:, None] * xs)
-    pick = resid[np.arange(n_boot)[:, None], rng.integers(0, n, size=(n_boot, len(x0)))]
+    # one residual index per replicate, shared by every x0: an encoder's interval then does not depend on
+    # which other encoders are predicted in the same call
+    pick = resid[np.arange(n_boot), rng.integers(0, n, size=n_boot)][:, None]
     pred = a[:, None] + b[:, None] * x0[None, :] + pick * np.sqrt(n / (n - 2))
     lo, hi = np.percentile(pred, [50 * (1 - confidence), 50 * (1 + confidence)], axis=0)
     return lo, hi

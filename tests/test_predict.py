@@ -178,3 +178,15 @@ def test_protocol_ids_come_from_the_extraction_record(tmp_path):
     assert proto.protocol_new["images"].startswith("builtin:") and proto.protocol_new["resolution"] == "256"
     assert proto.protocol_new["radii"] == "lds_near=1,lds_far=6,cds_dmax=8,srss_pos=1,srss_neg=6"
     assert [c.split(" ")[0] for c in proto.caveats] == ["images"]  # builtin photos vs the iREPA collection
+
+
+def test_bootstrap_interval_of_one_encoder_does_not_depend_on_the_others():
+    from spatialprobe.predict import bootstrap_interval
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=27)
+    y = 2 * x + rng.normal(size=27)
+    lo1, hi1 = bootstrap_interval(x, y, np.array([0.3]), n_boot=500, seed=1)
+    lo3, hi3 = bootstrap_interval(x, y, np.array([0.3, -1.0, 2.0]), n_boot=500, seed=1)
+    assert lo1[0] == lo3[0] and hi1[0] == hi3[0]
+    assert lo3[1] < lo3[0] < lo3[2]
