@@ -6,7 +6,8 @@ sFID, and the unbiased logits for IS. Formulas follow the ADM evaluator (guided-
 
 Public API: :func:`evaluate`, :func:`build_reference`, :func:`load_reference`, :class:`FidConfig`,
 :func:`build_inception`, :func:`find_inception_weights`, :func:`frechet_distance`, :func:`inception_score`,
-:func:`precision_recall`, :func:`feature_statistics`. Heavy modules load on first use.
+:func:`precision_recall`, :func:`feature_statistics`; :func:`digits_fd` is the toy FD protocol of the digits
+mini study (``fd_digits``, not gFID). Heavy modules load on first use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _LAZY = {
     "build_inception": "inception", "find_inception_weights": "inception", "InceptionFeatures": "inception",
     "INCEPTION_WEIGHTS_FILE": "inception", "INCEPTION_WEIGHTS_URL": "inception", "check_images": "inception",
     "open_samples": "images", "open_reference_images": "images",
+    "digits_fd": "digits", "evaluate_digits": "digits", "DigitsFdConfig": "digits",
 }
 
 __all__ = ["IS_SPLIT_SIZE", "PR_K", "RunningStats", "StreamingInceptionScore", "feature_statistics",
