@@ -291,11 +291,19 @@ def is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def apply_threads(spec: StudySpec) -> None:
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+
+
 def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -> dict[str, Any]:
     """Run one node to completion: its outputs land in ``nodes/<kind>/<key>/`` with ``done.json``.
 
     Raises whatever the stage raises; the caller records it (:func:`record_failure`).
     """
+    apply_threads(spec)
     out = Path(out)
     final, work = node_dir(out, node), partial_dir(out, node)
     fp_file = work / ".fingerprint"

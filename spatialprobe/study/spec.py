@@ -100,6 +100,7 @@ class StudySpec:
     known_gfid_col: str = "gfid"
     correlate: CorrelateSpec = field(default_factory=CorrelateSpec)
     device: str = "auto"
+    threads: int | None = None  #: torch CPU threads of every node (1 avoids oversubscription on shared CPUs)
     weights_dir: str | None = None
     launcher: str = "local"
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
@@ -304,6 +305,7 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
         raise ConfigError(f"study spec: correlate.n_resamples {s.correlate.n_resamples} is too few; use >= 1000.")
 
     s.device = str(data.get("device", "auto"))
+    s.threads = _pos_int(data.get("threads"), "threads", allow_none=True)
     s.weights_dir = data.get("weights_dir")
     s.launcher = str(data.get("launcher", "local"))
     if s.launcher not in LAUNCHERS:
@@ -400,6 +402,7 @@ correlate:
   n_resamples: 10000
 
 device: auto                  # auto | cpu | cuda
+threads: null                 # torch CPU threads (null = torch's default; 1 on a shared CPU machine)
 weights_dir: null             # else $SPATIALPROBE_WEIGHTS, the HF and torch hub caches
 
 # Where nodes run: local (this process, in order) or submitit (one job per extraction and per
