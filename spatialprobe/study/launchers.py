@@ -66,6 +66,16 @@ def run_local(spec: StudySpec, nodes: list[Node], out: Path) -> dict[str, str]:
     return states
 
 
+def _chain(first: Node, nodes: list[Node], states: dict[str, str]) -> list[Node]:
+    """``first`` and the nodes that need only its output, in a row (train → sample → fid): one job."""
+    chain = [first]
+    while True:
+        nxt = [n for n in nodes if n.deps == [chain[-1].name] and n.kind in JOB_KINDS and states[n.name] != "done"]
+        if len(nxt) != 1 or chain[-1].kind not in ("train", "sample"):
+            return chain
+        chain.append(nxt[0])
+
+
 def make_executor(spec: StudySpec, out: Path, gpus: int):
     import submitit
 
@@ -116,17 +126,18 @@ def run_submitit(spec: StudySpec, nodes: list[Node], out: Path) -> dict[str, str
                  and n.name not in running and all(states[d] == "done" for d in n.deps)]
         jobs = [n for n in ready if n.kind in JOB_KINDS]
         quick = [n for n in ready if n.kind not in JOB_KINDS]
-        groups: dict[int, list[Node]] = {}
+        groups: dict[int, list[list[Node]]] = {}
         for n in jobs:
             gpus = spec.executor.gpus_per_node if n.kind == "train" else min(1, spec.executor.gpus_per_node)
-            groups.setdefault(gpus, []).append(n)
-        for gpus, group in groups.items():
+            groups.setdefault(gpus, []).append(_chain(n, nodes, states))
+        for gpus, chains in groups.items():
             ex = executors.get(gpus) or executors.setdefault(gpus, make_executor(spec, out, gpus))
             with ex.batch():  # one array per wave and GPU count
-                submitted = [(n, ex.submit(run_job, str(out), n.name)) for n in group]
-            for n, job in submitted:
-                running[n.name] = job
-                prog.event(n, f"submitted (job {job.job_id})")
+                submitted = [(c, ex.submit(run_job, str(out), [m.name for m in c])) for c in chains]
+            for c, job in submitted:
+                for m in c:
+                    running[m.name] = job
+                prog.event(c[0], f"submitted (job {job.job_id}{', with ' + ', '.join(m.kind for m in c[1:]) if c[1:] else ''})")
             progressed = True
         for n in quick:
             t0 = time.time()

@@ -345,8 +345,9 @@ def done_summary(out: Path, node: Node) -> dict[str, Any] | None:
     return d.get("summary") if d and d.get("fingerprint") == node.fingerprint else None
 
 
-def run_job(out: str, node_name: str) -> str:
-    """Entry point of one cluster job: run ``node_name`` of the study in ``out`` (reads ``out/study.yaml``).
+def run_job(out: str, node_names: list[str]) -> str:
+    """Entry point of one cluster job: run ``node_names`` of the study in ``out`` in order (reads
+    ``out/study.yaml``); a failure is recorded and the rest of the chain is marked blocked.
 
     With several tasks per job (DDP training), the scheduler's rank variables are mapped to the
     ``torchrun`` ones (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) first.
@@ -366,11 +367,17 @@ def run_job(out: str, node_name: str) -> str:
     spec = load_resolved(outp)
     nodes = build_plan(spec)
     by_name = {n.name: n for n in nodes}
-    node = by_name[node_name]
-    try:
-        run_node(spec, node, outp, by_name)
-    except Exception as exc:  # noqa: BLE001 - recorded for the controller and the status table
-        if is_rank0():
-            record_failure(outp, node, exc)
-        return f"failed: {exc}"
+    for i, name in enumerate(node_names):
+        node = by_name[name]
+        if i and node.kind != "train":  # DDP is for training; the rest of the chain runs on rank 0
+            if not is_rank0():
+                return "done"
+        try:
+            run_node(spec, node, outp, by_name)
+        except Exception as exc:  # noqa: BLE001 - recorded for the controller and the status table
+            if is_rank0():
+                record_failure(outp, node, exc)
+                for rest in node_names[i + 1:]:
+                    record_failure(outp, by_name[rest], f"blocked: input {name} is not done", blocked=True)
+            return f"failed: {exc}"
     return "done"
