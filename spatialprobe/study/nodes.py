@@ -1,0 +1,383 @@
+"""What each node does: thin calls into the public functions (extract, compute_metrics, probe, inject,
+train, sample, digits_fd / evaluate, correlate), with atomic outputs and a done marker.
+
+A node works in ``nodes/<kind>/<key>.partial/`` (kept across a crash when its fingerprint is the same,
+so an extraction resumes its shards and a training run its newest checkpoint), then writes
+``done.json`` there and renames the folder to ``nodes/<kind>/<key>/``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, InputFileError
+from .plan import (Node, error_file, node_dir, partial_dir, read_json, register_defined, write_json_atomic)
+from .spec import StudySpec
+
+log = logging.getLogger("spatialprobe.study")
+
+
+# ------------------------------------------------------------------------------ teacher token cache
+
+class _LRU:
+    """Teacher tokens per image (keyed by the image bytes), bounded by a byte budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.items: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: bytes):
+        with self.lock:
+            v = self.items.get(key)
+            if v is not None:
+                self.items.move_to_end(key)
+            return v
+
+    def put(self, key: bytes, value: tuple, size: int) -> None:
+        if size > self.budget:
+            return
+        with self.lock:
+            self.items[key] = value
+            self.used += size
+            while self.used > self.budget and self.items:
+                _, old = self.items.popitem(last=False)
+                self.used -= old[-1]
+
+
+_CACHES: dict[str, _LRU] = {}
+
+
+def cached_teacher(enc, cache_key: str, budget_mb: int):
+    """Wrap a teacher so each image is encoded alone (batch of one) and its tokens are remembered.
+
+    Encoding images one at a time makes a token independent of which other images share its batch,
+    so a run's numbers do not depend on what the cache held (a resumed study equals an uninterrupted
+    one); the cache then saves the teacher forward for images seen before (the same data order is
+    used by every method of a seed).
+    """
+    import torch
+
+    from ..encoders.base import EncoderOutput
+
+    cache = _CACHES.setdefault(cache_key, _LRU(int(budget_mb) << 20))
+
+    class CachedTeacher(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = enc
+            self.name = getattr(enc, "name", cache_key)
+            self.embed_dim = enc.embed_dim
+            self.grid = enc.grid
+            self.weights_id = getattr(enc, "weights_id", None)
+            self.spec = getattr(enc, "spec", None)
+
+        @torch.no_grad()
+        def forward(self, images: torch.Tensor) -> EncoderOutput:
+            patches, prefixes, out = [], [], None
+            for img in images:
+                key = hashlib.blake2b(img.contiguous().cpu().numpy().tobytes(), digest_size=16).digest()
+                hit = cache.get(key) if budget_mb > 0 else None
+                if hit is None:
+                    out = self.inner(img[None])
+                    pre = None if out.prefix is None else out.prefix[0]
+                    size = out.patch[0].numel() * 4 + (0 if pre is None else pre.numel() * 4)
+                    hit = (out.patch[0], pre, tuple(out.grid), out.layer, size)
+                    if budget_mb > 0:
+                        cache.put(key, hit, size)
+                patches.append(hit[0])
+                prefixes.append(hit[1])
+            p0 = prefixes[0]
+            return EncoderOutput(patch=torch.stack(patches), prefix=None if p0 is None else torch.stack(prefixes),
+                                 grid=hit[2], layer=hit[3])
+
+    return CachedTeacher()
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _device(spec: StudySpec) -> str:
+    import torch
+
+    d = spec.device
+    if d == "auto":
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        d = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return d
+
+
+def build_encoder(spec: StudySpec, settings: dict[str, Any], device: str):
+    from .. import encoders as E
+
+    register_defined(spec)
+    w = settings.get("weights") or {}
+    return E.get(settings["encoder"], pretrained=not w.get("random_init", False), seed=int(w.get("seed", 0)),
+                 weights_dir=spec.weights_dir, device=device)
+
+
+def find_store(folder: Path) -> Path:
+    found = sorted(Path(folder).glob("*/*/manifest.json"))
+    if not found:
+        raise InputFileError(f"No feature store (manifest.json) under {str(folder)!r}; rerun its extract node.")
+    return found[0].parent
+
+
+def _dep_dir(out: Path, by_name: dict[str, Node], node: Node, kind: str) -> Path:
+    dep = next(by_name[d] for d in node.deps if d.startswith(kind + "/"))
+    return node_dir(out, dep)
+
+
+def _num(v: Any) -> Any:
+    try:
+        import math
+
+        f = float(v)
+        return None if math.isnan(f) else f
+    except (TypeError, ValueError):
+        return v
+
+
+# ------------------------------------------------------------------------------------ node kinds
+
+def _run_extract(spec, node, work, out, by_name):
+    from ..extract import extract
+
+    s = node.settings
+    enc = build_encoder(spec, s, _device(spec))
+    res = extract(encoder_objects=[enc], images=s["images"], limit=s["limit"], resolution=s["resolution"],
+                  dtype=s["dtype"], out=str(work), device=spec.device,
+                  batch_size=spec.properties.batch_size, weights_dir=spec.weights_dir)[0]
+    if res.error:
+        raise DataError(f"extraction of {s['encoder']} failed: {res.error}")
+    return {"n_images": res.n_images, "store": str(Path(res.path).relative_to(work)), "seconds": res.seconds,
+            "bad": len(res.bad)}
+
+
+def _store(out, by_name, node) -> Path:
+    return find_store(_dep_dir(out, by_name, node, "extract"))
+
+
+def _run_metrics(spec, node, work, out, by_name):
+    from ..metrics.run import compute_metrics
+
+    res = compute_metrics(features=[str(_store(out, by_name, node))], out=str(work), device="cpu",
+                          **node.settings["options"])
+    summ = res.summary
+    props: dict[str, Any] = {}
+    many = len(summ) > 1
+    for _, row in summ.iterrows():
+        for m in ("lds", "cds", "srss", "rmsc"):
+            if m in row:
+                col = m if not many else f"{m}[{row['setting']}]"
+                props[col] = _num(row[m])
+                props[f"{col}_nan"] = int(row[f"{m}_nan"])
+    if many:  # the first setting is also the plain column
+        first = summ.iloc[0]
+        for m in ("lds", "cds", "srss", "rmsc"):
+            if m in first:
+                props[m], props[f"{m}_nan"] = _num(first[m]), int(first[f"{m}_nan"])
+    return {"properties": props}
+
+
+def _run_probe(spec, node, work, out, by_name):
+    from ..probe import probe, write_result
+
+    opts = dict(node.settings["options"])
+    opts.setdefault("device", "cpu" if spec.device == "auto" else spec.device)
+    res = probe(features=str(_store(out, by_name, node)), **opts)
+    write_result(res, work)
+    return {"properties": {"lp_acc": 100.0 * res.best_val_acc}, "best": res.best, "n_train": res.n_train,
+            "n_val": res.n_val}
+
+
+def _run_inject(spec, node, work, out, by_name):
+    from ..inject import inject
+
+    opts = dict(node.settings["options"])
+    opts.setdefault("device", "cpu" if spec.device == "auto" else spec.device)
+    table = inject(features=str(_store(out, by_name, node)), out=str(work), **opts)
+    props = {}
+    for _, row in table.iterrows():
+        a = f"{float(row['alpha']):g}"
+        props[f"lp_acc[alpha={a}]"] = 100.0 * float(row["lp_acc"])
+        for m in ("lds", "cds", "srss", "rmsc"):
+            props[f"{m}[alpha={a}]"] = _num(row[m])
+    return {"properties": props}
+
+
+def _run_train(spec, node, work, out, by_name):
+    from ..train.loop import train
+
+    s = node.settings
+    device = _device(spec)
+    teachers = None
+    if s["teacher"] is not None:
+        enc = build_encoder(spec, s["teacher"], device)
+        ckey = json.dumps(s["teacher"], sort_keys=True, default=str)
+        teachers = [cached_teacher(enc, ckey, spec.training.teacher_cache_mb)]
+    opts = dict(s["options"])
+    if s["teacher"] is not None and s["teacher"]["weights"].get("random_init"):
+        opts.setdefault("teacher_pretrained", False)
+    res = train(model=s["model"], method=s["method"], teacher=None if s["teacher"] is None else s["teacher"]["encoder"],
+                images=s["images"], out=str(work), steps=s["steps"], batch_size=s["batch_size"], seed=s["seed"],
+                device=spec.device, resume=True, teachers=teachers, weights_dir=spec.weights_dir, **opts)
+    return {"step": res.step, "loss": res.loss, "checkpoint": str(Path(res.checkpoint).relative_to(work))
+            if res.checkpoint else None}
+
+
+def _run_sample(spec, node, work, out, by_name):
+    from ..train.sample import sample
+
+    opts = {"png": False, **node.settings["options"]}
+    path = sample(run=str(_dep_dir(out, by_name, node, "train")), out=str(work), device=spec.device, **opts)
+    import numpy as np
+
+    with np.load(path / "samples.npz") as z:
+        n = int(z["arr_0"].shape[0])
+    return {"n_samples": n}
+
+
+def _run_fid(spec, node, work, out, by_name):
+    opts = dict(node.settings["options"])
+    proto = opts.pop("protocol", "digits")
+    samples = _dep_dir(out, by_name, node, "sample") / "samples.npz"
+    if proto == "digits":
+        from ..fid.digits import digits_fd
+
+        r = digits_fd(str(samples), **opts)
+        (work / "fid.json").write_text(json.dumps(r, indent=2, default=str) + "\n", encoding="utf-8")
+        return {"quality": {"fd_digits": float(r["fd"])}, "protocol": r["protocol"], "n_samples": r["n_samples"],
+                "classifier_acc": r.get("classifier_acc"), "classifier_sha256": r.get("classifier_sha256")}
+    from ..fid.evaluator import evaluate
+
+    ref = opts.pop("ref")
+    opts.setdefault("device", spec.device)
+    r = evaluate(str(samples), ref, out=str(work), **opts)
+    q = {("gfid" if k == "fid" else k): float(v) for k, v in r["metrics"].items()}
+    return {"quality": q, "protocol": r["protocol"], "n_samples": r.get("num_samples")}
+
+
+def _run_table(spec, node, work, out, by_name):
+    from .results import build_tables
+
+    return build_tables(spec, node, work, out, by_name)
+
+
+def _run_correlate(spec, node, work, out, by_name):
+    from .results import run_correlate
+
+    return run_correlate(spec, node, work, out, by_name)
+
+
+RUNNERS = {"extract": _run_extract, "metrics": _run_metrics, "probe": _run_probe, "inject": _run_inject,
+           "train": _run_train, "sample": _run_sample, "fid": _run_fid, "table": _run_table,
+           "correlate": _run_correlate}
+
+
+# ------------------------------------------------------------------------------------ execution
+
+def is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def apply_threads(spec: StudySpec) -> None:
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+
+
+def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -> dict[str, Any]:
+    """Run one node to completion: its outputs land in ``nodes/<kind>/<key>/`` with ``done.json``.
+
+    Raises whatever the stage raises; the caller records it (:func:`record_failure`).
+    """
+    apply_threads(spec)
+    out = Path(out)
+    final, work = node_dir(out, node), partial_dir(out, node)
+    fp_file = work / ".fingerprint"
+    if work.is_dir() and (not fp_file.is_file() or fp_file.read_text().strip() != node.fingerprint):
+        if is_rank0():
+            shutil.rmtree(work)
+    if is_rank0():
+        work.mkdir(parents=True, exist_ok=True)
+        fp_file.write_text(node.fingerprint + "\n")
+        error_file(out, node).unlink(missing_ok=True)
+    t0 = time.time()
+    summary = RUNNERS[node.kind](spec, node, work, out, by_name)
+    seconds = time.time() - t0
+    if not is_rank0():
+        return summary
+    record = {"fingerprint": node.fingerprint, "name": node.name, "kind": node.kind, "encoder": node.encoder,
+              "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "settings": node.settings, "deps": {d: by_name[d].fingerprint for d in node.deps},
+              "summary": summary}
+    write_json_atomic(work / "done.json", record)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(work, final)
+    return record
+
+
+def record_failure(out: Path, node: Node, exc: BaseException | str, *, blocked: bool = False) -> str:
+    msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    rec = {"fingerprint": node.fingerprint, "name": node.name, "error": msg, "blocked": blocked,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if not isinstance(exc, str):
+        rec["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    write_json_atomic(error_file(out, node), rec)
+    return msg
+
+
+def done_summary(out: Path, node: Node) -> dict[str, Any] | None:
+    d = read_json(node_dir(out, node) / "done.json")
+    return d.get("summary") if d and d.get("fingerprint") == node.fingerprint else None
+
+
+def run_job(out: str, node_names: list[str]) -> str:
+    """Entry point of one cluster job: run ``node_names`` of the study in ``out`` in order (reads
+    ``out/study.yaml``); a failure is recorded and the rest of the chain is marked blocked.
+
+    With several tasks per job (DDP training), the scheduler's rank variables are mapped to the
+    ``torchrun`` ones (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) first.
+    """
+    from .runner import load_resolved
+    from .plan import build_plan
+
+    import submitit
+
+    try:
+        ntasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not inside a submitit job
+        ntasks = 1
+    if ntasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    outp = Path(out)
+    spec = load_resolved(outp)
+    nodes = build_plan(spec)
+    by_name = {n.name: n for n in nodes}
+    for i, name in enumerate(node_names):
+        node = by_name[name]
+        if i and node.kind != "train":  # DDP is for training; the rest of the chain runs on rank 0
+            if not is_rank0():
+                return "done"
+        try:
+            run_node(spec, node, outp, by_name)
+        except Exception as exc:  # noqa: BLE001 - recorded for the controller and the status table
+            if is_rank0():
+                record_failure(outp, node, exc)
+                for rest in node_names[i + 1:]:
+                    record_failure(outp, by_name[rest], f"blocked: input {name} is not done", blocked=True)
+            return f"failed: {exc}"
+    return "done"

@@ -1,0 +1,201 @@
+"""``run_study`` / ``study_status``: resolve the spec, write the plan, run what is missing, publish the
+results table and the correlations."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, InputFileError
+from .plan import Node, build_plan, node_dir, node_state, plan_record, read_json, write_json_atomic
+from .spec import StudySpec, load_spec, parse_spec
+
+log = logging.getLogger("spatialprobe.study")
+
+
+@dataclass
+class StudyConfig:
+    """Options of :func:`run_study` (and ``spatialprobe study run``)."""
+
+    spec: str = "mini"  #: study.yaml path or a packaged spec name (mini)
+    out: str = "runs/study"
+    smoke: bool = False  #: apply the spec's ``smoke:`` overrides (a quick run of the same code path)
+    dry_run: bool = False  #: print the plan and the missing weights; run nothing
+    launcher: str | None = None  #: override the spec's launcher (local | submitit)
+    cluster: str | None = None  #: override executor.cluster (slurm | local | debug)
+    device: str | None = None  #: override the spec's device
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    nodes: list[Node]
+    states: dict[str, str]
+    missing_weights: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, v in self.states.items() if v in ("failed", "blocked")]
+
+
+def load_resolved(out: Path) -> StudySpec:
+    """The resolved spec a study folder was run with (``OUT/study.yaml``)."""
+    import yaml
+
+    p = Path(out) / "study.yaml"
+    if not p.is_file():
+        raise InputFileError(f"{str(out)!r} is not a study folder (no study.yaml); run `spatialprobe study run "
+                             "SPEC --out DIR` first.")
+    return parse_spec(yaml.safe_load(p.read_text(encoding="utf-8")))
+
+
+def write_resolved(spec: StudySpec, out: Path) -> None:
+    import yaml
+
+    d = spec.to_dict()
+    d.pop("smoke", None)
+    text = "# resolved study spec (defaults filled in); `spatialprobe study run` reads it back\n" + \
+        yaml.safe_dump(d, sort_keys=False)
+    tmp = out / ".study.yaml.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out / "study.yaml")
+
+
+def missing_weights(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every encoder whose checkpoint is not on disk: id, expected files, where searched, source."""
+    from .. import encoders as E
+    from ..encoders.weights import locate
+    from .plan import canonical_id, register_defined
+
+    register_defined(spec)
+    out = []
+    for e in spec.encoders:
+        if e.random_init:
+            continue
+        cid = canonical_id(e.id)
+        try:
+            s = E.spec(cid.split("@")[0])
+        except Exception as exc:  # noqa: BLE001 - an unknown id is reported up front too
+            out.append({"encoder": e.id, "error": str(exc)})
+            continue
+        if s.weight_free:
+            continue
+        loc = locate(s, spec.weights_dir)
+        if loc.path is None:
+            out.append({"encoder": cid, "files": list(s.weights.files) or [f"{s.id}.safetensors"],
+                        "searched": loc.expected[:3], "source": s.weights.source, "gated": s.weights.gated})
+    return out
+
+
+def format_missing(miss: list[dict[str, Any]]) -> str:
+    lines = [f"{len(miss)} encoder(s) lack weights (nothing is downloaded; put the files in --weights-dir / "
+             "$SPATIALPROBE_WEIGHTS, or set random_init: true):"]
+    for m in miss:
+        if "error" in m:
+            lines.append(f"  {m['encoder']:<34} {m['error']}")
+        else:
+            lines.append(f"  {m['encoder']:<34} {', '.join(m['files'])}{'  [gated]' if m['gated'] else ''}"
+                         f"\n  {'':<34} get: {m['source']}")
+    return "\n".join(lines)
+
+
+def status_table(out: Path, nodes: list[Node]) -> "Any":
+    """One row per node: node, state, seconds, output (``pandas.DataFrame``)."""
+    import pandas as pd
+
+    rows = []
+    for n in nodes:
+        st = node_state(out, n)
+        done = read_json(node_dir(out, n) / "done.json") if st == "done" else None
+        err = read_json(out / "nodes" / n.kind / f"{n.key}.error.json") if st in ("failed", "blocked") else None
+        summ = (done or {}).get("summary") or {}
+        rows.append({"node": n.name, "state": "skipped" if summ.get("skipped") else st,
+                     "seconds": (done or {}).get("seconds"),
+                     "output": str(node_dir(out, n)) if st == "done" else
+                     ((err or {}).get("error", "")[:100] if err else "")})
+    return pd.DataFrame(rows)
+
+
+def _publish(out: Path, nodes: list[Node], states: dict[str, str]) -> None:
+    """Copy the table node's results.csv/.parquet to OUT/ and each correlate node to OUT/correlate/<y>/."""
+    for n in nodes:
+        if states.get(n.name) != "done":
+            continue
+        src = node_dir(out, n)
+        if n.kind == "table":
+            for f in ("results.csv", "results.parquet", "summary.json"):
+                if (src / f).is_file():
+                    shutil.copy2(src / f, out / f".{f}.tmp")
+                    (out / f".{f}.tmp").replace(out / f)
+            if (src / "wide.csv").is_file():
+                (out / "correlate").mkdir(exist_ok=True)
+                shutil.copy2(src / "wide.csv", out / "correlate" / "table.csv")
+        elif n.kind == "correlate" and (src / "correlations.csv").is_file():
+            dst = out / "correlate" / n.key
+            tmp = out / "correlate" / f".{n.key}.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("done.json", ".fingerprint"))
+            if dst.exists():
+                shutil.rmtree(dst)
+            tmp.replace(dst)
+
+
+def prepare(config: StudyConfig) -> tuple[StudySpec, list[Node], Path]:
+    spec = load_spec(config.spec, smoke=config.smoke)
+    if config.launcher:
+        if config.launcher not in ("local", "submitit"):
+            raise ConfigError(f"--launcher {config.launcher!r}: use local or submitit.")
+        spec.launcher = config.launcher
+    if config.cluster:
+        spec.executor.cluster = config.cluster
+    if config.device:
+        spec.device = config.device
+    nodes = build_plan(spec)
+    return spec, nodes, Path(config.out)
+
+
+def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
+    """Run a study: every node that is not done with its current fingerprint, then publish the results.
+
+    ``OUT/study.yaml`` (resolved spec), ``OUT/plan.json``, ``OUT/nodes/<kind>/<key>/``, ``OUT/results.csv``
+    (+ ``.parquet``), ``OUT/summary.json`` and ``OUT/correlate/<y>/``. With ``dry_run`` nothing runs:
+    the result lists the plan with each node's state and the encoders whose weights are missing.
+    """
+    from ..config import resolve
+    from .launchers import LAUNCHERS
+
+    cfg = resolve(StudyConfig, config, **options)
+    spec, nodes, out = prepare(cfg)
+    miss = missing_weights(spec)
+    if cfg.dry_run:
+        states = {n.name: node_state(out, n) for n in nodes}
+        return StudyResult(out, nodes, states, miss)
+    if miss:
+        raise InputFileError(format_missing(miss) + "\n(`--dry-run` lists the plan without running.)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved(spec, out)
+    write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
+    t0 = time.time()
+    log.info("study %s: %d nodes, launcher %s, output %s", spec.name, len(nodes), spec.launcher, out)
+    states = LAUNCHERS[spec.launcher](spec, nodes, out)
+    _publish(out, nodes, states)
+    write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
+    res = StudyResult(out, nodes, states, miss, time.time() - t0)
+    n_done = sum(v == "done" for v in states.values())
+    log.info("study %s: %d/%d nodes done, %d failed or blocked, %.0f s", spec.name, n_done, len(nodes),
+             len(res.failed), res.seconds)
+    return res
+
+
+def study_status(out: str | Path) -> "Any":
+    """The status table of a study folder (reads its resolved spec; nothing runs)."""
+    outp = Path(out)
+    spec = load_resolved(outp)
+    return status_table(outp, build_plan(spec))
