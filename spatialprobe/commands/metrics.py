@@ -16,7 +16,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     def metrics_cmd(
         features: List[Path] = typer.Option(..., "--features", "-f",
                                             help="Feature store folder or token file (.safetensors/.pt/.npz with "
-                                                 "ids and patch [N,T,D], optional grid), or official:DIR[:enc,…] (an official "
+                                                 "ids and patch [N,T,D], optional grid), or official:DIR[:enc1,enc2] (an official "
                                                  "iREPA collection); repeat for more encoders."),
         masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of <image-id>.png FG/BG masks (enables SRSS)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: per_image.csv/.parquet, summary.csv, config.json."),
