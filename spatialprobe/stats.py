@@ -50,12 +50,28 @@ def bootstrap_ci(x, y, *, n_resamples: int = 10_000, confidence: float = 0.95, s
                             vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
                             method=method, rng=np.random.default_rng(seed))
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa can degenerate; fall back to percentile
-        res = sps.bootstrap((np.asarray(x, float), np.asarray(y, float)), _pearson_along, paired=True,
-                            vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
-                            method="percentile", rng=np.random.default_rng(seed))
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        lo, hi = _percentile_ci_of_defined(np.asarray(x, float), np.asarray(y, float), n_resamples, confidence, seed)
     return lo, hi
+
+
+def _percentile_ci_of_defined(x: np.ndarray, y: np.ndarray, n_resamples: int, confidence: float,
+                              seed: int) -> tuple[float, float]:
+    """Percentile CI over the resamples whose r is defined.
+
+    BCa degenerates on small n (with n = 5, 0.16 % of resamples draw one row five times, so r is 0/0 and
+    scipy returns NaN for the whole interval, percentile included) and on perfectly linear data. Dropping
+    the undefined resamples keeps an honest, wide interval instead of none; NaN when fewer than half are
+    defined (e.g. a constant column).
+    """
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
+    r = _pearson_along(x[idx], y[idx])
+    r = r[np.isfinite(r)]
+    if len(r) < n_resamples / 2:
+        return float("nan"), float("nan")
+    a = (1.0 - confidence) / 2.0
+    lo, hi = np.clip(np.quantile(r, [a, 1.0 - a]), -1.0, 1.0)  # |r| <= 1 up to rounding
+    return float(lo), float(hi)
 
 
 def permutation_p(x, y, *, n_resamples: int = 10_000, seed: int = 0) -> float:

@@ -82,6 +82,17 @@ def test_ci_covers_true_r_for_large_sample_and_is_seeded():
     assert stats.bootstrap_ci(xy[:, 0], xy[:, 1], n_resamples=10_000, seed=2) != (lo, hi)
 
 
+def test_ci_of_five_points_is_defined_and_brackets_r():
+    # with n = 5 some resamples repeat one row (r = 0/0) and scipy's BCa and percentile both give NaN
+    x = np.array([63.3, 67.5, 31.7, 29.2, 69.2])
+    y = np.array([745.3, 701.4, 748.4, 805.9, 674.8])
+    r = stats.pearson(x, y)
+    lo, hi = stats.bootstrap_ci(x, y, n_resamples=2000, seed=0)
+    assert np.isfinite(lo) and np.isfinite(hi)
+    assert -1.0 <= lo <= r <= hi <= 1.0 and hi - lo > 0.1
+    assert np.isnan(stats.bootstrap_ci(np.ones(5), y)[0])  # a constant column has no r at all
+
+
 def test_permutation_p_small_for_strong_and_large_for_no_correlation():
     rng = np.random.default_rng(5)
     x = rng.normal(size=40)
