@@ -224,3 +224,46 @@ def test_dry_run_over_the_paper_27_names_every_missing_file(tmp_path, monkeypatc
     assert not out.exists()  # nothing ran, nothing was written
     res = runner.invoke(app, ["study", "run", path, "--out", str(out)])  # a real run refuses up front
     assert res.exit_code == 2 and "27 encoder(s) lack weights" in res.output and not out.exists()
+
+
+# ------------------------------------------------------------------------------- decode once
+
+def test_decoded_cache_decodes_each_image_once_and_gives_the_same_store(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from spatialprobe.data import BadImageError, folder_source
+    from spatialprobe.extract import ExtractConfig, extract_many
+    from spatialprobe.study.images import DecodedCache
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (70 + 9 * i, 90, 3), dtype=np.uint8)).save(photos / f"im{i}.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    base = folder_source(photos, resolution=32)
+    calls = []
+    load = base.load
+    base.load = lambda i: calls.append(i) or load(i)
+
+    first = DecodedCache(base, tmp_path / "cache", num_workers=0)
+    first.ensure()
+    second = DecodedCache(base, tmp_path / "cache", num_workers=0)  # another node, another process
+    second.ensure()
+    assert sorted(calls) == list(range(6)) and first.decoded == 6 and second.decoded == 0
+    assert second.fingerprint() == base.fingerprint()
+    bad = base.ids.index("broken")
+    with pytest.raises(BadImageError):
+        second.load(bad)
+    for i in range(6):
+        if i != bad:
+            assert (second.load(i) == load(i)).all()
+
+    cfg = ExtractConfig(resolution=32, num_workers=0, skip_bad=True, dtype="fp32")
+    plain = next(iter(extract_many(["pixels"], folder_source(photos, resolution=32), tmp_path / "a", cfg).values()))
+    cached = next(iter(extract_many(["pixels"], second, tmp_path / "b", cfg).values()))
+    assert plain.path.name == cached.path.name  # the same fingerprint
+    a, b = plain.open(), cached.open()
+    assert a.ids == b.ids and len(a.ids) == 5
+    assert np.array_equal(np.asarray(a.load("patch")), np.asarray(b.load("patch")))

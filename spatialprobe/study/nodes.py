@@ -151,13 +151,29 @@ def _num(v: Any) -> Any:
 # ------------------------------------------------------------------------------------ node kinds
 
 def _run_extract(spec, node, work, out, by_name):
-    from ..extract import extract
+    from ..data import open_source
+    from ..extract import ExtractConfig, extract_many, release_distributed, resolve_device
 
     s = node.settings
+    device = resolve_device(spec.device)
     enc = build_encoder(spec, s, _device(spec))
-    res = extract(encoder_objects=[enc], images=s["images"], limit=s["limit"], resolution=s["resolution"],
-                  dtype=s["dtype"], out=str(work), device=spec.device,
-                  batch_size=spec.properties.batch_size, weights_dir=spec.weights_dir)[0]
+    source = open_source(s["images"], resolution=s["resolution"])
+    if s["limit"] is not None:
+        source = source.subset(s["limit"])
+    if spec.properties.decode_cache:  # every extraction node reads one decoded copy (see study/images.py)
+        from .images import DecodedCache
+
+        source = DecodedCache(source, out / "cache" / "images")
+        source.ensure()
+    cfg = ExtractConfig(images=s["images"], limit=s["limit"], resolution=s["resolution"], dtype=s["dtype"],
+                        out=str(work), device=device, batch_size=spec.properties.batch_size,
+                        weights_dir=spec.weights_dir)
+    try:
+        res = next(iter(extract_many([enc], source, work, cfg).values()))
+    finally:
+        release_distributed()
+    if res.exception is not None:
+        raise res.exception
     if res.error:
         raise DataError(f"extraction of {s['encoder']} failed: {res.error}")
     return {"n_images": res.n_images, "store": str(Path(res.path).relative_to(work)), "seconds": res.seconds,

@@ -61,6 +61,7 @@ class PropertiesSpec:
     metrics: dict[str, Any] | None = field(default_factory=dict)  #: MetricsConfig options; null = skip
     probe: dict[str, Any] | None = field(default_factory=dict)  #: ProbeConfig options; null = skip
     inject: dict[str, Any] | None = None  #: InjectConfig options (alphas, form, mix); null = skip
+    decode_cache: bool = True  #: decode + crop the images once into OUT/cache/images/, shared by every extraction
 
 
 @dataclass
@@ -233,6 +234,8 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     pp = s.properties
     pp.limit = _pos_int(pp.limit, "properties.limit", allow_none=True)
     pp.resolution = _pos_int(pp.resolution, "properties.resolution")
+    if not isinstance(pp.decode_cache, bool):
+        raise ConfigError(f"study spec: properties.decode_cache must be true or false, got {pp.decode_cache!r}.")
     pp.metrics = _options(pp.metrics, "properties.metrics", MetricsConfig)
     pp.probe = _options(pp.probe, "properties.probe", ProbeConfig)
     pp.inject = _options(pp.inject, "properties.inject", InjectConfig)
@@ -379,6 +382,7 @@ properties:
   metrics: {}                 # MetricsConfig options (masks: DIR for SRSS, radii, sweep); null = skip
   probe: {}                   # ProbeConfig options (labels, val_labels, pool, ...); null = skip
   inject: null                # e.g. {alphas: [0, 0.1, 0.5]}; null = skip
+  decode_cache: true          # decode + crop once into OUT/cache/images/ (uint8, 196 KB an image at 256 px)
 
 # Training runs: every teacher x method x seed (+ the no-alignment baseline once per seed), each
 # sampled and scored. Replace the whole section by `known_gfid: sit-xl-100k` (or a CSV with columns
