@@ -52,20 +52,12 @@ def correlation_panel(df: pd.DataFrame, xs: list[str], y: str, stats: pd.DataFra
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fam = df[family_col] if family_col and family_col in df.columns else pd.Series([None] * len(df), index=df.index)
-    colours = family_colours(fam.dropna().unique())
+    fam, colours = _families(df, family_col)
     with use_style():
         fig, axes = plt.subplots(1, len(xs), figsize=(3.0 * len(xs), 3.0), sharey=True, squeeze=False)
         for ax, xname in zip(axes[0], xs):
-            sub = df[[xname, y]].apply(pd.to_numeric, errors="coerce")
-            ok = sub.notna().all(axis=1)
-            xv, yv = sub.loc[ok, xname].to_numpy(float), sub.loc[ok, y].to_numpy(float)
-            cols = [colours.get(f, UNKNOWN_COLOUR) if isinstance(f, str) else UNKNOWN_COLOUR for f in fam[ok]]
-            ax.scatter(xv, yv, c=cols, s=28, linewidths=0.5, zorder=3)
-            if len(xv) >= 2 and np.ptp(xv) > 0:
-                slope, icpt = np.polyfit(xv, yv, 1)
-                grid = np.linspace(xv.min(), xv.max(), 50)
-                ax.plot(grid, slope * grid + icpt, color="#c0392b", lw=1.2, zorder=2)
+            xv, yv, _ = _family_scatter(ax, df, xname, y, fam, colours, s=28)
+            _fit_line(ax, xv, yv)
             row = stats[(stats["x"] == xname) & (stats["y"] == y)]
             if len(row):
                 r = row.iloc[0]
@@ -84,6 +76,30 @@ def correlation_panel(df: pd.DataFrame, xs: list[str], y: str, stats: pd.DataFra
         else:
             fig.tight_layout()
         return _save(fig, out, formats)
+
+
+def _families(df: pd.DataFrame, family_col: str | None) -> tuple[pd.Series, dict]:
+    """Each row's family (None where the table has no family column) and the colour of each family."""
+    fam = df[family_col] if family_col and family_col in df.columns else pd.Series([None] * len(df), index=df.index)
+    return fam, family_colours(fam.dropna().unique())
+
+
+def _family_scatter(ax, df: pd.DataFrame, xname: str, y: str, fam: pd.Series, colours: dict, **kw):
+    """Scatter the rows where both columns are numbers, coloured by family; returns their x, y and mask."""
+    sub = df[[xname, y]].apply(pd.to_numeric, errors="coerce")
+    ok = sub.notna().all(axis=1)
+    xv, yv = sub.loc[ok, xname].to_numpy(float), sub.loc[ok, y].to_numpy(float)
+    cols = [colours.get(f, UNKNOWN_COLOUR) if isinstance(f, str) else UNKNOWN_COLOUR for f in fam[ok]]
+    ax.scatter(xv, yv, c=cols, linewidths=0.5, zorder=3, **kw)
+    return xv, yv, ok
+
+
+def _fit_line(ax, xv: np.ndarray, yv: np.ndarray) -> None:
+    """The least-squares line over the points' x range (none for fewer than 2 points or a constant x)."""
+    if len(xv) >= 2 and np.ptp(xv) > 0:
+        slope, icpt = np.polyfit(xv, yv, 1)
+        grid = np.linspace(xv.min(), xv.max(), 50)
+        ax.plot(grid, slope * grid + icpt, color="#c0392b", lw=1.2, zorder=2)
 
 
 def _save(fig, out: str | Path | None, formats: tuple[str, ...], dpi: int | None = None):
@@ -185,22 +201,15 @@ def correlation_grid(tables: dict[str, pd.DataFrame], xs: list[str], stats: dict
         seen: set = set()
         for i, y in enumerate(ys):
             df, st = tables[y], stats[y]
-            fam = df[family_col] if family_col and family_col in df.columns else pd.Series([None] * len(df), index=df.index)
+            fam = _families(df, family_col)[0]
             for j, xname in enumerate(xs):
                 ax = axes[i][j]
                 if xname not in df.columns or y not in df.columns:
                     ax.set_axis_off()
                     continue
-                sub = df[[xname, y]].apply(pd.to_numeric, errors="coerce")
-                ok = sub.notna().all(axis=1)
-                xv, yv = sub.loc[ok, xname].to_numpy(float), sub.loc[ok, y].to_numpy(float)
-                cols = [colours.get(f, UNKNOWN_COLOUR) if isinstance(f, str) else UNKNOWN_COLOUR for f in fam[ok]]
+                xv, yv, ok = _family_scatter(ax, df, xname, y, fam, colours, s=24)
                 seen.update(f for f in fam[ok] if isinstance(f, str))
-                ax.scatter(xv, yv, c=cols, s=24, linewidths=0.5, zorder=3)
-                if len(xv) >= 2 and np.ptp(xv) > 0:
-                    slope, icpt = np.polyfit(xv, yv, 1)
-                    grid = np.linspace(xv.min(), xv.max(), 50)
-                    ax.plot(grid, slope * grid + icpt, color="#c0392b", lw=1.2, zorder=2)
+                _fit_line(ax, xv, yv)
                 row = st[(st["x"] == xname) & (st["y"] == y)]
                 if len(row):
                     r = row.iloc[0]
@@ -225,8 +234,7 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, *, label_col: str = "enc
 
     d = df.assign(_diff=pd.to_numeric(df[a], errors="coerce") - pd.to_numeric(df[b], errors="coerce"))
     d = d.dropna(subset=["_diff"]).sort_values("_diff")
-    fam = d[family_col] if family_col and family_col in d.columns else pd.Series([None] * len(d), index=d.index)
-    colours = family_colours(fam.dropna().unique())
+    fam, colours = _families(d, family_col)
     cols = [colours.get(f, UNKNOWN_COLOUR) if isinstance(f, str) else UNKNOWN_COLOUR for f in fam]
     with use_style():
         fig, ax = plt.subplots(figsize=(5.0, 0.28 * len(d) + 1.0))
@@ -305,16 +313,11 @@ def prediction_panel(ref: pd.DataFrame, xs: list[str], y: str, predictions: pd.D
     from matplotlib.lines import Line2D
     from scipy import stats as sstats
 
-    fam = ref[family_col] if family_col and family_col in ref.columns else pd.Series([None] * len(ref), index=ref.index)
-    colours = family_colours(fam.dropna().unique())
+    fam, colours = _families(ref, family_col)
     with use_style():
         fig, axes = plt.subplots(1, len(xs), figsize=(3.0 * len(xs), 3.2), sharey=True, squeeze=False)
         for ax, xname in zip(axes[0], xs):
-            sub = ref[[xname, y]].apply(pd.to_numeric, errors="coerce")
-            ok = sub.notna().all(axis=1)
-            xv, yv = sub.loc[ok, xname].to_numpy(float), sub.loc[ok, y].to_numpy(float)
-            cols = [colours.get(f, UNKNOWN_COLOUR) if isinstance(f, str) else UNKNOWN_COLOUR for f in fam[ok]]
-            ax.scatter(xv, yv, c=cols, s=24, linewidths=0.5, zorder=3, alpha=0.85)
+            xv, yv, _ = _family_scatter(ax, ref, xname, y, fam, colours, s=24, alpha=0.85)
             new = predictions[predictions["x"] == xname]
             lo_x = min([xv.min(), *new["value"]]) if len(xv) else 0.0
             hi_x = max([xv.max(), *new["value"]]) if len(xv) else 1.0
