@@ -162,6 +162,11 @@ def _jsonable(v: Any) -> Any:
     return repr(v)
 
 
+def comma_list(value: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]`` (empty pieces dropped): list options given as one string."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import reference as _reference
-from .config import resolve, sha256_file, write_config
+from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError, InputFileError
 from .stats import correlation_table
 
@@ -39,9 +39,9 @@ class CorrelateConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.x, str):
-            self.x = [c.strip() for c in self.x.split(",") if c.strip()]
+            self.x = comma_list(self.x)
         if isinstance(self.y, str):
-            self.y = [c.strip() for c in self.y.split(",") if c.strip()]
+            self.y = comma_list(self.y)
         if (self.reference is None) == (self.table is None):
             raise ConfigError("Give exactly one input: --reference NAME (see `spatialprobe ls references`) "
                               "or --table FILE.csv|.parquet.")

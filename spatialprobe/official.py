@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .config import comma_list
 from .errors import ColumnError, ConfigError, DataError, InputFileError, UnknownNameError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def parse_spec(spec: str) -> tuple[str, list[str] | None]:
     body = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
     head, sep, tail = body.rpartition(":")
     if sep and head and "/" not in tail and not Path(body).exists():
-        return head, [e.strip() for e in tail.split(",") if e.strip()]
+        return head, comma_list(tail)
     return body, None
 
 
@@ -332,7 +333,7 @@ def official_metrics(cfg) -> Any:
         root, encs = parse_spec(spec)
         col = Collection(root)
         if encs is None and cfg.encoder:
-            encs = [e.strip() for e in cfg.encoder.split(",") if e.strip()]
+            encs = comma_list(cfg.encoder)
         todo.extend((col, e) for e in col.select(encs))
     per_rows, summary, inputs, radii, mask_ids = [], [], [], set(), set()
     for col, enc in tqdm(todo, desc="official metrics", unit="enc", disable=len(todo) < 2):

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import reference as _reference
-from .config import resolve, sha256_file, write_config
+from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.x, str):
-            self.x = [c.strip() for c in self.x.split(",") if c.strip()]
+            self.x = comma_list(self.x)
         if not self.table:
             raise ConfigError("Give the new encoders' properties: --table new.csv (an 'encoder' column and "
                               "some of lp_acc,lds,cds,srss,rmsc) or a `spatialprobe metrics` output folder.")

@@ -9,6 +9,7 @@ from typing import Callable
 
 import typer
 
+from ..config import comma_list
 from ..errors import SpatialProbeError
 
 _OUTPUT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES, errno.EPERM}
@@ -39,7 +40,7 @@ def split_list(value: str | None) -> list[str] | None:
     """'a,b, c' -> ['a', 'b', 'c']; None stays None."""
     if value is None:
         return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    return comma_list(value)
 
 
 def quiet_warnings_to_stderr() -> None:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..config import resolve, sha256_file, write_config
+from ..config import comma_list, resolve, sha256_file, write_config
 from ..errors import ConfigError, DataError, InputFileError
 from . import metrics as M
 from .images import NpzImages, open_reference_images, open_samples
@@ -60,7 +60,7 @@ class FidConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):
-            self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
+            self.metrics = comma_list(self.metrics)
         bad = sorted(set(self.metrics) - set(ALL_METRICS))
         if bad:
             raise ConfigError(f"Unknown metric(s) {', '.join(bad)}; choose from {', '.join(ALL_METRICS)}.")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import resolve, write_config
+from ..config import comma_list, resolve, write_config
 from ..errors import ConfigError, DataError, InputFileError
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
 from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
@@ -56,7 +56,7 @@ class MetricsConfig:
         for name in ("features", "metrics", "sweep"):
             v = getattr(self, name)
             if isinstance(v, str):
-                setattr(self, name, [s.strip() for s in v.split(",") if s.strip()] if name != "sweep" else [v])
+                setattr(self, name, comma_list(v) if name != "sweep" else [v])
         if not self.features:
             raise ConfigError("Give at least one input: --features STORE_DIR or a token file "
                               "(.safetensors/.pt/.npz with ids and patch [N,T,D]).")

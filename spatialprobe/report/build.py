@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..config import comma_list
 from ..errors import ConfigError, InputFileError, ReportError
 from .sections import FIGURES_DIR
 from .sections import load as load_context
@@ -48,7 +49,7 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.viz_encoders, str):
-            self.viz_encoders = [e.strip() for e in self.viz_encoders.split(",") if e.strip()]
+            self.viz_encoders = comma_list(self.viz_encoders)
         if self.timeout < 1:
             raise ConfigError(f"timeout={self.timeout} must be a positive number of seconds per cell.")
 

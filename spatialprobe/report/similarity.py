@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import comma_list
 from ..errors import ConfigError, DataError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class VizConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, str):
-            self.encoder = [e.strip() for e in self.encoder.split(",") if e.strip()]
+            self.encoder = comma_list(self.encoder)
         if not self.encoder:
             raise ConfigError("viz needs at least one encoder: --encoder hog,pixels")
         if self.gamma < 0:

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..config import comma_list
 from ..errors import ConfigError, InputFileError
 
 PACKAGED = ("mini",)
@@ -142,7 +143,7 @@ def _int_list(v: Any, where: str) -> list[int]:
 
 def _str_list(v: Any, where: str) -> list[str]:
     if isinstance(v, str):
-        v = [s.strip() for s in v.split(",") if s.strip()]
+        v = comma_list(v)
     if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
         raise ConfigError(f"study spec: {where} must be a non-empty list of names; got {v!r}.")
     return list(v)

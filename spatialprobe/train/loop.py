@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from ..config import comma_list
 from ..errors import ConfigError, DataError
 from . import presets, repa
 from .config import TrainConfig, check_resume, finalize
@@ -255,7 +256,7 @@ def load_teachers(names: str, *, weights_dir: str | None, device: torch.device, 
     from .. import encoders
 
     out = []
-    for name in [n.strip() for n in names.split(",") if n.strip()]:
+    for name in comma_list(names):
         enc = encoders.get(name, weights_dir=weights_dir, device=str(device), pretrained=pretrained)
         repa.freeze(enc)
         out.append(enc)
