@@ -317,3 +317,19 @@ def test_correlate_points_found_from_a_relative_path_or_the_study_table(tmp_path
     assert _find_table(Path("elsewhere/wide.csv"), folder) is None
     (folder.parent / "table.csv").write_text("encoder,lds\n")
     assert _find_table(Path("elsewhere/wide.csv"), folder) == folder.parent / "table.csv"
+
+
+def test_the_report_kernel_is_shut_down_when_the_notebook_is_done(monkeypatch):
+    # nbclient leaves a kernel manager it is handed running; the kernel would outlive the command
+    import nbformat
+
+    import spatialprobe.report.build as B
+
+    made = []
+    real = B.kernel_manager
+    monkeypatch.setattr(B, "kernel_manager", lambda w: made.append(real(w)) or made[-1])
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("print(6 * 7)"))
+    B.execute_notebook(nb, cwd=".")
+    assert nb.cells[0].outputs[0]["text"].strip() == "42"
+    assert len(made) == 1 and not made[0].has_kernel

@@ -129,7 +129,8 @@ def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600, figure_dpi: int
     from nbclient.exceptions import CellExecutionError
 
     with tempfile.TemporaryDirectory(prefix="spatialprobe-kernel-") as tmp:
-        client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME, km=kernel_manager(Path(tmp)),
+        km = kernel_manager(Path(tmp))
+        client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME, km=km,
                                 resources={"metadata": {"path": str(cwd)}}, coalesce_streams=True,
                                 record_timing=False, shutdown_kernel="immediate", extra_arguments=[] if figure_dpi is None else [
                                     "--InlineBackend.print_figure_kwargs="
@@ -141,6 +142,9 @@ def execute_notebook(nb, *, cwd: str | Path, timeout: int = 600, figure_dpi: int
             src = " ".join(parts[1].split()) if len(parts) > 2 else ""
             raise ReportError(f"a notebook cell failed with {exc.ename}: {exc.evalue}"
                               + (f" (cell: {src[:160]})" if src else "")) from None
+        finally:  # nbclient leaves a kernel it was handed running (it would outlive us and warn on exit)
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     return nb
 
 
