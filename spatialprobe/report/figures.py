@@ -283,7 +283,9 @@ def robustness_figure(stats: pd.DataFrame, *, out: str | Path | None = None, for
               for x, y in zip(s["x"], s["y"])]
     pos = np.arange(len(s))[::-1]
     with use_style():
-        fig, ax = plt.subplots(figsize=(5.2, 0.42 * len(s) + 1.1))
+        # the y labels take their own width, and the legend a fixed half inch under the axis at any row count
+        height = 0.42 * len(s) + 1.5
+        fig, ax = plt.subplots(figsize=(3.4 + 0.068 * max(map(len, labels), default=10), height))
         ax.hlines(pos, s["pearson_ci_low"], s["pearson_ci_high"], color="#34495e", lw=4, alpha=0.45, label="95 % bootstrap CI")
         ax.hlines(pos + 0.22, s["loo_min"], s["loo_max"], color="#e67e22", lw=1.6, label="leave-one-out range")
         if "lofo_min" in s and s["lofo_min"].notna().any():
@@ -292,8 +294,9 @@ def robustness_figure(stats: pd.DataFrame, *, out: str | Path | None = None, for
         ax.axvline(0, color="black", lw=0.7)
         ax.set_yticks(pos, labels)
         ax.set_xlabel("Pearson r")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
-        fig.tight_layout()
+        handles, names = ax.get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=2)
+        fig.tight_layout(rect=(0, 0.48 / height, 1, 1))
         return _save(fig, out, formats, dpi)
 
 
