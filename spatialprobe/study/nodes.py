@@ -160,14 +160,16 @@ def _run_extract(spec, node, work, out, by_name):
     source = open_source(s["images"], resolution=s["resolution"])
     if s["limit"] is not None:
         source = source.subset(s["limit"])
+    workers = -1
     if spec.properties.decode_cache:  # every extraction node reads one decoded copy (see study/images.py)
         from .images import DecodedCache
 
         source = DecodedCache(source, out / "cache" / "images")
         source.ensure()
+        workers = 0  # a memory map needs no decode workers (their start-up cost more than they saved)
     cfg = ExtractConfig(images=s["images"], limit=s["limit"], resolution=s["resolution"], dtype=s["dtype"],
                         out=str(work), device=device, batch_size=spec.properties.batch_size,
-                        weights_dir=spec.weights_dir)
+                        num_workers=workers, weights_dir=spec.weights_dir)
     try:
         res = next(iter(extract_many([enc], source, work, cfg).values()))
     finally:
