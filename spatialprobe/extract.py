@@ -764,6 +764,22 @@ def split_encoder_ids(value: str) -> list[str]:
     return out
 
 
+def check_config(cfg: ExtractConfig) -> None:
+    """Every range, the device and the output folder of ``cfg``, before any image is read (the same
+    checks for flags, a config file and the Python API)."""
+    from .checks import check_device, check_range, prepare_out_dir
+
+    if cfg.dtype not in _store.DTYPES:
+        raise ConfigError(f"--dtype {cfg.dtype!r}: use one of {', '.join(_store.DTYPES)}.")
+    check_range("--limit", cfg.limit, 1, hint="leave it out to use every image.")
+    check_range("--resolution", cfg.resolution, 8, hint="the ADM centre-crop side in pixels, e.g. 256.")
+    check_range("--shard-size", cfg.shard_size, 1)
+    check_range("--workers", cfg.num_workers, -1, hint="-1 = min(8, CPU count); 0 = decode in this process.")
+    check_range("--batch-size", cfg.batch_size, 0, hint="0 = auto.")
+    check_device(cfg.device, "--device")
+    prepare_out_dir(cfg.out)
+
+
 def extract(config: str | Path | None = None, *, encoder_objects: Sequence[Any] | None = None,
             **overrides: Any) -> list[ExtractResult]:
     """Run ``spatialprobe extract``: every encoder in ``config.encoder`` (comma-separated) over one source,
@@ -776,12 +792,9 @@ def extract(config: str | Path | None = None, *, encoder_objects: Sequence[Any] 
     from .config import resolve
 
     cfg = resolve(ExtractConfig, config, **overrides)
-    if cfg.dtype not in _store.DTYPES:
-        raise ConfigError(f"--dtype {cfg.dtype!r}: use one of {', '.join(_store.DTYPES)}.")
+    check_config(cfg)
     source = open_source(cfg.images, resolution=cfg.resolution)
     if cfg.limit is not None:
-        if cfg.limit < 1:
-            raise ConfigError(f"--limit must be ≥ 1, got {cfg.limit}.")
         source = source.subset(cfg.limit)
     _, _, local_rank = dist_info()
     device = resolve_device(cfg.device, local_rank)

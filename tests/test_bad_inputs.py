@@ -464,3 +464,19 @@ def test_non_finite_features_name_the_images_in_probe_and_inject(tmp_path):
         probe(features=str(tmp_path / "s"))
     with pytest.raises(DataError, match="non-finite.*im5"):
         inject(features=str(tmp_path / "s"), alphas=[0.0])
+
+
+@pytest.mark.parametrize("field, value, name", [("shard_size", 0, "--shard-size"), ("limit", 0, "--limit"),
+                                                ("resolution", 4, "--resolution"), ("batch_size", -2, "--batch-size"),
+                                                ("num_workers", -3, "--workers")])
+def test_extract_checks_ranges_from_the_python_api_and_config_files(tmp_path, field, value, name):
+    from spatialprobe.errors import ConfigError
+    from spatialprobe.extract import extract
+
+    with pytest.raises(ConfigError, match=name):
+        extract(encoder="pixels", images="builtin", out=str(tmp_path / "f"), **{field: value})
+    cfg = tmp_path / "extract.yaml"
+    cfg.write_text(f"encoder: pixels\nimages: builtin\nout: {tmp_path / 'g'}\n{field}: {value}\n")
+    res = runner.invoke(app, ["extract", "--config", str(cfg)])
+    assert_clean_error(res, name)
+    assert not (tmp_path / "g" / "pixels").exists()  # refused before any image was read

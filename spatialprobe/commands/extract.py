@@ -69,21 +69,14 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         from ..extract import extract
         from ..errors import ConfigError
 
-        from ..checks import check_range, check_device, prepare_out_dir
+        from ..checks import check_range
 
         if config is None and (encoder is None or out is None):
             missing = " and ".join(n for n, v in (("--encoder", encoder), ("--out", out)) if v is None)
             raise ConfigError(f"extract needs {missing}: say which encoder(s) to run and where the store goes, "
                               "e.g. `spatialprobe extract --encoder hog --images builtin --out features/` "
                               "(see `spatialprobe ls encoders`).")
-        check_range("--limit", limit, 1, hint="leave it out to use every image.")
-        check_range("--resolution", resolution, 8, hint="the ADM centre-crop side in pixels, e.g. 256.")
-        check_range("--shard-size", shard_size, 1)
-        check_range("--workers", workers, 0)
-        if device is not None:
-            check_device(device, "--device")
-        if out is not None:
-            prepare_out_dir(out)
+        check_range("--workers", workers, 0)  # -1 (auto) is the default, not a value to type; the rest: check_config
         bs = None
         if batch_size is not None:
             if batch_size.strip().lower() == "auto":
