@@ -31,7 +31,7 @@ def test_jit_tiny_irepa_with_a_zoo_teacher_on_builtin_digits_learns(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())["config"]
     assert (cfg["projector"], cfg["kernel_size"], cfg["gamma"], cfg["proj_coeff"], cfg["spnorm"]) == \
         ("conv", 3, 0.8, 0.5, True)
-    state = torch.load(res.checkpoint, weights_only=False)
+    state = torch.load(res.checkpoint, weights_only=True)
     assert state["step"] == 100 and state["config"]["teacher"] == "pixels" and len(state["emas"]) == 2
 
 
@@ -57,8 +57,8 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path):
     with pytest.raises(ConfigError, match="proj_coeff"):  # a resume may not change the recipe
         train(out=str(tmp_path / "cut"), source=src, teachers=[t], resume=True, proj_coeff=0.25, **kw)
     resumed = train(out=str(tmp_path / "cut"), source=src, teachers=[t], resume=True, **kw)
-    a = torch.load(full.checkpoint, weights_only=False)
-    b = torch.load(resumed.checkpoint, weights_only=False)
+    a = torch.load(full.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -107,7 +107,7 @@ def test_sit_tiny_latent_path_end_to_end(tmp_path):
     res = train(model="sit-tiny", method="repa", teacher="stub", images="x", out=str(tmp_path / "run"), steps=6,
                 log_every=1, workers=0, batch_size=8, vae="tiny-random", source=src,
                 teachers=[PatchTeacher(16, input_res=64, patch=8)], teacher_resolution=64)
-    state = torch.load(res.checkpoint, weights_only=False)
+    state = torch.load(res.checkpoint, weights_only=True)
     assert state["family"] == "sit" and state["model_args"]["input_size"] == 8
     assert state["model_args"]["in_channels"] == 4 and len(state["latent"]["scale"]) == 4
     man = next((tmp_path / "run" / "latents").rglob("manifest.json"))
