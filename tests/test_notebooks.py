@@ -17,9 +17,9 @@ def _code(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_there_are_three_notebooks():
+def test_there_are_four_notebooks():
     assert [p.name for p in NOTEBOOKS] == ["01_paper_correlations.ipynb", "02_spatial_structure_demo.ipynb",
-                                           "03_is_my_encoder_a_good_teacher.ipynb"]
+                                           "03_is_my_encoder_a_good_teacher.ipynb", "04_mini_study.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -36,7 +36,10 @@ def test_stored_notebook_shows_its_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes_in_a_kernel(path, tmp_path):
+def test_notebook_executes_in_a_kernel(path, tmp_path, monkeypatch):
+    # 04 runs the mini study into tmp_path/runs/mini: at its smoke size here (about a minute)
+    monkeypatch.setenv("SPATIALPROBE_NOTEBOOK_SMOKE", "1")
+    monkeypatch.delenv("SPATIALPROBE_MINI_STUDY", raising=False)
     nb = nbformat.read(path, as_version=4)
     for c in _code(nb):
         c.outputs, c.execution_count = [], None

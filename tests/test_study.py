@@ -101,6 +101,7 @@ def smoke(tmp_path_factory):
 def test_mini_smoke_runs_the_whole_study(smoke):
     df = pd.read_csv(smoke / "results.csv")
     assert sorted(zip(df.encoder, df.method)) == [("hog", "irepa"), ("hog", "repa"), ("none", "none"),
+                                                  ("pixels", "irepa"), ("pixels", "repa"),
                                                   ("pixels@mix_mean=0.75", "irepa"),
                                                   ("pixels@mix_mean=0.75", "repa")]
     assert df["fd_digits"].notna().all() and (df["fd_digits"] > 0).all()
@@ -110,9 +111,11 @@ def test_mini_smoke_runs_the_whole_study(smoke):
     assert pd.read_parquet(smoke / "results.parquet").shape == df.shape
     plan = json.loads((smoke / "plan.json").read_text())
     assert all(n["state"] == "done" for n in plan["nodes"])
-    # 2 teachers are too few for a correlation: recorded as skipped, not failed
+    for y in ("fd_digits_repa", "fd_digits_irepa", "fd_digits_repa_minus_irepa"):
+        corr = pd.read_csv(smoke / "correlate" / y / "correlations.csv")
+        assert (corr.n == 3).all() and corr.pearson_r.notna().all(), y
     st = runner.invoke(app, ["study", "status", str(smoke)])
-    assert st.exit_code == 0 and "skipped" in st.output and "failed" not in st.output
+    assert st.exit_code == 0 and "failed" not in st.output
     # an unchanged rerun reuses every node
     before = {p: p.stat().st_mtime_ns for p in (smoke / "nodes").glob("*/*/done.json")}
     res = runner.invoke(app, ["study", "run", "mini", "--smoke", "--out", str(smoke)])
@@ -183,6 +186,18 @@ def test_properties_only_study_correlates_against_a_csv(tmp_path):
     direct = correlate(str(out / "correlate" / "table.csv"), x=["lp_acc", "lds", "cds", "rmsc"], y=["gfid"],
                        n_resamples=1000, family_col="family", id_col="encoder")
     assert corr.pearson_r.tolist() == pytest.approx(direct.pearson_r.tolist())
+
+
+def test_two_encoders_are_too_few_for_a_correlation_and_it_is_skipped_not_failed(tmp_path):
+    csv = tmp_path / "gfid.csv"
+    pd.DataFrame({"encoder": ["hog", "pixels"], "gfid": [20.0, 40.0]}).to_csv(csv, index=False)
+    spec = {"encoders": ["hog", "pixels"], "properties": {"limit": 20, "probe": None}, "known_gfid": str(csv),
+            "threads": 1, "correlate": {"x": ["lds"]}}
+    res = run_study(spec=_write(tmp_path, spec), out=str(tmp_path / "run"))
+    assert not res.failed
+    st = runner.invoke(app, ["study", "status", str(tmp_path / "run")])
+    assert st.exit_code == 0 and "skipped" in st.output and "failed" not in st.output
+    assert (tmp_path / "run" / "results.csv").is_file()
 
 
 def test_failing_node_is_recorded_and_independent_nodes_go_on(tmp_path):
