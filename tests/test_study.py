@@ -156,7 +156,7 @@ def test_submitit_local_executor_gives_the_same_results(smoke, tmp_path):
     res = run_study(spec="mini", smoke=True, out=str(out), launcher="submitit", cluster="local")
     assert not res.failed, res.failed
     jobs = list((out / "submitit").glob("*_result.pkl"))
-    assert len(jobs) == 2 + 5  # one job per extraction and per training run (with its sampling and scoring)
+    assert len(jobs) == 3 + 7  # one job per extraction and per training run (with its sampling and scoring)
     assert (out / "results.csv").read_text() == (smoke / "results.csv").read_text()
 
 
