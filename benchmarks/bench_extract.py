@@ -40,7 +40,7 @@ import torch
 
 from spatialprobe.data import ImageSource, open_source
 from spatialprobe.encoders import get
-from spatialprobe.extract import ExtractConfig, extract_many, extract_one
+from spatialprobe.extract import ExtractConfig, decode_workers, extract_many, extract_one
 from spatialprobe.study.images import DecodedCache
 
 # dense bf16 peak (TFLOP/s) of common accelerators, for the utilisation column
@@ -138,7 +138,7 @@ def main_shared(args, device: str) -> None:
     cached_cfg = dataclasses.replace(cfg, num_workers=0)
     t_dec = t_sep = t_shared = t_cached = 0.0
     t_each = {nm: 0.0 for nm in names}
-    workers = args.workers if args.workers >= 0 else min(8, os.cpu_count() or 1)
+    workers = decode_workers(args.workers)
     with tempfile.TemporaryDirectory() as imgdir:
         write_jpegs(imgdir, args.n)
         warm = open_source(imgdir).subset(2)

@@ -168,6 +168,11 @@ class _Items:
             return pos, None, f"{type(exc).__name__}: {exc}"
 
 
+def decode_workers(n: int) -> int:
+    """DataLoader workers for ``num_workers = n`` (-1 = min(8, CPU count))."""
+    return n if n >= 0 else min(8, os.cpu_count() or 1)
+
+
 def _collate(items):
     import torch
 
@@ -672,7 +677,7 @@ def _run_shared(jobs: list[_Job], source: ImageSource, cfg: ExtractConfig, devic
         job.bs = int(cfg.batch_size) if cfg.batch_size and int(cfg.batch_size) > 0 else \
             auto_batch_size(job.enc, device, source.resolution)
     bs = max(j.bs for j in jobs)
-    workers = cfg.num_workers if cfg.num_workers >= 0 else min(8, os.cpu_count() or 1)
+    workers = decode_workers(cfg.num_workers)
     loader = DataLoader(_Items(source, positions), batch_sampler=_shard_batches(plan, bs), num_workers=workers,
                         collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers > 0 else None,
                         persistent_workers=False)
@@ -781,21 +786,23 @@ def check_config(cfg: ExtractConfig) -> None:
 
 
 def extract(config: str | Path | None = None, *, encoder_objects: Sequence[Any] | None = None,
-            **overrides: Any) -> list[ExtractResult]:
+            source: ImageSource | None = None, **overrides: Any) -> list[ExtractResult]:
     """Run ``spatialprobe extract``: every encoder in ``config.encoder`` (comma-separated) over one source,
     in one shared decoding pass (:func:`extract_many`).
 
     A failing encoder is logged and reported in its :class:`ExtractResult` (``error``); the others
     still run (with a single encoder the error is raised). ``encoder_objects`` replaces the names with
-    ready Encoder objects (tests, user models).
+    ready Encoder objects (tests, user models), and ``source`` replaces ``images`` / ``limit`` with a ready
+    :class:`~spatialprobe.data.ImageSource` (e.g. the study's decoded-image cache).
     """
     from .config import resolve
 
     cfg = resolve(ExtractConfig, config, **overrides)
     check_config(cfg)
-    source = open_source(cfg.images, resolution=cfg.resolution)
-    if cfg.limit is not None:
-        source = source.subset(cfg.limit)
+    if source is None:
+        source = open_source(cfg.images, resolution=cfg.resolution)
+        if cfg.limit is not None:
+            source = source.subset(cfg.limit)
     _, _, local_rank = dist_info()
     device = resolve_device(cfg.device, local_rank)
     todo: list[Any] = list(encoder_objects) if encoder_objects else split_encoder_ids(cfg.encoder)

@@ -174,12 +174,14 @@ class StoreLock:
     run, or a concurrent ``--force``) fails at once with a :class:`StoreError` naming the holder,
     instead of duplicating work or deleting files under the first. Uses ``fcntl.flock``: the kernel
     drops the lock when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun.
-    Usable as a context manager.
+    Usable as a context manager. ``blocking=True`` waits for the holder instead (a one-time build that
+    concurrent jobs share: the first builds, the others wait and then find it done).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, *, blocking: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
+        self.blocking = blocking
         self._fh = None
 
     def acquire(self) -> "StoreLock":
@@ -195,7 +197,7 @@ class StoreLock:
             raise StoreError(f"Cannot create the lock file {str(self.path)!r} ({exc.strerror or exc}); "
                              "make the output folder writable or choose another --out.") from None
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.seek(0)
             holder = fh.read().strip()

@@ -282,3 +282,24 @@ def test_decoded_cache_decodes_each_image_once_and_gives_the_same_store(tmp_path
     a, b = plain.open(), cached.open()
     assert a.ids == b.ids and len(a.ids) == 5
     assert np.array_equal(np.asarray(a.load("patch")), np.asarray(b.load("patch")))
+
+
+def test_concurrent_jobs_wait_for_one_decoded_cache_build(tmp_path):
+    # a submitit wave starts every extraction job at once: the others must wait, not decode again
+    import threading
+
+    from spatialprobe.data import open_source
+    from spatialprobe.store import StoreLock
+    from spatialprobe.study.images import DecodedCache
+
+    src = open_source("builtin:digits", resolution=16).subset(8)
+    folder = tmp_path / "cache"
+    waiter = DecodedCache(src, folder, num_workers=0)
+    with StoreLock(folder, blocking=True):  # a first job, still decoding
+        t = threading.Thread(target=waiter.ensure)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and not waiter.path.exists()  # waits on the lock
+        DecodedCache(src, folder, num_workers=0)._build()  # the first job finishes its build
+    t.join(30)
+    assert not t.is_alive() and waiter.decoded == 0 and waiter.path.is_file()

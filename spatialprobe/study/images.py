@@ -4,8 +4,8 @@ Every encoder of a study reads the same images, and each extraction node runs on
 fingerprint, its own resume, on a cluster its own job), so a plain :func:`~spatialprobe.extract.extract`
 per node would decode and centre-crop every image once per encoder. :class:`DecodedCache` wraps the
 source: the first node that needs the images decodes and crops them (in parallel DataLoader workers)
-into one ``uint8 [N, 3, R, R]`` ``.npy`` file under ``OUT/cache/images/``, written atomically; every
-later node memory-maps it. The cached pixels are exactly ``base.load(i)`` and the fingerprint is the
+into one ``uint8 [N, 3, R, R]`` ``.npy`` file under ``OUT/cache/images/``, written atomically under a
+lock that concurrent jobs wait on; every later node memory-maps it. The cached pixels are exactly ``base.load(i)`` and the fingerprint is the
 base source's, so a store built through the cache is the store built without it.
 """
 from __future__ import annotations
@@ -71,11 +71,20 @@ class DecodedCache(ImageSource):
         return torch.from_numpy(np.array(self._arr[i]))
 
     def ensure(self) -> Path:
-        """Build the cache file if it is not there yet; returns its path."""
+        """Build the cache file if it is not there yet; returns its path.
+
+        Concurrent extraction jobs (a submitit wave) share one build: the first takes the folder's lock
+        and decodes, the others wait on it and then find the file complete. The kernel drops the lock of
+        a job that dies, so a killed build never blocks the rerun.
+        """
         if self._bad is not None:
             return self.path
         if not (self.path.is_file() and self.bad_path.is_file()):
-            self._build()
+            from ..store import StoreLock
+
+            with StoreLock(self.path.parent, blocking=True):
+                if not (self.path.is_file() and self.bad_path.is_file()):
+                    self._build()
         self._bad = {int(k): v for k, v in json.loads(self.bad_path.read_text(encoding="utf-8")).items()}
         return self.path
 
@@ -83,15 +92,13 @@ class DecodedCache(ImageSource):
         import torch
         from tqdm.auto import tqdm
 
-        from ..extract import _collate, _Items
+        from ..extract import _collate, _Items, decode_workers
 
         n, r = len(self.base), self.base.resolution
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.stem}.partial-{uuid.uuid4().hex[:12]}.npy")  # jobs on other hosts too
+        tmp = self.path.with_name(f"{self.path.stem}.partial-{uuid.uuid4().hex[:12]}.npy")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, r, r))
-        workers = min(8, os.cpu_count() or 1) if self.num_workers < 0 else self.num_workers
-        loader = torch.utils.data.DataLoader(_Items(self.base, range(n)), batch_size=64, num_workers=workers,
-                                             collate_fn=_collate)
+        loader = torch.utils.data.DataLoader(_Items(self.base, range(n)), batch_size=64, collate_fn=_collate,
+                                             num_workers=decode_workers(self.num_workers))
         bad: dict[int, str] = {}
         with tqdm(total=n, desc="decode + crop (cached once)", unit="img", leave=False) as bar:
             for pos, imgs, failed in loader:
