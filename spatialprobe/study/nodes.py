@@ -152,10 +152,9 @@ def _num(v: Any) -> Any:
 
 def _run_extract(spec, node, work, out, by_name):
     from ..data import open_source
-    from ..extract import ExtractConfig, extract_many, release_distributed, resolve_device
+    from ..extract import extract
 
     s = node.settings
-    device = resolve_device(spec.device)
     enc = build_encoder(spec, s, _device(spec))
     source = open_source(s["images"], resolution=s["resolution"])
     if s["limit"] is not None:
@@ -167,15 +166,9 @@ def _run_extract(spec, node, work, out, by_name):
         source = DecodedCache(source, out / "cache" / "images")
         source.ensure()
         workers = 0  # a memory map needs no decode workers (their start-up cost more than they saved)
-    cfg = ExtractConfig(images=s["images"], limit=s["limit"], resolution=s["resolution"], dtype=s["dtype"],
-                        out=str(work), device=device, batch_size=spec.properties.batch_size,
-                        num_workers=workers, weights_dir=spec.weights_dir)
-    try:
-        res = next(iter(extract_many([enc], source, work, cfg).values()))
-    finally:
-        release_distributed()
-    if res.exception is not None:
-        raise res.exception
+    res = extract(encoder_objects=[enc], source=source, resolution=s["resolution"], dtype=s["dtype"],
+                  out=str(work), device=spec.device, batch_size=spec.properties.batch_size,
+                  num_workers=workers, weights_dir=spec.weights_dir)[0]
     if res.error:
         raise DataError(f"extraction of {s['encoder']} failed: {res.error}")
     return {"n_images": res.n_images, "store": str(Path(res.path).relative_to(work)), "seconds": res.seconds,
