@@ -148,13 +148,14 @@ def check_types(cls: type, values: dict[str, Any], where: dict[str, str] | None 
     return out
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """``v`` as plain JSON values: dataclasses and dicts as dicts, tuples as lists, paths as strings, else repr."""
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {k: _jsonable(x) for k, x in dataclasses.asdict(v).items()}
+        return {k: jsonable(x) for k, x in dataclasses.asdict(v).items()}
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, (str, int, float, bool)) or v is None:
@@ -201,6 +202,6 @@ def environment() -> dict[str, Any]:
 
 def write_config(path: str | Path, config: Any, **extra: Any) -> dict[str, Any]:
     """Write the resolved config plus environment and extras as JSON; returns what was written."""
-    record = {"config": _jsonable(config), "environment": environment(), **_jsonable(extra)}
+    record = {"config": jsonable(config), "environment": environment(), **jsonable(extra)}
     Path(path).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return record

@@ -180,6 +180,29 @@ def test_bad_inputs_give_one_clear_error(replica, tmp_path):
         Collection(tmp_path)
 
 
+def test_official_inputs_stay_above_the_stages(replica, tmp_path):
+    """data/ opens official:DIR images and metrics/ runs without importing the official analysis; official:
+    feature inputs go to compute_official_metrics (what the CLI runs), not through compute_metrics."""
+    import subprocess
+    import sys
+
+    from spatialprobe.errors import ConfigError
+    from spatialprobe.metrics import compute_metrics
+    from spatialprobe.official import compute_official_metrics
+
+    root, _, _ = replica
+    code = ("import sys; from spatialprobe.data import open_source; import spatialprobe.metrics; "
+            "src = open_source(sys.argv[1]); assert src.kind == 'irepa-collection', src.kind; "
+            "up = [m for m in sys.modules if m.startswith('spatialprobe.official')]; assert not up, up")
+    res = subprocess.run([sys.executable, "-c", code, f"official:{root}"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(ConfigError, match="compute_official_metrics"):
+        compute_metrics(features=[f"official:{root}"], out=str(tmp_path / "m"))
+    r = compute_official_metrics(features=[f"official:{root}:mae-vit-l"], metrics=["lds"], out=str(tmp_path / "o"))
+    assert r.summary["encoder"].tolist() == ["mae-vit-l"] and r.summary["n_images"].iloc[0] == N - len(FILTERED)
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["protocol"]["images"] == "irepa-collection"
+
+
 def test_help_has_examples():
     res = runner.invoke(app, ["correlate", "--help"])
     assert res.exit_code == 0 and "--official" in res.output and "spatialprobe correlate --official" in res.output

@@ -56,14 +56,19 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
 
           spatialprobe metrics -f tokens.safetensors --masks masks/ --sweep lds_far=2:8 --out out/sweep
         """
-        from ..metrics import compute_metrics
+        from ..data.official import is_official
 
-        res = compute_metrics(config=config, features=[str(f) for f in features],
-                              masks=str(masks) if masks else None, out=str(out), metrics=split_list(metrics),
-                              radii=radii, lds_near=lds_near, lds_far=lds_far, cds_dmax=cds_dmax, srss_pos=srss_pos,
-                              srss_neg=srss_neg, sweep=sweep or None, mask_rule=mask_rule, mask_filter=mask_filter,
-                              mask_resolution=mask_resolution, mask_channel=mask_channel,
-                              allow_missing=allow_missing, encoder=encoder, chunk_size=chunk_size, device=device)
+        if any(is_official(str(f)) for f in features):  # an official iREPA collection, joined by id
+            from ..official import compute_official_metrics as run
+        else:
+            from ..metrics import compute_metrics as run
+
+        res = run(config=config, features=[str(f) for f in features],
+                  masks=str(masks) if masks else None, out=str(out), metrics=split_list(metrics),
+                  radii=radii, lds_near=lds_near, lds_far=lds_far, cds_dmax=cds_dmax, srss_pos=srss_pos,
+                  srss_neg=srss_neg, sweep=sweep or None, mask_rule=mask_rule, mask_filter=mask_filter,
+                  mask_resolution=mask_resolution, mask_channel=mask_channel,
+                  allow_missing=allow_missing, encoder=encoder, chunk_size=chunk_size, device=device)
         s = res.summary
         cols = ["encoder", "setting", "n_images"] + [c for m in ("lds", "cds", "srss", "rmsc") if m in s
                                                      for c in (m, f"{m}_nan")]

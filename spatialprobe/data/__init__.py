@@ -8,7 +8,7 @@
   image sits exactly one folder deep (``<class>/<image>``, i.e. an ImageNet-style ``<split>/<class>/*``
   tree opened at the split), labels come from the sorted class-folder names;
 - a list file: one path per line (relative to the list's folder), optionally ``<TAB or ,>label``;
-- ``official:DIR``: the images of an official iREPA collection (:mod:`spatialprobe.official`).
+- ``official:DIR``: the images of an official iREPA collection (:mod:`spatialprobe.data.official`).
 
 Every source returns uint8 ``[3, R, R]`` tensors after the ADM centre crop (R = 256 by default).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputFileError
+from .official import PREFIX as OFFICIAL_PREFIX, image_source as official_image_source
 from .preprocess import PREPROCESS_ID, BadImageError, center_crop_arr, decode_file, to_rgb
 from .sources import IMAGE_SUFFIXES, ArraySource, FileSource, ImageSource, folder_source, list_source
 
@@ -34,10 +35,8 @@ def open_source(spec: "str | Path | ImageSource", *, resolution: int = 256) -> I
         from .builtin import builtin_source
 
         return builtin_source(s, resolution=resolution)
-    if s.startswith("official:"):  # the iREPA collection's data/images/<i>.png, ids "0".."N-1"
-        from ..official import image_source
-
-        return image_source(s, resolution=resolution)
+    if s.startswith(OFFICIAL_PREFIX):  # the iREPA collection's data/images/<i>.png, ids "0".."N-1"
+        return official_image_source(s, resolution=resolution)
     p = Path(s).expanduser()
     if p.is_dir():
         return folder_source(p, resolution=resolution)

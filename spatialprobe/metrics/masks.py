@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import store
+from ..data import open_source
 from ..errors import ConfigError, DataError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -125,9 +127,6 @@ def image_sizes(source) -> dict[str, tuple[int, int]]:
 def store_image_sizes(store_path) -> dict[str, tuple[int, int]]:
     """Original image sizes of a feature store's images, when its image source can still be opened."""
     try:
-        from .. import store
-        from ..data import open_source
-
         m = store.open(store_path).manifest
         spec = (m.get("source") or {}).get("spec")
         if not spec:

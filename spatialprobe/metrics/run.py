@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from ..config import comma_list, resolve, write_config
+from ..data.official import is_official
 from ..errors import ConfigError, DataError, InputFileError
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
 from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
@@ -230,14 +232,53 @@ def _parse_grid(grid: Any, t: int, p: Path) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- main entry
 
-def _base_radii(cfg: MetricsConfig, grid: tuple[int, int]) -> dict[str, int]:
+def base_radii(cfg: MetricsConfig, grid: tuple[int, int]) -> dict[str, int]:
+    """The radius setting of ``cfg`` before any sweep: official or paper radii, then the overrides."""
     base = dict(OFFICIAL_RADII) if cfg.radii == "official" else paper_radii(grid)
     base.update({k: getattr(cfg, k) for k in RADII if getattr(cfg, k) is not None})
     return base
 
 
-def _label(over: dict[str, int]) -> str:
+def setting_label(over: dict[str, int]) -> str:
+    """The ``setting`` column of a sweep point: ``"lds_far=2,srss_neg=4"``, or ``"default"``."""
     return ",".join(f"{k}={v}" for k, v in over.items()) or "default"
+
+
+def tabulate_setting(encoder: str, over: dict[str, int], setting: dict[str, int], ids: list[str],
+                     values: dict[str, torch.Tensor]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One encoder under one radius setting: its per-image rows and its summary record (per metric the
+    nan-mean, std, n and NaN count). ``over`` is the sweep point, ``setting`` the full radii."""
+    cols = {k: v.numpy() for k, v in values.items()}
+    rows = pd.DataFrame({"encoder": encoder, "setting": setting_label(over), "id": ids, **cols})
+    rec: dict[str, Any] = {"encoder": encoder, "setting": setting_label(over), **setting, "n_images": len(ids)}
+    for k, v in values.items():
+        agg = aggregate(v)
+        rec.update({k: agg["mean"], f"{k}_std": agg["std"], f"{k}_n": agg["n"], f"{k}_nan": agg["n_nan"]})
+    return rows, rec
+
+
+def write_metrics(cfg: MetricsConfig, rows: list[pd.DataFrame], summary: list[dict[str, Any]],
+                  sweeps: list[dict[str, int]], *, inputs: list[dict[str, Any]], metrics_computed: list[str],
+                  **record: Any) -> MetricsResult:
+    """The result tables of a metrics run, and with ``cfg.out`` its files: ``per_image.csv`` (+ ``.parquet``),
+    ``summary.csv`` and ``config.json`` (``record`` adds entries to it). Without a sweep the ``setting``
+    column of ``per_image`` is dropped."""
+    per_image = pd.concat(rows, ignore_index=True)
+    if len(sweeps) == 1:
+        per_image = per_image.drop(columns="setting")
+    summary_df = pd.DataFrame(summary)
+    if cfg.out:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        per_image.to_csv(out / "per_image.csv", index=False)
+        try:
+            per_image.to_parquet(out / "per_image.parquet", index=False)
+        except ImportError:  # pragma: no cover - pyarrow is a dependency
+            log.warning("pyarrow missing: per_image.parquet not written")
+        summary_df.to_csv(out / "summary.csv", index=False)
+        write_config(out / "config.json", cfg, inputs=inputs, metrics_computed=metrics_computed,
+                     settings=[setting_label(o) for o in sweeps], **record)
+    return MetricsResult(per_image=per_image, summary=summary_df)
 
 
 def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsResult:
@@ -247,21 +288,24 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
     keyword options override it). With ``out`` it writes ``per_image.csv`` (+ ``.parquet``),
     ``summary.csv`` and ``config.json``. Aggregation is ``nanmean`` with the NaN count reported.
 
+    An official iREPA collection (``official:DIR``) is read by
+    :func:`spatialprobe.official.compute_official_metrics` (the CLI picks it for such inputs).
+
     Example:
         >>> compute_metrics(features=["store/dinov2-vit-b"], masks="masks/", sweep=["lds_far=2:8"], out="m/")
     """
-    import pandas as pd
     from tqdm.auto import tqdm
 
     cfg = resolve(MetricsConfig, config, **options)
+    official = [str(f) for f in cfg.features if is_official(str(f))]
+    if official:
+        raise ConfigError(f"{official[0]!r} is an official iREPA collection: compute its metrics with "
+                          "spatialprobe.official.compute_official_metrics(features=[...]) or "
+                          "`spatialprobe metrics --features official:DIR`.")
     if cfg.out:
         from ..checks import prepare_out_dir
 
         prepare_out_dir(cfg.out)
-    if any(str(f).startswith("official:") for f in cfg.features):  # official iREPA collection, joined by id
-        from ..official import official_metrics
-
-        return official_metrics(cfg)
     sweeps = parse_sweeps(cfg.sweep)
     want = list(cfg.metrics)
     if cfg.masks is None and "srss" in want:
@@ -286,12 +330,13 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
                                                      what=f"{str(src.path)!r}")
         if not ids:
             raise DataError(f"No image of {str(src.path)!r} has a mask in {cfg.masks!r}.")
-        base = _base_radii(cfg, src.grid)
+        base = base_radii(cfg, src.grid)
         settings = [{**base, **over} for over in sweeps]
         for over, st in zip(sweeps, settings):
             for m, why in undefined_radii(st, src.grid).items():
                 if m in want:
-                    log.warning("%s [%s]: %s is NaN for every image: %s.", src.name, _label(over), m.upper(), why)
+                    log.warning("%s [%s]: %s is NaN for every image: %s.", src.name, setting_label(over),
+                                m.upper(), why)
         masks_by_id = None
         n_filtered = 0
         if files is not None:
@@ -333,34 +378,18 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
             log.warning("%s: %d of %d image(s) have all-zero tokens; their metrics are undefined (NaN, counted "
                         "in the *_nan columns).", src.name, n_zero, len(done_ids))
         for over, s, acc in zip(sweeps, settings, values):
-            cols = {k: torch.cat([a[k] for a in acc]).numpy() for k in want}
-            df = pd.DataFrame({"encoder": src.name, "setting": _label(over), "id": done_ids, **cols})
+            df, rec = tabulate_setting(src.name, over, s, done_ids, {k: torch.cat([a[k] for a in acc]) for k in want})
             rows.append(df)
-            rec: dict[str, Any] = {"encoder": src.name, "setting": _label(over), **s, "n_images": len(done_ids)}
             for k in want:
-                agg = aggregate(torch.from_numpy(cols[k]))
-                rec.update({k: agg["mean"], f"{k}_std": agg["std"], f"{k}_n": agg["n"], f"{k}_nan": agg["n_nan"]})
-                if agg["n_nan"]:
+                if rec[f"{k}_nan"]:
                     log.info("%s [%s]: %s is NaN for %d of %d images (left out of the mean)", src.name,
-                             _label(over), k, agg["n_nan"], len(done_ids))
+                             setting_label(over), k, rec[f"{k}_nan"], len(done_ids))
             if files is not None:
                 rec["n_mask_filtered"] = n_filtered
             summary.append(rec)
         inputs.append({"path": str(src.path), "encoder": src.name, "grid": list(src.grid), "n_images": len(ids),
                        "store": src._store is not None})
-    per_image = pd.concat(rows, ignore_index=True)
-    if len(sweeps) == 1:
-        per_image = per_image.drop(columns="setting")
-    summary_df = pd.DataFrame(summary)
+    res = write_metrics(cfg, rows, summary, sweeps, inputs=inputs, metrics_computed=want)
     if cfg.out:
-        out = Path(cfg.out)
-        per_image.to_csv(out / "per_image.csv", index=False)
-        try:
-            per_image.to_parquet(out / "per_image.parquet", index=False)
-        except ImportError:  # pragma: no cover - pyarrow is a dependency
-            log.warning("pyarrow missing: per_image.parquet not written")
-        summary_df.to_csv(out / "summary.csv", index=False)
-        write_config(out / "config.json", cfg, inputs=inputs, metrics_computed=want,
-                     settings=[_label(o) for o in sweeps])
-        log.info("wrote %s", out)
-    return MetricsResult(per_image=per_image, summary=summary_df)
+        log.info("wrote %s", cfg.out)
+    return res
