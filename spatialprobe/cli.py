@@ -12,8 +12,10 @@ import pkgutil
 import sys
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__
+from .commands import HelpDefaultsCommand
 
 #: help is laid out at least this wide, so option names and defaults are never cut (rich's default is 80)
 HELP_WIDTH = 120
@@ -73,6 +75,17 @@ def _register_all() -> None:
             importlib.import_module(f"{commands.__name__}.{info.name}").register(app, ls_app)
     _escape_help(app)
     _escape_help(ls_app)
+    _help_defaults(app)
+
+
+def _help_defaults(typer_app: typer.Typer) -> None:
+    """Every command fills in the defaults of its options' help (read from the config dataclasses) when shown."""
+    for cmd in typer_app.registered_commands:
+        if cmd.cls in (None, TyperCommand):  # the plain command class: not one a command chose
+            cmd.cls = HelpDefaultsCommand
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _help_defaults(group.typer_instance)
 
 
 def _escape_help(typer_app: typer.Typer) -> None:

@@ -7,7 +7,10 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list, config_option
+from ._common import cli_errors, split_list, config_option, help_default
+
+CONFIG = "spatialprobe.correlation:CorrelateConfig"
+OFFICIAL = "spatialprobe.official:OfficialConfig"
 
 
 def _print_table(df) -> None:
@@ -26,22 +29,22 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         reference: Optional[str] = typer.Option(None, "--reference", "-r",
                                                 help="Packaged table, e.g. sit-xl-100k (see `spatialprobe ls references`)."),
         table: Optional[Path] = typer.Option(None, "--table", "-t", help="Your results table (.csv, .tsv or .parquet)."),
-        x: Optional[str] = typer.Option(None, "--x", help="Comma-separated x columns [default: lp_acc,lds,cds,srss,rmsc]."),
-        y: Optional[str] = typer.Option(None, "--y", help="Comma-separated y columns [default: gfid]."),
+        x: Optional[str] = typer.Option(None, "--x", help=help_default(CONFIG, "x", "Comma-separated x columns")),
+        y: Optional[str] = typer.Option(None, "--y", help=help_default(CONFIG, "y", "Comma-separated y columns")),
         family_col: Optional[str] = typer.Option(None, "--family-col",
                                                  help="Column with encoder families, for leave-one-family-out [default: 'family' if present]."),
         control: Optional[str] = typer.Option(None, "--control", help="Also report the partial correlation controlling for this column."),
         allow_duplicates: bool = typer.Option(False, "--allow-duplicates",
                                               help="Accept repeated ids (each repeat then counts as a point)."),
-        n_resamples: Optional[int] = typer.Option(None, "--n-resamples", help="Bootstrap and permutation resamples [default: 10000]."),
-        confidence: Optional[float] = typer.Option(None, "--confidence", help="CI level [default: 0.95]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the bootstrap and permutation test [default: 0]."),
+        n_resamples: Optional[int] = typer.Option(None, "--n-resamples", help=help_default(CONFIG, "n_resamples", "Bootstrap and permutation resamples")),
+        confidence: Optional[float] = typer.Option(None, "--confidence", help=help_default(CONFIG, "confidence", "CI level")),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(CONFIG, "seed", "Seed of the bootstrap and permutation test")),
         official: Optional[Path] = typer.Option(None, "--official",
                                                 help="Official iREPA collection folder (data/features, masks, stats): "
                                                      "recompute every r from the released data, joined by image id."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="With --official: gFID at this step (default: 100000)."),
-        model: Optional[str] = typer.Option(None, "--model", help="With --official: sit-xl-2, sit-l-2 or sit-b-2 "
-                                                                  "(default: sit-xl-2)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help=help_default(OFFICIAL, "steps", "With --official: gFID at this step")),
+        model: Optional[str] = typer.Option(None, "--model", help=help_default(OFFICIAL, "model", "With --official: sit-xl-2, sit-l-2 "
+                                                                                             "or sit-b-2")),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: correlations.csv, config.json, correlation_panel.png/.pdf."),
         no_figure: bool = typer.Option(False, "--no-figure", help="Skip the figure."),
         config: Optional[Path] = config_option(),

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, config_option, device_option
+from ._common import cli_errors, config_option, device_option, help_default
+
+CONFIG = "spatialprobe.extract:ExtractConfig"
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -18,24 +20,24 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                               help="Encoder id(s), comma-separated, e.g. sam2 or hog,dinov2-vit-b "
                                                    "(required unless --config names it)."),
         images: Optional[str] = typer.Option(None, "--images", "-i",
-                                             help="builtin | builtin:digits | builtin:lfw | a folder (recursive; "
-                                                  "<class>/<img> trees get labels) | a list file [default: builtin]."),
+                                             help=help_default(CONFIG, "images", "builtin | builtin:digits | builtin:lfw | a folder "
+                                                               "(recursive; <class>/<img> trees get labels) | a list file")),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Root folder; stores go to OUT/<encoder>/<fingerprint>/ "
                                                                        "(required unless --config names it)."),
-        resolution: Optional[int] = typer.Option(None, "--resolution", help="ADM centre-crop size [default: 256]."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="Storage dtype of tokens: fp16 | bf16 | fp32 [default: fp16]."),
-        batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help="Images per forward, or 'auto' [default: auto]."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers [default: min(8, CPUs)]."),
-        shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Images per shard [default: 1024]."),
+        resolution: Optional[int] = typer.Option(None, "--resolution", help=help_default(CONFIG, "resolution", "ADM centre-crop size")),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help=help_default(CONFIG, "dtype", "Storage dtype of tokens: fp16 | bf16 | fp32")),
+        batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help=help_default(CONFIG, "batch_size", "Images per forward, or 'auto'", show={0: "auto"})),
+        workers: Optional[int] = typer.Option(None, "--workers", help=help_default(CONFIG, "num_workers", "Decode workers", show={-1: "min(8, CPUs)"})),
+        shard_size: Optional[int] = typer.Option(None, "--shard-size", help=help_default(CONFIG, "shard_size", "Images per shard")),
         limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
         pooled_only: bool = typer.Option(False, "--pooled-only", help="Store only mean-pooled features (for linear probes)."),
         no_prefix: bool = typer.Option(False, "--no-prefix", help="Do not store prefix (CLS) tokens."),
         force: bool = typer.Option(False, "--force", help="Replace an existing store whose fingerprint differs."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Exit 0 even when some images could not be decoded."),
-        device: Optional[str] = device_option(),
+        device: Optional[str] = device_option(CONFIG),
         random_init: bool = typer.Option(False, "--random-init",
                                          help="Random weights instead of a checkpoint (smoke tests, benchmarks); recorded in the fingerprint."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of --random-init [default: 0]."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(CONFIG, "seed", "Seed of --random-init")),
         weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder with checkpoints (nothing is downloaded)."),
         config: Optional[Path] = config_option(),
     ) -> None:

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, config_option
+from ._common import cli_errors, config_option, help_default
+
+CONFIG = "spatialprobe.fid.digits:DigitsFdConfig"
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -18,7 +20,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                                 "output folder of `spatialprobe sample`."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for fd_digits.json and config.json "
                                            "[default: print only]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Training seed of the feature CNN [default: 0]."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(CONFIG, "seed", "Training seed of the feature CNN")),
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache of the CNN and the reference "
                                                 "statistics [default: $SPATIALPROBE_CACHE or ~/.cache/spatialprobe]."),
         config: Optional[Path] = config_option(),

@@ -7,7 +7,11 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list, config_option
+from ._common import cli_errors, split_list, config_option, help_default
+
+CONFIG = "spatialprobe.fid.evaluator:FidConfig"
+#: options of `fid-ref` that are parameters of the function, not FidConfig fields
+BUILD_REFERENCE = "spatialprobe.fid.evaluator:build_reference"
 
 _WEIGHTS_HELP = ("Inception weights file (weights-inception-2015-12-05-6726825d.pth) or a folder holding it "
                  "[default: $SPATIALPROBE_WEIGHTS, then $TORCH_HOME/hub/checkpoints]. Never downloaded.")
@@ -23,18 +27,18 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                                     "VIRTUAL_imagenet256_labeled.npz or one from `spatialprobe fid-ref`."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: fid.json (result) and config.json."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated subset of "
-                                              "fid,sfid,is,precision,recall [default: all]."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help=help_default(CONFIG, "metrics", "Comma-separated subset of "
+                                                                "fid,sfid,is,precision,recall")),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Use only the first N samples."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward [default: 64]."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(CONFIG, "batch_size", "Images per forward")),
+        device: Optional[str] = typer.Option(None, "--device", help=help_default(CONFIG, "device", "auto, cpu, cuda or cuda:N")),
         protocol: Optional[str] = typer.Option(None, "--protocol", help="Protocol id to record "
                                                "[default: derived, e.g. adm-in256-50k]."),
-        fd_method: Optional[str] = typer.Option(None, "--fd-method", help="sqrtm (ADM) or eigh (same value, "
-                                                "~10x faster on CPU) [default: sqrtm]."),
+        fd_method: Optional[str] = typer.Option(None, "--fd-method", help=help_default(CONFIG, "fd_method", "sqrtm (ADM) or eigh (same value, "
+                                                                  "~10x faster on CPU)")),
         fd_encoder: Optional[str] = typer.Option(None, "--fd-encoder", help="Also a Fréchet distance on this zoo "
                                                  "encoder's pooled features (FD-DINOv2 style), e.g. dinov2-vit-b."),
-        fd_pool: Optional[str] = typer.Option(None, "--fd-pool", help="mean (patch tokens) or cls [default: mean]."),
+        fd_pool: Optional[str] = typer.Option(None, "--fd-pool", help=help_default(CONFIG, "fd_pool", "mean (patch tokens) or cls")),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Weights folder for --fd-encoder."),
         random_init: bool = typer.Option(False, "--random-init", help="Random-init Inception (plumbing tests only: "
                                          "the numbers mean nothing)."),
@@ -74,19 +78,20 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Reference .npz to write."),
         name: Optional[str] = typer.Option(None, "--name", help="Short tag for protocol ids, e.g. in256 "
                                            "[default: from the file name]."),
-        resolution: int = typer.Option(256, "--resolution", "-r", help="ADM centre crop size for image folders."),
-        pr_images: int = typer.Option(10_000, "--pr-images", help="Images kept in arr_0 for precision/recall "
-                                      "(a seeded random subset)."),
+        resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help=help_default(
+            BUILD_REFERENCE, "resolution", "ADM centre crop size for image folders")),
+        pr_images: Optional[int] = typer.Option(None, "--pr-images", help=help_default(
+            BUILD_REFERENCE, "pr_images", "Images kept in arr_0 for precision/recall (a seeded random subset)")),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
         num_images: Optional[int] = typer.Option(None, "--num-images", "-n", help="Use only the first N images."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward [default: 64]."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(CONFIG, "batch_size", "Images per forward")),
+        device: Optional[str] = typer.Option(None, "--device", help=help_default(CONFIG, "device", "auto, cpu, cuda or cuda:N")),
         fd_encoder: Optional[str] = typer.Option(None, "--fd-encoder", help="Also store this zoo encoder's pooled "
                                                  "statistics (fd_<encoder>_mu/_sigma)."),
-        fd_pool: Optional[str] = typer.Option(None, "--fd-pool", help="mean or cls [default: mean]."),
+        fd_pool: Optional[str] = typer.Option(None, "--fd-pool", help=help_default(CONFIG, "fd_pool", "mean or cls")),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Weights folder for --fd-encoder."),
         random_init: bool = typer.Option(False, "--random-init", help="Random-init Inception (plumbing tests only)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the arr_0 subset [default: 0]."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(CONFIG, "seed", "Seed of the arr_0 subset")),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         config: Optional[Path] = config_option(),
     ) -> None:
@@ -101,7 +106,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         """
         from ..fid import build_reference
 
-        meta = build_reference(images, out, config=config, name=name, pr_images=pr_images, resolution=resolution,
+        given = {k: v for k, v in (("pr_images", pr_images), ("resolution", resolution)) if v is not None}
+        meta = build_reference(images, out, config=config, name=name, **given,
                                inception_weights=inception_weights, num_samples=num_images, batch_size=batch_size,
                                device=device, fd_encoder=fd_encoder, fd_pool=fd_pool, encoder_weights_dir=weights_dir,
                                pretrained=False if random_init else None, seed=seed,

@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ._common import cli_errors, split_list, config_option
+from ._common import cli_errors, split_list, config_option, help_default
+
+CONFIG = "spatialprobe.metrics.run:MetricsConfig"
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -20,9 +22,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                                  "iREPA collection); repeat for more encoders."),
         masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of <image-id>.png FG/BG masks (enables SRSS)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: per_image.csv/.parquet, summary.csv, config.json."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of lds,cds,srss,rmsc (default: all)."),
-        radii: Optional[str] = typer.Option(None, "--radii", help="Base radii: 'official' (released code: LDS near d=1, "
-                                                                "far d>=6; SRSS 1/6) or 'paper' (r = H/2) (default: official)."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help=help_default(CONFIG, "metrics", "Comma list of lds,cds,srss,rmsc")),
+        radii: Optional[str] = typer.Option(None, "--radii", help=help_default(CONFIG, "radii", "Base radii: 'official' (released code: "
+                                                                  "LDS near d=1, far d>=6; SRSS 1/6) or 'paper' (r = H/2)")),
         lds_near: Optional[int] = typer.Option(None, "--lds-near", help="LDS near pairs 1 <= d <= N (official: 1)."),
         lds_far: Optional[int] = typer.Option(None, "--lds-far", help="LDS far pairs d >= N (official: 6)."),
         cds_dmax: Optional[int] = typer.Option(None, "--cds-dmax", help="CDS fits d = 1..N (official: 8)."),
@@ -30,21 +32,21 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         srss_neg: Optional[int] = typer.Option(None, "--srss-neg", help="SRSS BG negatives at d >= N (official: 6)."),
         sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="Radius sweep NAME=a:b[:step] or NAME=a,b,c, "
                                                                       "e.g. lds_far=2:8; repeat for a grid."),
-        mask_rule: Optional[str] = typer.Option(None, "--mask-rule", help="Patch is FG if 'any' pixel is (official) "
-                                                                        "or a 'majority' is (default: any)."),
+        mask_rule: Optional[str] = typer.Option(None, "--mask-rule", help=help_default(CONFIG, "mask_rule", "Patch is FG if 'any' pixel is "
+                                                                          "(official) or a 'majority' is")),
         mask_filter: Optional[bool] = typer.Option(None, "--mask-filter/--no-mask-filter",
-                                                   help="Official filter: SRSS only for images with >= 25 % FG and "
-                                                        ">= 25 % BG patches (64 of 256) (default: off)."),
+                                                   help=help_default(CONFIG, "mask_filter", "Official filter: SRSS only for images with "
+                                                                     ">= 25 % FG and >= 25 % BG patches (64 of 256)")),
         mask_resolution: Optional[int] = typer.Option(None, "--mask-resolution",
-                                                      help="Masks are resized (nearest) to this size (default: 256)."),
+                                                      help=help_default(CONFIG, "mask_resolution", "Masks are resized (nearest) to this size")),
         mask_channel: Optional[int] = typer.Option(None, "--mask-channel", help="Channel of colour masks (0=R .. 3=A)."),
         allow_missing: Optional[bool] = typer.Option(None, "--allow-missing",
                                                      help="Skip ids that have features but no mask (or the reverse) "
                                                           "instead of failing."),
         encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder name for a single token file without one; with "
                                                                 "official:DIR, the encoders to read (comma list)."),
-        chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Images read per chunk (default: 256)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:i] (default: cpu)."),
+        chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help=help_default(CONFIG, "chunk_size", "Images read per chunk")),
+        device: Optional[str] = typer.Option(None, "--device", help=help_default(CONFIG, "device", "cpu or cuda[:i]")),
         config: Optional[Path] = config_option(),
     ) -> None:
         """Spatial-structure metrics of patch tokens (LDS, CDS, SRSS, RMSC): one value per image, then per

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, config_option, split_list
+from ._common import cli_errors, config_option, help_default, split_list
+
+CONFIG = "spatialprobe.predict:PredictConfig"
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -18,13 +20,13 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                    help="New encoders: a CSV/parquet with an 'encoder' column and some of "
                                         "lp_acc,lds,cds,srss,rmsc, or a `spatialprobe metrics` output folder."),
         reference: Optional[str] = typer.Option(None, "--reference", "-r",
-                                                help="Packaged table (see `spatialprobe ls references`) or your "
-                                                     "own CSV with the properties and gfid (default: sit-xl-100k)."),
-        x: Optional[str] = typer.Option(None, "--x", help="Comma-separated properties (default: lp_acc,lds,cds,srss,rmsc)."),
-        y: Optional[str] = typer.Option(None, "--y", help="Column predicted (default: gfid)."),
-        confidence: Optional[float] = typer.Option(None, "--confidence", help="Prediction-interval level (default: 0.95)."),
-        n_boot: Optional[int] = typer.Option(None, "--n-boot", help="Bootstrap replicates (default: 4000)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the bootstrap (default: 0)."),
+                                                help=help_default(CONFIG, "reference", "Packaged table (see `spatialprobe ls references`) "
+                                                                  "or your own CSV with the properties and gfid")),
+        x: Optional[str] = typer.Option(None, "--x", help=help_default(CONFIG, "x", "Comma-separated properties")),
+        y: Optional[str] = typer.Option(None, "--y", help=help_default(CONFIG, "y", "Column predicted")),
+        confidence: Optional[float] = typer.Option(None, "--confidence", help=help_default(CONFIG, "confidence", "Prediction-interval level")),
+        n_boot: Optional[int] = typer.Option(None, "--n-boot", help=help_default(CONFIG, "n_boot", "Bootstrap replicates")),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(CONFIG, "seed", "Seed of the bootstrap")),
         out: Path = typer.Option(..., "--out", "-o",
                                  help="Output folder: predictions.csv, prediction_panel.png/.pdf, config.json."),
         no_figure: bool = typer.Option(False, "--no-figure", help="Skip the figure."),

@@ -7,7 +7,10 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list, config_option, device_option
+from ._common import cli_errors, split_list, config_option, device_option, help_default, show_value
+
+PROBE = "spatialprobe.probe:ProbeConfig"
+INJECT = "spatialprobe.inject:InjectConfig"
 
 
 def _floats(value: Optional[str], what: str) -> Optional[list[float]]:
@@ -22,6 +25,11 @@ def _floats(value: Optional[str], what: str) -> Optional[list[float]]:
         raise ConfigError(f"{what} {value!r} must be comma-separated numbers, e.g. 1e-3,1e-2.") from None
 
 
+def _span(values) -> str:
+    """A long grid of numbers in a few words: ``13 from 1e-05 to 0.1``."""
+    return f"{len(values)} from {show_value(min(values))} to {show_value(max(values))}"
+
+
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @app.command("probe")
     @cli_errors
@@ -30,18 +38,19 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         labels: Optional[str] = typer.Option(None, "--labels", "-l",
                                              help="builtin:digits | builtin:lfw | image folder with class subfolders | "
                                                   "CSV of 'id,label' rows [default: labels stored with the features]."),
-        val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Stratified val split [default: 0.2]."),
+        val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=help_default(PROBE, "val_fraction", "Stratified val split")),
         val_labels: Optional[str] = typer.Option(None, "--val-labels", help="Separate validation labels (ids of the same store)."),
-        pool: Optional[str] = typer.Option(None, "--pool", help="mean (official none-mean) | cls [default: mean]."),
-        normalize: Optional[str] = typer.Option(None, "--normalize", help="standardize | l2 | none [default: standardize]."),
-        lrs: Optional[str] = typer.Option(None, "--lrs", help="Comma-separated learning rates [default: 13 from 1e-5 to 1e-1]."),
-        weight_decays: Optional[str] = typer.Option(None, "--weight-decays", help="Comma-separated weight decays [default: 0,1e-4,1e-3]."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs [default: 10]."),
-        min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Small sets get more epochs to reach this many steps [default: 1000]."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Mini-batch [default: 128]."),
-        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 matrix products [default: fp32]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of split and shuffling [default: 0]."),
-        device: Optional[str] = device_option(),
+        pool: Optional[str] = typer.Option(None, "--pool", help=help_default(PROBE, "pool", "mean (official none-mean) | cls")),
+        normalize: Optional[str] = typer.Option(None, "--normalize", help=help_default(PROBE, "normalize", "standardize | l2 | none")),
+        lrs: Optional[str] = typer.Option(None, "--lrs", help=help_default(PROBE, "lrs", "Comma-separated learning rates",
+                                                                 show=_span)),
+        weight_decays: Optional[str] = typer.Option(None, "--weight-decays", help=help_default(PROBE, "weight_decays", "Comma-separated weight decays")),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help=help_default(PROBE, "epochs", "Epochs")),
+        min_steps: Optional[int] = typer.Option(None, "--min-steps", help=help_default(PROBE, "min_steps", "Small sets get more epochs to reach this many steps")),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(PROBE, "batch_size", "Mini-batch")),
+        precision: Optional[str] = typer.Option(None, "--precision", help=help_default(PROBE, "precision", "fp32 | bf16 matrix products")),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(PROBE, "seed", "Seed of split and shuffling")),
+        device: Optional[str] = device_option(PROBE),
         ignore_missing: bool = typer.Option(False, "--ignore-missing", help="Skip feature ids that have no label."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: result.json, grid.csv, config.json."),
         config: Optional[Path] = config_option(),
@@ -77,17 +86,17 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         images: Optional[str] = typer.Option(None, "--images", "-i", help="Image source: builtin:digits, a folder, a list file."),
         features: Optional[str] = typer.Option(None, "--features", "-f", help="Instead of --encoder: a store with patch (+prefix) tokens."),
         labels: Optional[str] = typer.Option(None, "--labels", "-l", help="Labels [default: the image source's own]."),
-        alpha: Optional[str] = typer.Option(None, "--alpha", "-a", help="Comma-separated α values [default: 0,0.1,0.2,0.3,0.4,0.5]."),
-        form: Optional[str] = typer.Option(None, "--form", help="official: α·g+(1−α)·p | additive: p+α·g [default: official]."),
-        mix: Optional[str] = typer.Option(None, "--mix", help="cls | mean | auto (cls where the encoder has one) [default: auto]."),
+        alpha: Optional[str] = typer.Option(None, "--alpha", "-a", help=help_default(INJECT, "alphas", "Comma-separated α values")),
+        form: Optional[str] = typer.Option(None, "--form", help=help_default(INJECT, "form", "official: α·g+(1−α)·p | additive: p+α·g")),
+        mix: Optional[str] = typer.Option(None, "--mix", help=help_default(INJECT, "mix", "cls | mean | auto (cls where the encoder has one)")),
         masks: Optional[str] = typer.Option(None, "--masks", help="Folder of <id>.png FG masks for SRSS (NaN without)."),
-        resolution: Optional[int] = typer.Option(None, "--resolution", help="Image resolution [default: 256]."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Encoder batch [default: 32]."),
-        device: Optional[str] = device_option(),
+        resolution: Optional[int] = typer.Option(None, "--resolution", help=help_default(INJECT, "resolution", "Image resolution")),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(INJECT, "batch_size", "Encoder batch")),
+        device: Optional[str] = device_option(INJECT),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Where the encoder weights are."),
         random_init: bool = typer.Option(False, "--random-init", help="Random-init encoder (no weights; smoke tests)."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Probe epochs [default: 10]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed [default: 0]."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help=help_default(INJECT, "epochs", "Probe epochs")),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(INJECT, "seed", "Seed")),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: injection.csv/.png/.pdf, result.json, config.json."),
         no_figure: bool = typer.Option(False, "--no-figure", help="Skip the figure."),
         config: Optional[Path] = config_option(),

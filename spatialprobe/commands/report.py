@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, config_option, split_list
+from ._common import cli_errors, config_option, help_default, split_list
+
+CONFIG = "spatialprobe.report.build:ReportConfig"
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -15,16 +17,16 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @cli_errors
     def report_cmd(
         dir: Path = typer.Argument(..., help="Result folder of study, correlate, metrics, probe, inject, predict or viz."),
-        kind: Optional[str] = typer.Option(None, "--kind", help="Folder kind (default: detected from its files)."),
+        kind: Optional[str] = typer.Option(None, "--kind", help=help_default(CONFIG, "kind", "Folder kind; auto: detected from its files")),
         template: Optional[Path] = typer.Option(None, "--template", help="Own notebook template with a cell tagged "
                                                                         "'parameters' (default: the packaged one)."),
         viz_encoders: Optional[str] = typer.Option(None, "--viz-encoders", help="Also compute similarity maps of these "
                                                                                "encoders, e.g. hog,pixels."),
-        viz_image: Optional[str] = typer.Option(None, "--viz-image", help="Image of the similarity maps "
-                                                                         "(default: skimage/astronaut)."),
+        viz_image: Optional[str] = typer.Option(None, "--viz-image", help=help_default(CONFIG, "viz_image",
+                                                                                      "Image of the similarity maps")),
         viz_random_init: bool = typer.Option(False, "--viz-random-init", help="Random-init encoders for the maps."),
         show_code: bool = typer.Option(False, "--show-code", help="Keep the code cells in report.html."),
-        timeout: Optional[int] = typer.Option(None, "--timeout", help="Seconds per notebook cell (default: 600)."),
+        timeout: Optional[int] = typer.Option(None, "--timeout", help=help_default(CONFIG, "timeout", "Seconds per notebook cell")),
         no_html: bool = typer.Option(False, "--no-html", help="Write report.ipynb and figures only."),
         config: Optional[Path] = config_option(),
     ) -> None:

@@ -7,7 +7,11 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, split_list, config_option, device_option
+from ._common import cli_errors, split_list, config_option, device_option, default_of, help_default, help_derived, show_value
+
+TRAIN = "spatialprobe.train.config:TrainConfig"
+SAMPLE = "spatialprobe.train.config:SampleConfig"
+BACKBONE = "spatialprobe.train.models.common:BackboneConfig"
 
 
 def _floats(value: str | None, name: str) -> list[float] | None:
@@ -20,6 +24,35 @@ def _floats(value: str | None, name: str) -> list[float] | None:
         return [float(v) for v in items]
     except ValueError:
         raise ConfigError(f"--{name} {value!r}: expected comma-separated numbers, e.g. 0.9,0.95.") from None
+
+
+def _per_model(name: str, text: str) -> str:
+    """Help whose default is the per-model value of ``name`` in ``train.config.MODEL_DEFAULTS``."""
+
+    def render() -> str:
+        from ..train.config import JIT_BLR, MODEL_DEFAULTS
+
+        parts = []
+        for model, values in MODEL_DEFAULTS.items():
+            if name in values:
+                value = values[name]
+                if value is None and name == "lr":  # JiT: the base lr scaled by the global batch
+                    parts.append(f"{model} {show_value(JIT_BLR)}*batch/256")
+                elif value is not None:
+                    parts.append(f"{model} {show_value(value)}")
+        return ", ".join(parts)
+
+    return help_derived(f"spatialprobe.train.config:MODEL_DEFAULTS.{name}", text, render)
+
+
+def _encoder_depth() -> str:
+    """The backbone's alignment block, and the models whose variant sets another (``8; sit-tiny 2, ...``)."""
+    from ..train.models import names, variant
+
+    base = default_of(BACKBONE, "encoder_depth")
+    other = [f"{m} {variant(m)['encoder_depth']}" for m in names()
+             if variant(m).get("encoder_depth", base) != base]
+    return "; ".join([show_value(base), ", ".join(other)] if other else [show_value(base)])
 
 
 def _train_help() -> str:
@@ -49,45 +82,46 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @app.command("train", help=_train_help())
     @cli_errors
     def train_cmd(
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (default jit-tiny)."),
-        method: Optional[str] = typer.Option(None, "--method", help="Alignment preset: repa, irepa, "
-                                             "irepa-official-ldm, conv-only, norm-only, none (default irepa)."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help=help_default(TRAIN, "model", "Model name")),
+        method: Optional[str] = typer.Option(None, "--method", help=help_default(TRAIN, "method", "Alignment preset: repa, irepa, "
+                                                               "irepa-official-ldm, conv-only, norm-only, none")),
         teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Zoo encoder id(s), comma-separated "
                                               "(see `spatialprobe ls encoders`)."),
         images: Optional[str] = typer.Option(None, "--images", "-i", help="Image source: builtin:digits, a "
                                              "folder, an ImageNet-style tree or a list file."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/train)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default 80)."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (256 full models, 16 tiny)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (SiT 1e-4; JiT 5e-5*batch/256; tiny 1e-3)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help=help_default(TRAIN, "out", "Run folder")),
+        steps: Optional[int] = typer.Option(None, "--steps", help=help_default(TRAIN, "steps", "Optimizer steps")),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_per_model("batch_size", "Global batch")),
+        lr: Optional[float] = typer.Option(None, "--lr", help=_per_model("lr", "Learning rate")),
         betas: Optional[str] = typer.Option(None, "--betas", help="AdamW betas, e.g. 0.9,0.95."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 0)."),
-        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max grad norm, 0 = off (SiT 1.0, JiT off)."),
-        warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="Linear lr warm-up (JiT 5)."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=help_default(TRAIN, "weight_decay", "AdamW weight decay")),
+        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help=_per_model("grad_clip", "Max grad norm, 0 = off")),
+        warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help=_per_model("warmup_epochs", "Linear lr warm-up")),
         ema_decays: Optional[str] = typer.Option(None, "--ema-decays", help="EMA decays, e.g. 0.9999,0.9996."),
-        encoder_depth: Optional[int] = typer.Option(None, "--encoder-depth", help="Align after this block (default 8; tiny 2)."),
+        encoder_depth: Optional[int] = typer.Option(None, "--encoder-depth", help=help_derived(
+            f"{BACKBONE}.encoder_depth", "Align after this block", _encoder_depth)),
         projector: Optional[str] = typer.Option(None, "--projector", help="Override: mlp, linear or conv."),
         kernel_size: Optional[int] = typer.Option(None, "--kernel-size", help="Override the conv kernel (odd)."),
         spnorm: Optional[bool] = typer.Option(None, "--spnorm/--no-spnorm", help="Override the target spatial norm."),
         gamma: Optional[float] = typer.Option(None, "--gamma", help="Override the spatial-norm gamma."),
         proj_coeff: Optional[float] = typer.Option(None, "--proj-coeff", help="Override the projection-loss weight."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side fed to the model (SiT: to the VAE)."),
-        teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help="Image side fed to the teacher (default 256)."),
+        teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help=help_default(TRAIN, "teacher_resolution", "Image side fed to the teacher")),
         random_teacher: bool = typer.Option(False, "--random-teacher", help="Teacher architecture with random init (smoke tests)."),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with encoder and VAE weights."),
-        hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flips (JiT on, SiT off)."),
+        hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help=_per_model("hflip", "Random horizontal flips")),
         vae: Optional[str] = typer.Option(None, "--vae", help="SiT VAE: sd-vae-ft-mse, tiny-random or a diffusers folder."),
-        latent_norm: Optional[str] = typer.Option(None, "--latent-norm", help="channel (per-channel stats) or scalar (0.18215)."),
+        latent_norm: Optional[str] = typer.Option(None, "--latent-norm", help=help_default(TRAIN, "latent_norm", "channel (per-channel stats) or scalar (0.18215)")),
         latents_dir: Optional[str] = typer.Option(None, "--latents-dir", help="Latent cache root (default OUT/latents)."),
         num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes (default: from the labels)."),
         max_images: Optional[int] = typer.Option(None, "--max-images", help="Use only the first N images."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
-        device: Optional[str] = device_option(),
-        precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA), bf16 or fp32."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(TRAIN, "seed", "Seed")),
+        device: Optional[str] = device_option(TRAIN),
+        precision: Optional[str] = typer.Option(None, "--precision", help=help_default(TRAIN, "precision", "auto (bf16 on CUDA), bf16 or fp32")),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-        log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
-        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 1000; always at the end)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default 2)."),
+        log_every: Optional[int] = typer.Option(None, "--log-every", help=help_default(TRAIN, "log_every", "Log every N steps")),
+        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help=help_default(TRAIN, "ckpt_every", "Checkpoint every N steps (always at the end too)")),
+        workers: Optional[int] = typer.Option(None, "--workers", help=help_default(TRAIN, "workers", "DataLoader workers")),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
         config: Optional[Path] = config_option(),
     ) -> None:
@@ -130,18 +164,19 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     def sample_cmd(
         run: Path = typer.Argument(..., help="Run folder (newest checkpoint) or a checkpoint file."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/samples-STEP)."),
-        n: Optional[int] = typer.Option(None, "--n", help="Number of images (default 64); labels are class-balanced."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 64)."),
+        n: Optional[int] = typer.Option(None, "--n", help=help_default(SAMPLE, "n", "Number of images; labels are class-balanced")),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(SAMPLE, "batch_size", "Images per batch")),
         sampler: Optional[str] = typer.Option(None, "--sampler", help="SiT: sde (default), ode-euler, ode-heun. "
                                               "JiT: heun (default), euler."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Steps (default 250 for sde, else 50)."),
-        cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale (default 1.0 = off)."),
+        cfg: Optional[float] = typer.Option(None, "--cfg", help=help_default(SAMPLE, "cfg", "Guidance scale, 1 = off")),
         interval: Optional[str] = typer.Option(None, "--interval", help="Guidance interval low,high in the "
                                                "family's time (SiT t=1 noise, default 0,1; JiT t=0 noise, default 0.1,1)."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="auto, ema, ema2 or model [default: auto = the first "
-                                               "EMA, or the raw model when the run is too short for the EMA to have moved]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
-        device: Optional[str] = device_option(),
+        weights: Optional[str] = typer.Option(None, "--weights", help=help_default(SAMPLE, "weights", "auto, ema, ema2 or model; auto = the first "
+                                                                  "EMA, or the raw model when the run is too short for "
+                                                                  "the EMA to have moved")),
+        seed: Optional[int] = typer.Option(None, "--seed", help=help_default(SAMPLE, "seed", "Seed")),
+        device: Optional[str] = device_option(SAMPLE),
         no_png: bool = typer.Option(False, "--no-png", help="Write only samples.npz."),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with the VAE weights (SiT)."),
         config: Optional[Path] = config_option(),

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from ._common import cli_errors, config_option, device_option
+from ._common import cli_errors, config_option, device_option, help_default
+
+CONFIG = "spatialprobe.report.similarity:VizConfig"
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
@@ -19,15 +21,15 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                   help="Image file, or a built-in photograph id (skimage/astronaut, chelsea, ...)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: similarity.png/.pdf, similarity_maps.npz, config.json."),
         tokens: Optional[str] = typer.Option(None, "--tokens", help="Reference tokens ROW:COL or flat indices, comma-"
-                                                                     "separated, e.g. 8:8,3:12 (default: the official "
-                                                                     "4 points: centre + 3 seeded)."),
-        n_refs: Optional[int] = typer.Option(None, "--n-refs", help="Number of official reference points (default: 4)."),
-        gamma: Optional[float] = typer.Option(None, "--gamma", help="Spatial-normalisation γ (default: 0.6)."),
+                                                                     "separated, e.g. 8:8,3:12 [default: the official "
+                                                                     "points: centre + seeded ones, see --n-refs]."),
+        n_refs: Optional[int] = typer.Option(None, "--n-refs", help=help_default(CONFIG, "n_refs", "Number of official reference points")),
+        gamma: Optional[float] = typer.Option(None, "--gamma", help=help_default(CONFIG, "gamma", "Spatial-normalisation γ")),
         random_init: bool = typer.Option(False, "--random-init", help="Random-init weights (plumbing check; maps mean nothing)."),
         weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder with checkpoints."),
-        resolution: Optional[int] = typer.Option(None, "--resolution", help="Centre-crop size (default: 256)."),
-        dpi: Optional[int] = typer.Option(None, "--dpi", help="PNG resolution (default: 150)."),
-        device: Optional[str] = device_option(),
+        resolution: Optional[int] = typer.Option(None, "--resolution", help=help_default(CONFIG, "resolution", "Centre-crop size")),
+        dpi: Optional[int] = typer.Option(None, "--dpi", help=help_default(CONFIG, "dpi", "PNG resolution")),
+        device: Optional[str] = device_option(CONFIG),
         config: Optional[Path] = config_option(),
     ) -> None:
         """An image and the cosine-similarity maps of a few reference tokens, on the raw tokens and after
