@@ -1,7 +1,7 @@
 """`EncoderSpec`: one validated row of ``encoders.yaml`` (the zoo as data).
 
-The yaml lives at the repository root and ships inside the package (``spatialprobe/encoders.yaml`` is a
-link to it; a wheel holds a copy). Rows are keyed by the official iREPA ids; family names resolve to the
+The yaml is package data, ``spatialprobe/encoders/encoders.yaml``; the repository root's ``encoders.yaml``
+is a link to it, so editing either edits the zoo of an editable install. Rows are keyed by the official iREPA ids; family names resolve to the
 paper's default member through ``aliases``.
 """
 
@@ -104,15 +104,14 @@ def _norm(name: str, eid: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def yaml_path() -> Path:
-    """The zoo file: $SPATIALPROBE_ENCODERS_YAML, else the packaged copy, else the repository root."""
+    """The zoo file: $SPATIALPROBE_ENCODERS_YAML, else the packaged ``spatialprobe/encoders/encoders.yaml``."""
     env = os.environ.get("SPATIALPROBE_ENCODERS_YAML")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "encoders.yaml", here.parent.parent / "encoders.yaml"):
-        if cand.is_file():
-            return cand
-    raise ConfigError("encoders.yaml not found next to the package or at the repository root; "
+    packaged = Path(__file__).resolve().parent / "encoders.yaml"
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(f"encoders.yaml not found in the package ({packaged}); "
                       "reinstall spatialprobe or set SPATIALPROBE_ENCODERS_YAML.")
 
 
