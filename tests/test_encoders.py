@@ -61,9 +61,12 @@ def test_yaml_has_paper27_and_extras():
 def test_yaml_ships_inside_package():
     from spatialprobe.encoders.spec import yaml_path
 
-    pkg = os.path.join(os.path.dirname(E.__file__), os.pardir, "encoders.yaml")
-    assert os.path.isfile(pkg)
+    pkg = os.path.join(os.path.dirname(E.__file__), "encoders.yaml")
+    assert os.path.isfile(pkg) and not os.path.islink(pkg)  # a real file, so a wheel holds it as is
     assert yaml_path().read_text() == open(pkg).read()
+    root = os.path.join(os.path.dirname(E.__file__), os.pardir, os.pardir, "encoders.yaml")
+    if os.path.lexists(root):  # a source checkout: the top-level file users edit is the packaged one
+        assert os.path.samefile(root, pkg)
 
 
 def test_yaml_validation_names_bad_field():
@@ -300,3 +303,79 @@ def test_cli_ls_encoders_and_weights(tmp_path, monkeypatch):
     assert "1/3 present" in r.output
     r = CliRunner().invoke(app, ["ls", "encoders", "--family", "nope"])
     assert r.exit_code == 2 and "unknown family" in r.output
+
+
+# ------------------------------------------------------------------ package layers, run-time additions
+
+def test_encoders_package_has_one_way_layers():
+    grimp = pytest.importorskip("grimp")
+    g = grimp.build_graph("spatialprobe", cache_dir=None)
+    enc = sorted(m for m in g.modules if m.startswith("spatialprobe.encoders."))
+    deps = {m.rsplit(".", 1)[1]: {d.rsplit(".", 1)[1] for d in g.find_modules_directly_imported_by(m)
+                                  if d.startswith("spatialprobe.encoders.")} for m in enc}
+    for m in enc:  # no cycle anywhere inside encoders/
+        for d in g.find_modules_directly_imported_by(m):
+            if d.startswith("spatialprobe.encoders."):
+                assert not g.chain_exists(importer=d, imported=m), f"import cycle {m} <-> {d}"
+    assert deps["backends"] == set()  # the table names its modules, it imports none of them
+    assert deps["spec"] <= {"backends", "layouts"}
+    for backend_module in ("timm_backend", "hf_backend", "classical"):
+        assert not deps[backend_module] & {"backends", "weights", "variants", "registry"}, backend_module
+    assert "registry" not in deps["weights"] | deps["variants"]
+
+
+def test_backend_set_is_written_once():
+    from spatialprobe.encoders import backends, spec as spec_fn
+    from spatialprobe.encoders.spec import BACKENDS
+
+    assert BACKENDS is backends.BACKENDS and BACKENDS == tuple(backends.TABLE)
+    assert {s.backend for s in E.list_specs()} <= set(BACKENDS)
+    assert [s.id for s in E.list_specs() if s.weight_free] == ["sift", "hog", "pixels"]
+    assert spec_fn("hog").weight_free and not spec_fn("dinov2").weight_free
+    for name in BACKENDS:
+        build, cls = backends.load(name)
+        assert issubclass(cls, torch.nn.Module) and (build is None) == backends.weight_free(name)
+    with pytest.raises(UnknownNameError, match="no backend 'nope'; known: .*hf_dinov2"):
+        backends.load("nope")
+
+
+def test_register_backend_and_add_encoder_build_through_the_factory():
+    # run-time additions are process-wide, so this runs in its own interpreter
+    code = """
+import torch, spatialprobe.encoders as E
+from spatialprobe.encoders.timm_backend import TimmEncoder, build_model
+from spatialprobe.errors import ConfigError
+calls = []
+def build(spec, *, path, overrides):
+    calls.append((spec.id, path))
+    return build_model(spec, path=path, overrides=overrides)
+E.register_backend("my_timm", build, TimmEncoder)
+s = E.add_encoder("vit-mine", family="Baseline", backend="my_timm", model="vit_tiny_patch16_224",
+                  embed_dim=192, kwargs={"img_size": 256}, prefix_tokens=1, cls_tokens=1,
+                  weights={"source": "nowhere"})
+assert E.spec("vit-mine") is s and s.backend == "my_timm" and not s.weight_free
+assert "vit-mine" in E.list_encoders() and E.specs()["vit-mine"] is s
+enc = E.get("vit-mine@mix_cls=0.5", pretrained=False)
+out = enc(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
+assert out.patch.shape == (1, 256, 192) and calls == [("vit-mine", None)], calls
+for row, msg in (({"backend": "nope"}, "call register_backend first"), ({"backend": "timm"}, "already exists")):
+    try:
+        E.add_encoder("dinov2-vit-b" if msg == "already exists" else "y", family="DINO", embed_dim=8, **row)
+    except ConfigError as exc:
+        assert msg in str(exc), exc
+    else:
+        raise AssertionError(row)
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_variants_get_variant_moved_with_a_warning():
+    from spatialprobe.encoders import registry, variants
+
+    with pytest.warns(DeprecationWarning, match="moved to spatialprobe.encoders.registry"):
+        assert variants.get_variant is registry.get_variant

@@ -1,7 +1,11 @@
 """The encoder zoo: ``get("sam2")`` -> an encoder mapping uint8 ``[B,3,H,W]`` to 16×16 patch tokens.
 
-The zoo is data (``encoders.yaml``); backends live in :mod:`.timm_backend`, :mod:`.hf_backend` and
-:mod:`.classical`. Importing this package does not import timm or transformers.
+The zoo is data (``spatialprobe/encoders/encoders.yaml``). One-way layers, each importing only those
+before it: :mod:`.backends` (the backend table: every backend name and the module that builds it) <
+:mod:`.spec` (the catalog: yaml rows and rows added at run time) < the backend modules
+(:mod:`.timm_backend`, :mod:`.hf_backend`, :mod:`.classical`, loaded by name from the table) <
+:mod:`.weights` (offline checkpoints) and :mod:`.variants` (``BASE@name=value``) < :mod:`.registry` (the
+one factory, :func:`get`). Importing this package does not import timm or transformers.
 """
 
 from __future__ import annotations

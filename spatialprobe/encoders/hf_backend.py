@@ -14,9 +14,9 @@ import torch
 
 from ..errors import ConfigError, DataError, WeightsMismatchError
 from .base import EncoderOutput
+from .loading import assert_complete
 from .module import ZooEncoder
 from .spec import EncoderSpec
-from . import weights as W
 
 
 def make_config(spec: EncoderSpec, overrides: dict[str, Any]):
@@ -50,7 +50,7 @@ def _check_meta(spec: EncoderSpec, path: Path) -> torch.nn.Module:
         want = _saved_names(want)
     missing = [k for k in want if k not in have]
     unexpected = [k for k in have if k not in want and not k.startswith("mask_token")]
-    W.assert_complete(spec.id, path, missing, unexpected)
+    assert_complete(spec.id, path, missing, unexpected)
     bad = [f"{k} {tuple(have[k].shape)} != {tuple(v.shape)}" for k, v in want.items()
            if k in have and tuple(have[k].shape) != tuple(v.shape)]
     if bad:
@@ -112,7 +112,7 @@ def build_model(spec: EncoderSpec, *, path: Path | None, overrides: dict[str, An
     except Exception as exc:
         raise WeightsMismatchError(f"cannot load {path} as transformers Dinov2Model for {spec.id!r}: "
                                    f"{type(exc).__name__}: {exc}") from None
-    W.assert_complete(spec.id, path, list(info.get("missing_keys", [])), list(info.get("unexpected_keys", [])))
+    assert_complete(spec.id, path, list(info.get("missing_keys", [])), list(info.get("unexpected_keys", [])))
     if info.get("mismatched_keys"):
         raise WeightsMismatchError(f"{path}: shape mismatch for {spec.id!r}: {info['mismatched_keys'][:4]}")
     _check_width(spec, path, model)

@@ -1,18 +1,28 @@
-"""Build encoders by name: aliases, did-you-mean, backends registered by name, offline weights."""
+"""The factory: build an encoder from an id, alias or variant id (``BASE@name=value``).
+
+It sits on top of the encoder package: the catalog (:mod:`.spec`: yaml rows and rows added at run time),
+the backend table (:mod:`.backends`), offline weights (:mod:`.weights`) and variants (:mod:`.variants`).
+``register_backend``, ``add_encoder`` and ``specs`` are re-exported from the layers that own them.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError, UnknownNameError
-from .module import ZooEncoder
-from .spec import BACKENDS, EncoderSpec, all_specs, parse_row, resolve
+from ..errors import ConfigError, UnknownNameError, did_you_mean
+from . import backends
 from . import weights as W
+from .backends import register_backend
+from .module import ZooEncoder
+from .spec import EncoderSpec, add_encoder, lookup, specs
+from .variants import VariantEncoder, parse_variant, variant_spec
+
+__all__ = ["SPEC_OVERRIDES", "Builder", "add_encoder", "get", "get_variant", "list_encoders", "list_specs",
+           "load_encoder", "register_backend", "spec", "specs"]
 
 log = logging.getLogger(__name__)
 
@@ -20,35 +30,6 @@ log = logging.getLogger(__name__)
 SPEC_OVERRIDES = ("norm", "mean", "std", "tap", "input_res", "interpolation", "antialias", "patch")
 
 Builder = Callable[[EncoderSpec, "os.PathLike | None", dict[str, Any]], torch.nn.Module]
-_EXTRA_BACKENDS: dict[str, tuple[Builder, type[ZooEncoder]]] = {}
-_EXTRA_SPECS: dict[str, EncoderSpec] = {}
-
-
-def register_backend(name: str, builder: Builder, encoder_cls: type[ZooEncoder]) -> None:
-    """Add a backend: ``builder(spec, path_or_None, overrides) -> nn.Module`` wrapped by ``encoder_cls``."""
-    _EXTRA_BACKENDS[name] = (builder, encoder_cls)
-
-
-def add_encoder(eid: str, **row: Any) -> EncoderSpec:
-    """Add a zoo member at run time from the same fields as an encoders.yaml row."""
-    if eid in all_specs():
-        raise ConfigError(f"encoder {eid!r} already exists in encoders.yaml; pick another id.")
-    spec = parse_row(eid, row) if row.get("backend") in BACKENDS else _parse_extra(eid, row)
-    _EXTRA_SPECS[eid] = spec
-    return spec
-
-
-def _parse_extra(eid: str, row: dict[str, Any]) -> EncoderSpec:
-    if row.get("backend") not in _EXTRA_BACKENDS:
-        raise ConfigError(f"{eid}: backend {row.get('backend')!r} is not registered; "
-                          f"call register_backend first or use one of {BACKENDS}.")
-    tmp = parse_row(eid, {**row, "backend": "timm"})
-    return dataclasses.replace(tmp, backend=row["backend"])
-
-
-def specs() -> dict[str, EncoderSpec]:
-    """All specs: encoders.yaml rows plus run-time additions."""
-    return {**all_specs(), **_EXTRA_SPECS}
 
 
 def spec(name: str) -> EncoderSpec:
@@ -57,26 +38,8 @@ def spec(name: str) -> EncoderSpec:
     A variant id (``BASE@name=value``) gives the base's spec with ``id`` set to the canonical variant id.
     """
     if "@" in name:
-        from .variants import variant_spec
-
         return variant_spec(name)
-    if name in _EXTRA_SPECS:
-        return _EXTRA_SPECS[name]
-    return all_specs()[resolve(name)]
-
-
-def _classes(backend: str):
-    if backend in _EXTRA_BACKENDS:
-        return _EXTRA_BACKENDS[backend]
-    if backend.startswith("timm"):
-        from . import timm_backend as tb
-
-        return tb.build_model, tb.TimmEncoder
-    if backend == "hf_dinov2":
-        from . import hf_backend as hb
-
-        return hb.build_model, hb.HFDinov2Encoder
-    raise UnknownNameError(f"no backend {backend!r}; known: {list(BACKENDS) + list(_EXTRA_BACKENDS)}.")
+    return lookup(name)
 
 
 def get(name: str, *, weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -101,8 +64,6 @@ def get(name: str, *, weights_dir: str | os.PathLike | None = None, device: str 
         with the variant's transforms; its ``name`` is the canonical variant id.
     """
     if "@" in name:
-        from .variants import get_variant
-
         return get_variant(name, weights_dir=weights_dir, device=device, pretrained=pretrained, layers=layers,
                            seed=seed, **overrides)
     s = spec(name)
@@ -116,13 +77,11 @@ def get(name: str, *, weights_dir: str | os.PathLike | None = None, device: str 
             raise ConfigError(f"layers={layers}: one layer per encoder; build one encoder per layer.")
         layers = layers[0]
     device = torch.device(device)
+    build, cls = backends.load(s.backend)
     if s.weight_free:
-        from .classical import ClassicalEncoder
-
         if overrides:
             raise ConfigError(f"{s.id} takes no build arguments (got {sorted(overrides)}).")
-        return ClassicalEncoder(s).to(device)
-    build, cls = _classes(s.backend)
+        return cls(s).to(device)
     meta = device.type == "meta"
     if meta or not pretrained:
         path, wid = None, ("meta" if meta else f"random-init:{seed}")
@@ -151,6 +110,28 @@ def get(name: str, *, weights_dir: str | os.PathLike | None = None, device: str 
     return enc.to(device)
 
 
+def get_variant(name: str, *, weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                pretrained: bool = True, layers: int | list[int] | None = None, seed: int = 0,
+                **overrides: Any) -> VariantEncoder:
+    """Build the base with :func:`~spatialprobe.encoders.get` and wrap it with the variant's transforms."""
+    v = parse_variant(name)
+    layer = v.get("layer")
+    if layer is not None and layers is not None:
+        given = layers[0] if isinstance(layers, (list, tuple)) and len(layers) == 1 else layers
+        if given != layer:
+            raise ConfigError(f"encoder variant {v.id!r} taps layer {layer} but layers={layers} was also "
+                              f"given; pass one of them.")
+    base = get(v.base, weights_dir=weights_dir, device=device, pretrained=pretrained,
+               layers=layer if layer is not None else layers, seed=seed, **overrides)
+    if layer is not None and base.model is not None:
+        blocks = getattr(base.model, "blocks", None)
+        nb = (len(blocks) if blocks is not None else 0) or getattr(getattr(base.model, "config", None), "num_hidden_layers", 0)
+        if nb and layer >= nb:
+            raise ConfigError(f"encoder variant {v.id!r}: {v.base} has {nb} blocks, so layer must be in "
+                              f"0..{nb - 1}, not {layer}.")
+    return VariantEncoder(v, base).to(device)
+
+
 def load_encoder(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", layers: int | list[int] | None = None,
                  **overrides: Any) -> ZooEncoder:
@@ -164,8 +145,6 @@ def list_specs(family: str | None = None, paper27: bool = False) -> list[Encoder
     if family:
         fams = {x.family.lower() for x in out}
         if family.lower() not in fams:
-            from ..errors import did_you_mean
-
             raise UnknownNameError(f"unknown family {family!r}.{did_you_mean(family, sorted({x.family for x in out}))}")
         out = [x for x in out if x.family.lower() == family.lower()]
     if paper27:

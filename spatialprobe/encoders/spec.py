@@ -1,8 +1,9 @@
 """`EncoderSpec`: one validated row of ``encoders.yaml`` (the zoo as data).
 
-The yaml lives at the repository root and ships inside the package (``spatialprobe/encoders.yaml`` is a
-link to it; a wheel holds a copy). Rows are keyed by the official iREPA ids; family names resolve to the
-paper's default member through ``aliases``.
+The yaml is package data, ``spatialprobe/encoders/encoders.yaml``; the repository root's ``encoders.yaml``
+is a link to it, so editing either edits the zoo of an editable install. Rows are keyed by the official iREPA ids; family names resolve to the
+paper's default member through ``aliases``. Rows added at run time (:func:`add_encoder`, a study's
+``define:``) live here too, so every id lookup below the factory is answered by this catalog.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnknownNameError, did_you_mean
+from . import backends
+from .backends import BACKENDS
+from .layouts import LAYOUTS
 
 FAMILIES = ("DINOv2", "DINOv3", "WebSSL", "PE-Core", "PE-Lang", "PE-Spatial", "C-RADIO", "DINO", "CLIP",
             "MoCo v3", "I-JEPA", "MAE", "SAM2", "SigLIP", "SigLIP2", "Classical", "Baseline")
-BACKENDS = ("timm", "timm_pe", "timm_radio", "timm_local", "hf_dinov2", "classical")
 TAPS = ("final_norm", "no_norm", "nhwc")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area", "none")
 NORMS = {
@@ -77,7 +80,7 @@ class EncoderSpec:
 
     @property
     def weight_free(self) -> bool:
-        return self.backend == "classical"
+        return backends.weight_free(self.backend)
 
     def replace(self, **changes: Any) -> "EncoderSpec":
         """A copy with fields changed (``norm=`` also resets mean/std)."""
@@ -87,8 +90,6 @@ class EncoderSpec:
 
 
 def _formats(eid: str, value: Any) -> tuple[str, ...]:
-    from .layouts import LAYOUTS
-
     out = (value,) if isinstance(value, str) else tuple(value or ())
     bad = [f for f in out if f not in LAYOUTS]
     if bad:
@@ -104,15 +105,14 @@ def _norm(name: str, eid: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def yaml_path() -> Path:
-    """The zoo file: $SPATIALPROBE_ENCODERS_YAML, else the packaged copy, else the repository root."""
+    """The zoo file: $SPATIALPROBE_ENCODERS_YAML, else the packaged ``spatialprobe/encoders/encoders.yaml``."""
     env = os.environ.get("SPATIALPROBE_ENCODERS_YAML")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "encoders.yaml", here.parent.parent / "encoders.yaml"):
-        if cand.is_file():
-            return cand
-    raise ConfigError("encoders.yaml not found next to the package or at the repository root; "
+    packaged = Path(__file__).resolve().parent / "encoders.yaml"
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(f"encoders.yaml not found in the package ({packaged}); "
                       "reinstall spatialprobe or set SPATIALPROBE_ENCODERS_YAML.")
 
 
@@ -210,3 +210,38 @@ def resolve(name: str) -> str:
         return resolve(low[name.lower()])
     raise UnknownNameError(f"unknown encoder {name!r}.{did_you_mean(name, list(specs) + list(al))} "
                            f"See `spatialprobe ls encoders`.")
+
+
+# ------------------------------------------------------------------ rows added at run time
+
+_RUNTIME: dict[str, EncoderSpec] = {}
+
+
+def add_encoder(eid: str, **row: Any) -> EncoderSpec:
+    """Add a zoo member at run time from the same fields as an encoders.yaml row."""
+    if eid in all_specs():
+        raise ConfigError(f"encoder {eid!r} already exists in encoders.yaml; pick another id.")
+    spec = parse_row(eid, row) if row.get("backend") in BACKENDS else _parse_registered(eid, row)
+    _RUNTIME[eid] = spec
+    return spec
+
+
+def _parse_registered(eid: str, row: dict[str, Any]) -> EncoderSpec:
+    if not backends.is_registered(row.get("backend")):
+        raise ConfigError(f"{eid}: backend {row.get('backend')!r} is not registered; "
+                          f"call register_backend first or use one of {BACKENDS}.")
+    tmp = parse_row(eid, {**row, "backend": "timm"})
+    return dataclasses.replace(tmp, backend=row["backend"])
+
+
+def specs() -> dict[str, EncoderSpec]:
+    """All specs: encoders.yaml rows plus run-time additions."""
+    return {**all_specs(), **_RUNTIME}
+
+
+def lookup(name: str) -> EncoderSpec:
+    """The spec of a plain id or alias, run-time additions included (unknown names fail with the closest
+    matches). Variant ids (``BASE@...``) are resolved by :func:`spatialprobe.encoders.spec`."""
+    if name in _RUNTIME:
+        return _RUNTIME[name]
+    return all_specs()[resolve(name)]

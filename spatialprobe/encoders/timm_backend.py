@@ -31,10 +31,10 @@ import torch
 
 from ..errors import ConfigError, DataError, WeightsMismatchError
 from .base import EncoderOutput
+from .loading import assert_complete, record_loads, short_error
 from .module import ZooEncoder
 from .spec import EncoderSpec
 from . import layouts as L
-from . import weights as W
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _check_calls(spec: EncoderSpec, path: Path, calls: list[Any]) -> None:
     if not calls:
         raise WeightsMismatchError(f"timm did not load {path} into {spec.id!r} (no state dict was applied).")
     res = calls[0]
-    W.assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
+    assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
 
 
 def _resample_pe(sd: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str, torch.Tensor]:
@@ -100,8 +100,8 @@ def _strict_load(model: torch.nn.Module, spec: EncoderSpec, path: Path, sd: dict
     try:
         res = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
-        raise WeightsMismatchError(f"checkpoint {path} does not fit encoder {spec.id!r}: {W._short(exc)}") from None
-    W.assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
+        raise WeightsMismatchError(f"checkpoint {path} does not fit encoder {spec.id!r}: {short_error(exc)}") from None
+    assert_complete(spec.id, path, list(res.missing_keys), list(res.unexpected_keys))
 
 
 def _check_conditioner(spec: EncoderSpec, path: Path, sd: dict[str, torch.Tensor]) -> None:
@@ -183,7 +183,7 @@ def build_model(spec: EncoderSpec, *, path: Path | None, overrides: dict[str, An
     sd = _resample_pe(ck.state_dict, spec) if spec.backend == "timm_pe" else ck.state_dict
     overlay: dict[str, Any] = dict(state_dict=sd)
     try:
-        with W.record_loads() as calls:
+        with record_loads() as calls:
             model = _create(spec, kw, pretrained=True, pretrained_cfg_overlay=overlay)
     except WeightsMismatchError as exc:
         raise WeightsMismatchError(f"{path} -> {spec.id!r}: {exc}") from None

@@ -17,8 +17,9 @@ are applied, and spelled in the canonical id, in the order of :data:`TRANSFORMS`
 
 from __future__ import annotations
 
+import importlib
 import math
-import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import EncoderOutput
-from .spec import EncoderSpec
+from .spec import EncoderSpec, lookup
 
 #: transform name -> (value type, what it is); also the canonical order
 TRANSFORMS: dict[str, tuple[type, str]] = {
@@ -101,8 +102,6 @@ def parse_variant(name: str) -> Variant:
     weight-free encoder) raise :class:`~spatialprobe.errors.ConfigError` naming the valid ones; an unknown
     base raises :class:`~spatialprobe.errors.UnknownNameError` with the closest matches.
     """
-    from .registry import spec as _spec
-
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"encoder id must be a non-empty string like 'dinov2-vit-b@mix_cls=0.1', got {name!r}.")
     text = name.strip()
@@ -124,7 +123,7 @@ def parse_variant(name: str) -> Variant:
         seen[key] = _value(text, key, raw)
     if "mix_cls" in seen and "mix_mean" in seen:
         raise ConfigError(f"encoder variant {text!r}: mix_cls and mix_mean cannot be combined; pick one.")
-    s = _spec(base)  # resolves aliases; unknown names fail with the closest matches
+    s = lookup(base)  # resolves aliases; unknown names fail with the closest matches
     if "mix_cls" in seen and s.cls_tokens == 0:
         raise ConfigError(f"encoder variant {text!r}: {s.id} has no CLS token; use mix_mean instead "
                           f"(e.g. {s.id}@mix_mean={_fmt(seen['mix_cls'])}).")
@@ -136,9 +135,7 @@ def parse_variant(name: str) -> Variant:
 
 def base_spec(name: str) -> EncoderSpec:
     """The base encoder's own spec (its id, weights files, ...) for a variant or plain id."""
-    from .registry import spec as _spec
-
-    return _spec(parse_variant(name).base) if is_variant(name) else _spec(name)
+    return lookup(parse_variant(name).base) if is_variant(name) else lookup(name)
 
 
 def variant_spec(name: str) -> EncoderSpec:
@@ -218,25 +215,10 @@ class VariantEncoder(torch.nn.Module):
         return f"name={self.name}, transforms={list(self.transforms)}"
 
 
-def get_variant(name: str, *, weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                pretrained: bool = True, layers: int | list[int] | None = None, seed: int = 0,
-                **overrides: Any) -> VariantEncoder:
-    """Build the base with :func:`~spatialprobe.encoders.get` and wrap it with the variant's transforms."""
-    from .registry import get
-
-    v = parse_variant(name)
-    layer = v.get("layer")
-    if layer is not None and layers is not None:
-        given = layers[0] if isinstance(layers, (list, tuple)) and len(layers) == 1 else layers
-        if given != layer:
-            raise ConfigError(f"encoder variant {v.id!r} taps layer {layer} but layers={layers} was also "
-                              f"given; pass one of them.")
-    base = get(v.base, weights_dir=weights_dir, device=device, pretrained=pretrained,
-               layers=layer if layer is not None else layers, seed=seed, **overrides)
-    if layer is not None and base.model is not None:
-        blocks = getattr(base.model, "blocks", None)
-        nb = (len(blocks) if blocks is not None else 0) or getattr(getattr(base.model, "config", None), "num_hidden_layers", 0)
-        if nb and layer >= nb:
-            raise ConfigError(f"encoder variant {v.id!r}: {v.base} has {nb} blocks, so layer must be in "
-                              f"0..{nb - 1}, not {layer}.")
-    return VariantEncoder(v, base).to(device)
+def __getattr__(name: str) -> Any:
+    # get_variant moved to the factory (registry), which sits above this module; kept for one release
+    if name == "get_variant":
+        warnings.warn("spatialprobe.encoders.variants.get_variant moved to spatialprobe.encoders.registry; "
+                      "use spatialprobe.encoders.get (it builds variant ids too).", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(f"{__package__}.registry").get_variant
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

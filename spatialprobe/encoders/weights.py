@@ -15,17 +15,19 @@ A name ending in '/' is a transformers folder (it must hold ``config.json``); an
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..errors import WeightsMismatchError, WeightsNotFoundError
+from ..errors import SpatialProbeError, WeightsMismatchError, WeightsNotFoundError
+from . import backends
+from .layouts import LAYOUTS, folder_layout, open_checkpoint, read_file
+from .loading import assert_complete, record_loads  # noqa: F401 - part of this module's public API
 from .spec import EncoderSpec
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def _torch_hub_checkpoints() -> Path:
 
 
 def _timm_hub_repo(spec: EncoderSpec) -> str | None:
-    if not spec.backend.startswith("timm") or "." not in spec.model:
+    if not backends.timm_model(spec.backend) or "." not in spec.model:
         return None
     try:
         from timm.models import get_pretrained_cfg
@@ -74,7 +76,7 @@ def _timm_hub_repo(spec: EncoderSpec) -> str | None:
 
 def _candidates(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> list[tuple[Path, bool]]:
     """(path, is_folder) for every place searched, in priority order (HF snapshot paths contain '*')."""
-    names = list(spec.weights.files) + ([f"{spec.id}/"] if spec.backend == "hf_dinov2"
+    names = list(spec.weights.files) + ([f"{spec.id}/"] if backends.folder_checkpoint(spec.backend)
                                         else [f"{spec.id}.safetensors", f"{spec.id}.pth"])
     out: list[tuple[Path, bool]] = []
     for root in (weights_dir, os.environ.get("SPATIALPROBE_WEIGHTS")):
@@ -95,8 +97,6 @@ def _candidates(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None)
     files = [n for n in spec.weights.files if not n.endswith("/")]
     for n in files:
         out.append((_torch_hub_checkpoints() / n, False))
-    from .layouts import LAYOUTS
-
     for fmt in spec.weights.format:  # where the publisher's own tools cache the file (e.g. ~/.cache/clip)
         for d in LAYOUTS[fmt].cache_dirs:
             for n in files:
@@ -194,8 +194,6 @@ def read_checkpoint(path: str | os.PathLike, *, meta: bool = False) -> dict[str,
     See :func:`spatialprobe.encoders.layouts.read_file`; nothing is ever unpickled beyond tensors (and
     ``argparse.Namespace`` for RADIO hub files).
     """
-    from .layouts import read_file
-
     return read_file(path, meta=meta)[0]
 
 
@@ -205,58 +203,6 @@ def unwrap(ckpt: dict[str, Any]) -> dict[str, Any]:
         if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict) and ckpt[k]:
             return unwrap(ckpt[k])
     return ckpt
-
-
-def assert_complete(eid: str, path: Any, missing: list[str], unexpected: list[str] | None = None,
-                    allowed_unexpected: tuple[str, ...] = ()) -> None:
-    """Raise :class:`WeightsMismatchError` if any model weight stayed unloaded (never a silent random model)."""
-    unexpected = [k for k in (unexpected or []) if not k.startswith(allowed_unexpected)] if allowed_unexpected \
-        else list(unexpected or [])
-    if missing or unexpected:
-        msg = [f"checkpoint {path} does not fit encoder {eid!r}"]
-        if missing:
-            msg.append(f"{len(missing)} model weight(s) not in the checkpoint, e.g. {missing[:4]}")
-        if unexpected:
-            msg.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:4]}")
-        msg.append("it is the wrong file or key layout for this encoder; check encoders.yaml weights.files "
-                   "and the source")
-        raise WeightsMismatchError("; ".join(msg) + ".")
-
-
-def _short(exc: Exception, n: int = 3) -> str:
-    """A load_state_dict error with its first ``n`` size mismatches and their count."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    mism = [ln for ln in lines if ln.startswith("size mismatch")]
-    if len(mism) <= n:
-        return " ".join(lines)
-    return " ".join(mism[:n]) + f" ... ({len(mism)} shape mismatches in all)"
-
-
-_PATCH_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def record_loads() -> Iterator[list[Any]]:
-    """Record every ``nn.Module.load_state_dict`` result inside the block (to catch non-strict loads)."""
-    import torch
-
-    calls: list[Any] = []
-    orig = torch.nn.Module.load_state_dict
-
-    def wrapped(self, state_dict, strict=True, assign=False):
-        try:
-            res = orig(self, state_dict, strict=False, assign=assign)
-        except RuntimeError as exc:  # shape mismatch
-            raise WeightsMismatchError(f"checkpoint shapes do not fit the model: {_short(exc)}") from None
-        calls.append(res)
-        return res
-
-    with _PATCH_LOCK:
-        torch.nn.Module.load_state_dict = wrapped
-        try:
-            yield calls
-        finally:
-            torch.nn.Module.load_state_dict = orig
 
 
 @dataclass
@@ -277,18 +223,15 @@ def check_file(spec: EncoderSpec, path: str | os.PathLike) -> FileCheck:
     strict key/shape check of the real load against the architecture built on the meta device."""
     import torch
 
-    from ..errors import SpatialProbeError
-    from .layouts import LAYOUTS, folder_layout, open_checkpoint
-    from .registry import _classes
-
     path = Path(path)
     layout = None
     try:
         layout = folder_layout(path) if path.is_dir() else open_checkpoint(
             path, spec.weights.format, eid=spec.id, meta=True).layout
-        build, _ = _classes(spec.backend)
-        import inspect
-
+        build, _ = backends.load(spec.backend)
+        if build is None:
+            raise WeightsMismatchError(f"encoder {spec.id!r} is weight-free ({spec.backend}); "
+                                       "it has no checkpoint.")
         if "meta" not in inspect.signature(build).parameters:  # a backend added with register_backend
             return FileCheck(spec.id, path, True, layout, "layout recognised; backend "
                              f"{spec.backend!r} has no meta-device check, so keys were not compared")
