@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from spatialprobe.cli import app
 from spatialprobe.errors import ConfigError
 from spatialprobe.study import TEMPLATE, build_plan, load_spec, node_state, parse_spec, run_study
-from spatialprobe.study.plan import node_dir, write_json_atomic
+from spatialprobe.study.state import node_dir, write_json_atomic
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,10 @@ locally or as cluster jobs through submitit.
 
 from __future__ import annotations
 
-from .plan import Node, build_plan, node_state
-from .runner import StudyConfig, StudyResult, load_resolved, run_study, study_status
+from .plan import Node, build_plan
+from .runner import StudyConfig, StudyResult, run_study, study_status
 from .spec import StudySpec, TEMPLATE, load_spec, parse_spec
+from .state import load_resolved, node_state
 
 __all__ = ["Node", "StudyConfig", "StudyResult", "StudySpec", "TEMPLATE", "build_plan", "load_resolved",
            "load_spec", "node_state", "parse_spec", "run_study", "study_status"]

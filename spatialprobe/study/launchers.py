@@ -12,9 +12,10 @@ import logging
 import time
 from pathlib import Path
 
-from .nodes import record_failure, run_node
-from .plan import JOB_KINDS, Node, node_state
+from .nodes import run_job, run_node
+from .plan import JOB_KINDS, Node
 from .spec import StudySpec
+from .state import error_file, node_state, record_failure
 
 log = logging.getLogger("spatialprobe.study")
 
@@ -99,8 +100,6 @@ def make_executor(spec: StudySpec, out: Path, gpus: int):
 
 def run_submitit(spec: StudySpec, nodes: list[Node], out: Path) -> dict[str, str]:
     """Submit ready job nodes as arrays, run quick nodes here, until nothing is left to start."""
-    from .nodes import run_job
-
     by_name = {n.name: n for n in nodes}
     # failures recorded by an earlier run are tried again
     states = {n.name: ("missing" if (s := node_state(out, n)) in ("failed", "blocked") else s) for n in nodes}
@@ -166,7 +165,7 @@ def run_submitit(spec: StudySpec, nodes: list[Node], out: Path) -> dict[str, str
                 if states[name] not in ("failed", "blocked"):
                     record_failure(out, node, f"job {job.job_id} ended without a done marker")
                     states[name] = "failed"
-                err = (out / "nodes" / node.kind / f"{node.key}.error.json")
+                err = error_file(out, node)
                 prog.event(node, f"FAILED (see {err})")
         if not running and not progressed:
             break

@@ -8,100 +8,22 @@ so an extraction resumes its shards and a training run its newest checkpoint), t
 
 from __future__ import annotations
 
-import collections
-import hashlib
 import json
 import logging
 import os
 import shutil
-import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
+from .. import store
 from ..errors import DataError, InputFileError
-from .plan import (Node, error_file, node_dir, partial_dir, read_json, register_defined, write_json_atomic)
+from .plan import Node, build_plan, register_defined
+from .results import build_tables, run_correlate
 from .spec import StudySpec
+from .state import error_file, load_resolved, node_dir, partial_dir, record_failure, write_json_atomic
 
 log = logging.getLogger("spatialprobe.study")
-
-
-# ------------------------------------------------------------------------------ teacher token cache
-
-class _LRU:
-    """Teacher tokens per image (keyed by the image bytes), bounded by a byte budget."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget, self.used = budget, 0
-        self.items: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: bytes):
-        with self.lock:
-            v = self.items.get(key)
-            if v is not None:
-                self.items.move_to_end(key)
-            return v
-
-    def put(self, key: bytes, value: tuple, size: int) -> None:
-        if size > self.budget:
-            return
-        with self.lock:
-            self.items[key] = value
-            self.used += size
-            while self.used > self.budget and self.items:
-                _, old = self.items.popitem(last=False)
-                self.used -= old[-1]
-
-
-_CACHES: dict[str, _LRU] = {}
-
-
-def cached_teacher(enc, cache_key: str, budget_mb: int):
-    """Wrap a teacher so each image is encoded alone (batch of one) and its tokens are remembered.
-
-    Encoding images one at a time makes a token independent of which other images share its batch,
-    so a run's numbers do not depend on what the cache held (a resumed study equals an uninterrupted
-    one); the cache then saves the teacher forward for images seen before (the same data order is
-    used by every method of a seed).
-    """
-    import torch
-
-    from ..encoders.base import EncoderOutput
-
-    cache = _CACHES.setdefault(cache_key, _LRU(int(budget_mb) << 20))
-
-    class CachedTeacher(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = enc
-            self.name = getattr(enc, "name", cache_key)
-            self.embed_dim = enc.embed_dim
-            self.grid = enc.grid
-            self.weights_id = getattr(enc, "weights_id", None)
-            self.spec = getattr(enc, "spec", None)
-
-        @torch.no_grad()
-        def forward(self, images: torch.Tensor) -> EncoderOutput:
-            patches, prefixes, out = [], [], None
-            for img in images:
-                key = hashlib.blake2b(img.contiguous().cpu().numpy().tobytes(), digest_size=16).digest()
-                hit = cache.get(key) if budget_mb > 0 else None
-                if hit is None:
-                    out = self.inner(img[None])
-                    pre = None if out.prefix is None else out.prefix[0]
-                    size = out.patch[0].numel() * 4 + (0 if pre is None else pre.numel() * 4)
-                    hit = (out.patch[0], pre, tuple(out.grid), out.layer, size)
-                    if budget_mb > 0:
-                        cache.put(key, hit, size)
-                patches.append(hit[0])
-                prefixes.append(hit[1])
-            p0 = prefixes[0]
-            return EncoderOutput(patch=torch.stack(patches), prefix=None if p0 is None else torch.stack(prefixes),
-                                 grid=hit[2], layer=hit[3])
-
-    return CachedTeacher()
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -127,10 +49,10 @@ def build_encoder(spec: StudySpec, settings: dict[str, Any], device: str):
 
 
 def find_store(folder: Path) -> Path:
-    found = sorted(Path(folder).glob("*/*/manifest.json"))
+    found = store.find_stores(folder)
     if not found:
         raise InputFileError(f"No feature store (manifest.json) under {str(folder)!r}; rerun its extract node.")
-    return found[0].parent
+    return found[0]
 
 
 def _dep_dir(out: Path, by_name: dict[str, Node], node: Node, kind: str) -> Path:
@@ -229,6 +151,7 @@ def _run_inject(spec, node, work, out, by_name):
 
 def _run_train(spec, node, work, out, by_name):
     from ..train.loop import train
+    from ..train.teacher_cache import cached_teacher
 
     s = node.settings
     device = _device(spec)
@@ -279,21 +202,9 @@ def _run_fid(spec, node, work, out, by_name):
     return {"quality": q, "protocol": r["protocol"], "n_samples": r.get("num_samples")}
 
 
-def _run_table(spec, node, work, out, by_name):
-    from .results import build_tables
-
-    return build_tables(spec, node, work, out, by_name)
-
-
-def _run_correlate(spec, node, work, out, by_name):
-    from .results import run_correlate
-
-    return run_correlate(spec, node, work, out, by_name)
-
-
 RUNNERS = {"extract": _run_extract, "metrics": _run_metrics, "probe": _run_probe, "inject": _run_inject,
-           "train": _run_train, "sample": _run_sample, "fid": _run_fid, "table": _run_table,
-           "correlate": _run_correlate}
+           "train": _run_train, "sample": _run_sample, "fid": _run_fid, "table": build_tables,
+           "correlate": run_correlate}
 
 
 # ------------------------------------------------------------------------------------ execution
@@ -341,21 +252,6 @@ def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -
     return record
 
 
-def record_failure(out: Path, node: Node, exc: BaseException | str, *, blocked: bool = False) -> str:
-    msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    rec = {"fingerprint": node.fingerprint, "name": node.name, "error": msg, "blocked": blocked,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if not isinstance(exc, str):
-        rec["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    write_json_atomic(error_file(out, node), rec)
-    return msg
-
-
-def done_summary(out: Path, node: Node) -> dict[str, Any] | None:
-    d = read_json(node_dir(out, node) / "done.json")
-    return d.get("summary") if d and d.get("fingerprint") == node.fingerprint else None
-
-
 def run_job(out: str, node_names: list[str]) -> str:
     """Entry point of one cluster job: run ``node_names`` of the study in ``out`` in order (reads
     ``out/study.yaml``); a failure is recorded and the rest of the chain is marked blocked.
@@ -363,9 +259,6 @@ def run_job(out: str, node_names: list[str]) -> str:
     With several tasks per job (DDP training), the scheduler's rank variables are mapped to the
     ``torchrun`` ones (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) first.
     """
-    from .runner import load_resolved
-    from .plan import build_plan
-
     import submitit
 
     try:

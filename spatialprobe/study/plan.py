@@ -7,14 +7,12 @@ Nodes (``kind/key``):
   no-alignment baseline);
 - ``table/results`` (every property and quality node) → ``correlate/<y>``.
 
-A node's output lives in ``OUT/nodes/<kind>/<key>/`` with ``done.json`` (its fingerprint, timing and the
-summary the table reads). A node is *done* when ``done.json`` holds the node's current fingerprint;
-anything else (missing, another fingerprint, a partial folder, a recorded failure) makes it run again.
+A node's fingerprint covers its settings and its inputs' fingerprints, so a changed setting reruns the
+node and everything downstream of it. Where a node's output lives and whether it is done: ``state.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -193,62 +191,3 @@ def correlate_targets(spec: StudySpec) -> list[str]:
     if "repa" in spec.training.methods and "irepa" in spec.training.methods:
         ys.append(f"{q}_repa_minus_irepa")
     return ys
-
-
-# ------------------------------------------------------------------------------------- node state
-
-def node_dir(out: Path, node: Node) -> Path:
-    return Path(out) / "nodes" / node.kind / node.key
-
-
-def partial_dir(out: Path, node: Node) -> Path:
-    return Path(out) / "nodes" / node.kind / f"{node.key}.partial"
-
-
-def error_file(out: Path, node: Node) -> Path:
-    return Path(out) / "nodes" / node.kind / f"{node.key}.error.json"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def node_state(out: Path, node: Node) -> str:
-    """done | stale (done with another fingerprint) | partial | failed | blocked | missing."""
-    done = read_json(node_dir(out, node) / "done.json")
-    if done is not None and done.get("fingerprint") == node.fingerprint:
-        return "done"
-    err = read_json(error_file(out, node))
-    if err is not None and err.get("fingerprint") == node.fingerprint:
-        return "blocked" if err.get("blocked") else "failed"
-    if partial_dir(out, node).is_dir():
-        return "partial"
-    if done is not None:
-        return "stale"
-    return "missing"
-
-
-def plan_record(spec: StudySpec, nodes: list[Node], out: Path | None = None) -> dict[str, Any]:
-    rec = {"name": spec.name, "version": PLAN_VERSION, "nodes": []}
-    for n in nodes:
-        d = dataclasses.asdict(n)
-        d["name"] = n.name
-        if out is not None:
-            d["state"] = node_state(out, n)
-            d["output"] = str(node_dir(out, n))
-        rec["nodes"].append(d)
-    return rec
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj, indent=2, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

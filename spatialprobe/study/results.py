@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .plan import Node, node_dir, read_json
+from .plan import Node, canonical_id, family_of
 from .spec import StudySpec
+from .state import node_dir, read_json
 
 log = logging.getLogger("spatialprobe.study")
 
@@ -55,8 +56,6 @@ def _known_table(spec: StudySpec):
 def build_tables(spec: StudySpec, node: Node, work: Path, out: Path, by_name: dict[str, Node]) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
-
-    from .plan import canonical_id, family_of
 
     q = spec.quality_col
     props: dict[str, dict[str, Any]] = {}

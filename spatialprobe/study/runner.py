@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import resolve
 from ..errors import ConfigError, InputFileError
-from .plan import Node, build_plan, node_dir, node_state, plan_record, read_json, write_json_atomic
-from .spec import StudySpec, load_spec, parse_spec
+from .launchers import LAUNCHERS
+from .plan import Node, build_plan, canonical_id, register_defined
+from .spec import StudySpec, load_spec
+from .state import (error_file, load_resolved, node_dir, node_state, plan_record, read_json, write_json_atomic,
+                    write_resolved)
 
 log = logging.getLogger("spatialprobe.study")
 
@@ -44,34 +48,10 @@ class StudyResult:
         return [k for k, v in self.states.items() if v in ("failed", "blocked")]
 
 
-def load_resolved(out: Path) -> StudySpec:
-    """The resolved spec a study folder was run with (``OUT/study.yaml``)."""
-    import yaml
-
-    p = Path(out) / "study.yaml"
-    if not p.is_file():
-        raise InputFileError(f"{str(out)!r} is not a study folder (no study.yaml); run `spatialprobe study run "
-                             "SPEC --out DIR` first.")
-    return parse_spec(yaml.safe_load(p.read_text(encoding="utf-8")))
-
-
-def write_resolved(spec: StudySpec, out: Path) -> None:
-    import yaml
-
-    d = spec.to_dict()
-    d.pop("smoke", None)
-    text = "# resolved study spec (defaults filled in); `spatialprobe study run` reads it back\n" + \
-        yaml.safe_dump(d, sort_keys=False)
-    tmp = out / ".study.yaml.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out / "study.yaml")
-
-
 def missing_weights(spec: StudySpec) -> list[dict[str, Any]]:
     """Every encoder whose checkpoint is not on disk: id, expected files, where searched, source."""
     from .. import encoders as E
     from ..encoders.weights import locate
-    from .plan import canonical_id, register_defined
 
     register_defined(spec)
     out = []
@@ -113,7 +93,7 @@ def status_table(out: Path, nodes: list[Node]) -> "Any":
     for n in nodes:
         st = node_state(out, n)
         done = read_json(node_dir(out, n) / "done.json") if st == "done" else None
-        err = read_json(out / "nodes" / n.kind / f"{n.key}.error.json") if st in ("failed", "blocked") else None
+        err = read_json(error_file(out, n)) if st in ("failed", "blocked") else None
         summ = (done or {}).get("summary") or {}
         rows.append({"node": n.name, "state": "skipped" if summ.get("skipped") else st,
                      "seconds": (done or {}).get("seconds"),
@@ -168,9 +148,6 @@ def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
     (+ ``.parquet``), ``OUT/summary.json`` and ``OUT/correlate/<y>/``. With ``dry_run`` nothing runs:
     the result lists the plan with each node's state and the encoders whose weights are missing.
     """
-    from ..config import resolve
-    from .launchers import LAUNCHERS
-
     cfg = resolve(StudyConfig, config, **options)
     spec, nodes, out = prepare(cfg)
     miss = missing_weights(spec)

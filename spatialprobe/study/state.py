@@ -1,0 +1,122 @@
+"""Where a study keeps its state on disk: node folders, done markers, recorded failures, the plan record
+and the resolved spec (``OUT/study.yaml``) a cluster job reads back.
+
+A node's output lives in ``OUT/nodes/<kind>/<key>/`` with ``done.json`` (its fingerprint, timing and the
+summary the table reads); it is built in ``OUT/nodes/<kind>/<key>.partial/``; a failure is recorded in
+``OUT/nodes/<kind>/<key>.error.json``. A node is *done* when ``done.json`` holds the node's current
+fingerprint; anything else (missing, another fingerprint, a partial folder, a recorded failure) makes it
+run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputFileError
+from .plan import PLAN_VERSION, Node
+from .spec import StudySpec, parse_spec
+
+
+# ------------------------------------------------------------------------------------ node folders
+
+def node_dir(out: Path, node: Node) -> Path:
+    return Path(out) / "nodes" / node.kind / node.key
+
+
+def partial_dir(out: Path, node: Node) -> Path:
+    return Path(out) / "nodes" / node.kind / f"{node.key}.partial"
+
+
+def error_file(out: Path, node: Node) -> Path:
+    return Path(out) / "nodes" / node.kind / f"{node.key}.error.json"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def node_state(out: Path, node: Node) -> str:
+    """done | stale (done with another fingerprint) | partial | failed | blocked | missing."""
+    done = read_json(node_dir(out, node) / "done.json")
+    if done is not None and done.get("fingerprint") == node.fingerprint:
+        return "done"
+    err = read_json(error_file(out, node))
+    if err is not None and err.get("fingerprint") == node.fingerprint:
+        return "blocked" if err.get("blocked") else "failed"
+    if partial_dir(out, node).is_dir():
+        return "partial"
+    if done is not None:
+        return "stale"
+    return "missing"
+
+
+def plan_record(spec: StudySpec, nodes: list[Node], out: Path | None = None) -> dict[str, Any]:
+    rec = {"name": spec.name, "version": PLAN_VERSION, "nodes": []}
+    for n in nodes:
+        d = dataclasses.asdict(n)
+        d["name"] = n.name
+        if out is not None:
+            d["state"] = node_state(out, n)
+            d["output"] = str(node_dir(out, n))
+        rec["nodes"].append(d)
+    return rec
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, indent=2, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def record_failure(out: Path, node: Node, exc: BaseException | str, *, blocked: bool = False) -> str:
+    msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    rec = {"fingerprint": node.fingerprint, "name": node.name, "error": msg, "blocked": blocked,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if not isinstance(exc, str):
+        rec["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    write_json_atomic(error_file(out, node), rec)
+    return msg
+
+
+def done_summary(out: Path, node: Node) -> dict[str, Any] | None:
+    d = read_json(node_dir(out, node) / "done.json")
+    return d.get("summary") if d and d.get("fingerprint") == node.fingerprint else None
+
+
+# ------------------------------------------------------------------------------- the resolved spec
+
+def load_resolved(out: Path) -> StudySpec:
+    """The resolved spec a study folder was run with (``OUT/study.yaml``)."""
+    import yaml
+
+    p = Path(out) / "study.yaml"
+    if not p.is_file():
+        raise InputFileError(f"{str(out)!r} is not a study folder (no study.yaml); run `spatialprobe study run "
+                             "SPEC --out DIR` first.")
+    return parse_spec(yaml.safe_load(p.read_text(encoding="utf-8")))
+
+
+def write_resolved(spec: StudySpec, out: Path) -> None:
+    import yaml
+
+    d = spec.to_dict()
+    d.pop("smoke", None)
+    text = "# resolved study spec (defaults filled in); `spatialprobe study run` reads it back\n" + \
+        yaml.safe_dump(d, sort_keys=False)
+    tmp = out / ".study.yaml.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out / "study.yaml")
