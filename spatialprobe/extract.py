@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .data import PREPROCESS_ID, ImageSource, open_source
+from .data.loading import SourceItems, collate_items, decode_workers
+from .errors import ConfigError, StoreError
 from .store import DTYPES, FORMAT_VERSION, FeatureStore, StoreWriter, fingerprint, torch_dtype
 from .store import open as open_store
-from .data import PREPROCESS_ID, BadImageError, ImageSource, open_source
-from .errors import ConfigError, StoreError
 
 log = logging.getLogger("spatialprobe.extract")
 
@@ -152,40 +153,6 @@ def resolve_device(device: str, local_rank: int = 0) -> str:
 
 
 # ----------------------------------------------------------------------------- data loading
-
-class _Items:
-    """Dataset over source positions; returns (position, uint8 tensor or None, reason)."""
-
-    def __init__(self, source: ImageSource, positions: Sequence[int]) -> None:
-        self.source, self.positions = source, list(positions)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, j: int):
-        pos = self.positions[j]
-        try:
-            return pos, self.source.load(pos), ""
-        except BadImageError as exc:
-            return pos, None, exc.reason
-        except Exception as exc:  # noqa: BLE001 - any failure of one image is recorded, not fatal
-            return pos, None, f"{type(exc).__name__}: {exc}"
-
-
-def decode_workers(n: int) -> int:
-    """DataLoader workers for ``num_workers = n`` (-1 = min(8, CPU count))."""
-    return n if n >= 0 else min(8, os.cpu_count() or 1)
-
-
-def _collate(items):
-    import torch
-
-    good = [(p, t) for p, t, _ in items if t is not None]
-    bad = [(p, r) for p, t, r in items if t is None]
-    pos = [p for p, _ in good]
-    imgs = torch.stack([t for _, t in good]) if good else None
-    return pos, imgs, bad
-
 
 def _shard_batches(plan: list[tuple[int, range]], batch_size: int, base: int = 0) -> list[list[int]]:
     """Batches of dataset indices that never cross a shard boundary."""
@@ -611,8 +578,8 @@ def _run_shared(jobs: list[_Job], source: ImageSource, cfg: ExtractConfig, devic
             auto_batch_size(job.enc, device, source.resolution)
     bs = max(j.bs for j in jobs)
     workers = decode_workers(cfg.num_workers)
-    loader = DataLoader(_Items(source, positions), batch_sampler=_shard_batches(plan, bs), num_workers=workers,
-                        collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers > 0 else None,
+    loader = DataLoader(SourceItems(source, positions), batch_sampler=_shard_batches(plan, bs), num_workers=workers,
+                        collate_fn=collate_items, pin_memory=cuda, prefetch_factor=4 if workers > 0 else None,
                         persistent_workers=False)
     sdt = torch_dtype(cfg.dtype)
     shard_of = {p: k for k, rng in plan for p in rng}

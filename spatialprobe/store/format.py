@@ -15,10 +15,10 @@ marker never counts. ``manifest.json`` carries ``"complete": false`` until every
 
 The encoder folder is named by :func:`store_dirname` (the id itself when it holds only safe characters,
 e.g. ``hog@mix_cls=0.5``; otherwise a sanitised name plus a short hash); the manifest keeps the id as
-given. A lock file ``<root>/<encoder-id>/.lock`` (:class:`~spatialprobe.store.write.StoreLock`) lets one process at a time write
-an encoder's stores. ``--force`` builds the replacement in a hidden ``.partial-<fingerprint>`` folder
-beside the old store and swaps it in only when complete (:func:`~spatialprobe.store.write.promote`), so a kill at any moment
-leaves at least one complete store. Hidden folders (``.partial-*``, ``.trash-*``) are never listed by
+given. A lock file ``<root>/<encoder-id>/.lock`` (:class:`~spatialprobe.store.write.StoreLock`) lets one
+process at a time write an encoder's stores. ``--force`` builds the replacement in a hidden
+``.partial-<fingerprint>`` folder beside the old store and swaps it in only when complete
+(:func:`~spatialprobe.store.write.promote`), so a kill at any moment leaves at least one complete store. Hidden folders (``.partial-*``, ``.trash-*``) are never listed by
 :func:`find_stores`.
 
 Reading (:func:`open`) is memory-mapped through ``safetensors.safe_open``: :meth:`FeatureStore.iter_chunks`

@@ -263,8 +263,8 @@ class StoreWriter:
             old_rec = _read_json(self.others[0] / MANIFEST).get("fingerprint_inputs", {})
             changed = diff(old_rec, self.inputs) if (old_rec and diff is not None) else ["unknown"]
             staged = partial_dir(self.root, self.fingerprint)
-            note = (f" An interrupted --force build of the new fingerprint is kept at {str(staged)!r}; --force resumes it."
-                    if staged.is_dir() else "")
+            note = (f" An interrupted --force build of the new fingerprint is kept at {str(staged)!r}; "
+                    "--force resumes it." if staged.is_dir() else "")
             raise StoreError(f"{str(self.root)!r} already holds a {self.key} store with another fingerprint "
                              f"({self.others[0].name}; differs in: {', '.join(changed)}). It is never reused silently: "
                              f"pass --force to replace it (the old store is kept until the new one is complete), "
