@@ -41,7 +41,7 @@ import torch
 from spatialprobe.data import ImageSource, open_source
 from spatialprobe.encoders import get
 from spatialprobe.extract import ExtractConfig, decode_workers, extract_many, extract_one
-from spatialprobe.study.images import DecodedCache
+from spatialprobe.data.cache import DecodedCache
 
 # dense bf16 peak (TFLOP/s) of common accelerators, for the utilisation column
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -119,11 +119,11 @@ def decode_only(src: ImageSource, cfg: ExtractConfig) -> float:
     """Seconds for the extraction DataLoader (decode + ADM crop + collate) with no encoder."""
     from torch.utils.data import DataLoader
 
-    from spatialprobe.extract import _collate, _Items
+    from spatialprobe.data.loading import SourceItems, collate_items
 
     workers = cfg.num_workers if cfg.num_workers >= 0 else min(8, os.cpu_count() or 1)
-    loader = DataLoader(_Items(src, range(len(src))), batch_size=cfg.batch_size or 32, num_workers=workers,
-                        collate_fn=_collate, prefetch_factor=4 if workers > 0 else None)
+    loader = DataLoader(SourceItems(src, range(len(src))), batch_size=cfg.batch_size or 32, num_workers=workers,
+                        collate_fn=collate_items, prefetch_factor=4 if workers > 0 else None)
     t = time.perf_counter()
     for _pos, imgs, _bad in loader:
         assert imgs is not None

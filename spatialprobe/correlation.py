@@ -129,7 +129,7 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
         result.to_csv(out / "correlations.csv", index=False)
         extra = {"input": source, "family_col": family_col, "rows_in_input": len(df)}
         if cfg.figure:
-            from .report.figures import correlation_panel
+            from .figures import correlation_panel
 
             for yname in cfg.y:
                 stem = "correlation_panel" if len(cfg.y) == 1 else f"correlation_panel_{yname}"

@@ -1,5 +1,8 @@
 """Batched feature extraction into the feature store (see :mod:`spatialprobe.store` for the layout).
 
+This module computes tensors; :class:`~spatialprobe.store.StoreWriter` owns the write protocol (lock,
+staging folder, shards, done markers, manifest, swap-in).
+
 One call = one or more encoders over one image source (:func:`extract_many`; :func:`extract_one` for
 a single encoder object, :func:`extract` for the command):
 
@@ -38,9 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import store as _store
-from .data import PREPROCESS_ID, BadImageError, ImageSource, open_source
+from .data import PREPROCESS_ID, ImageSource, open_source
+from .data.loading import SourceItems, collate_items, decode_workers
 from .errors import ConfigError, StoreError
+from .store import DTYPES, FORMAT_VERSION, FeatureStore, StoreWriter, fingerprint, torch_dtype
+from .store import open as open_store
 
 log = logging.getLogger("spatialprobe.extract")
 
@@ -87,11 +92,11 @@ class ExtractResult:
     def images_per_s(self) -> float:
         return self.n_images / self.seconds if self.seconds > 0 else float("nan")
 
-    def open(self) -> "_store.FeatureStore":
+    def open(self) -> FeatureStore:
         """The store this extraction wrote or reused (:func:`spatialprobe.store.open`)."""
         if self.path is None:
             raise StoreError(f"{self.encoder}: no store was written ({self.error}).")
-        return _store.open(self.path)
+        return open_store(self.path)
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -148,40 +153,6 @@ def resolve_device(device: str, local_rank: int = 0) -> str:
 
 
 # ----------------------------------------------------------------------------- data loading
-
-class _Items:
-    """Dataset over source positions; returns (position, uint8 tensor or None, reason)."""
-
-    def __init__(self, source: ImageSource, positions: Sequence[int]) -> None:
-        self.source, self.positions = source, list(positions)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, j: int):
-        pos = self.positions[j]
-        try:
-            return pos, self.source.load(pos), ""
-        except BadImageError as exc:
-            return pos, None, exc.reason
-        except Exception as exc:  # noqa: BLE001 - any failure of one image is recorded, not fatal
-            return pos, None, f"{type(exc).__name__}: {exc}"
-
-
-def decode_workers(n: int) -> int:
-    """DataLoader workers for ``num_workers = n`` (-1 = min(8, CPU count))."""
-    return n if n >= 0 else min(8, os.cpu_count() or 1)
-
-
-def _collate(items):
-    import torch
-
-    good = [(p, t) for p, t, _ in items if t is not None]
-    bad = [(p, r) for p, t, r in items if t is None]
-    pos = [p for p, _ in good]
-    imgs = torch.stack([t for _, t in good]) if good else None
-    return pos, imgs, bad
-
 
 def _shard_batches(plan: list[tuple[int, range]], batch_size: int, base: int = 0) -> list[list[int]]:
     """Batches of dataset indices that never cross a shard boundary."""
@@ -254,13 +225,13 @@ def store_fingerprint(enc, source: ImageSource, cfg: ExtractConfig, key: str | N
                       source_record: dict | None = None) -> tuple[str, dict]:
     """The store fingerprint and the record it hashes (``key``: the id the store is filed under,
     default ``enc.name``; ``source_record``: ``source.fingerprint_record()`` when already computed)."""
-    rec = {"format": _store.FORMAT_VERSION, "id": key or enc.name, "encoder": _encoder_record(enc, cfg),
+    rec = {"format": FORMAT_VERSION, "id": key or enc.name, "encoder": _encoder_record(enc, cfg),
            "preprocess": PREPROCESS_ID, "resolution": source.resolution, "dtype": cfg.dtype,
            "pooled_only": bool(cfg.pooled_only), "prefix": bool(cfg.prefix), "shard_size": int(cfg.shard_size),
            "source": source_record if source_record is not None else source.fingerprint_record(),
            "n_images": len(source)}
     rec = json.loads(json.dumps(rec, sort_keys=True, default=str))  # exactly what the manifest will hold
-    return _store.fingerprint(rec), rec
+    return fingerprint(rec), rec
 
 
 #: what a changed fingerprint field means, for the refusal message
@@ -305,10 +276,7 @@ class _Job:
     key: str
     fp: str
     fp_rec: dict
-    root: Path
-    final: Path
-    work: Path | None = None
-    others: list[Path] = field(default_factory=list)
+    writer: StoreWriter
     base_manifest: dict = field(default_factory=dict)
     todo: list[int] = field(default_factory=list)
     bs: int = 32
@@ -317,35 +285,13 @@ class _Job:
     finished: bool = False  # reused or failed before the pass
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _plan_job(job: _Job, cfg: ExtractConfig) -> None:
     """Decide (read-only) what this encoder needs: reuse, refusal, or which folder to build in."""
-    m = _read_json(job.final / _store.MANIFEST) if (job.final / _store.MANIFEST).is_file() else {}
-    job.others = [p for p in _store.find_stores(job.root) if p.resolve() != job.final.resolve()] \
-        if job.root.is_dir() else []
-    if m.get("complete") and m.get("fingerprint") == job.fp and (cfg.force or not job.others):
+    m = job.writer.plan(cfg.force, diff=fingerprint_diff)
+    if m is not None:
         job.result.reused, job.result.n_images = True, len(m.get("ids", []))
         job.result.bad = [tuple(b) for b in m.get("bad", [])]
         job.finished = True
-        return
-    if job.others and not cfg.force:
-        old_rec = _read_json(job.others[0] / _store.MANIFEST).get("fingerprint_inputs", {})
-        diff = fingerprint_diff(old_rec, job.fp_rec) if old_rec else ["unknown"]
-        staged = _store.partial_dir(job.root, job.fp)
-        note = (f" An interrupted --force build of the new fingerprint is kept at {str(staged)!r}; --force resumes it."
-                if staged.is_dir() else "")
-        raise StoreError(f"{str(job.root)!r} already holds a {job.key} store with another fingerprint "
-                         f"({job.others[0].name}; differs in: {', '.join(diff)}). It is never reused silently: "
-                         f"pass --force to replace it (the old store is kept until the new one is complete), "
-                         f"or choose another --out.{note}")
-    # a replacement is built beside the old store and swapped in only when complete
-    job.work = job.final if (job.final.exists() or not job.others) else _store.partial_dir(job.root, job.fp)
 
 
 def _all_ranks_flags(flags: list[int], world: int) -> list[int]:
@@ -397,7 +343,7 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
     ``shard_size`` for many wide encoders.
     """
     cfg = config or ExtractConfig()
-    _store.torch_dtype(cfg.dtype)
+    torch_dtype(cfg.dtype)
     if cfg.shard_size < 1:
         raise ConfigError(f"shard_size must be ≥ 1, got {cfg.shard_size}.")
     given = list(encoders)
@@ -440,11 +386,9 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
     src_rec = source.fingerprint_record()  # hashes the image files once (cached) for every encoder
     for enc, key in zip(encoders, keys):
         fp, rec = store_fingerprint(enc, source, cfg, key, src_rec)
-        root = Path(out) / _store.store_dirname(key)
-        job = _Job(enc=enc, key=key, fp=fp, fp_rec=rec, root=root, final=root / fp[:16])
-        job.result = ExtractResult(encoder=key, path=job.final, fingerprint=fp)
+        job = _Job(enc=enc, key=key, fp=fp, fp_rec=rec, writer=StoreWriter(out, key, fp, inputs=rec))
+        job.result = ExtractResult(encoder=key, path=job.writer.final, fingerprint=fp)
         jobs.append(job)
-    locks: list[_store.StoreLock] = []
 
     def fail(job: _Job, exc: BaseException) -> None:
         if job.exc is None:
@@ -459,7 +403,7 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         if rank == 0:
             for job in jobs:
                 try:
-                    locks.append(_store.StoreLock(job.root).acquire())
+                    job.writer.lock()
                 except StoreError as exc:
                     fail(job, exc)
         for job in jobs:
@@ -475,26 +419,17 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         active = [j for j in jobs if not j.finished]  # the same list on every rank
         # 4. rank 0 prepares the folders
         if rank == 0:
-            from .config import environment
-
             for job in jobs:
                 if job.exc is not None:
                     continue
                 if job.finished:  # reused; a --force leftover old store is removed now
-                    if job.others:
-                        _store.promote_over(job.final, job.others)
-                    _store.clean_leftovers(job.root)
-                    log.info("%s: store %s is up to date (fingerprint %s); nothing to do.", job.key, job.final,
-                             job.fp[:16])
+                    job.writer.keep()
+                    log.info("%s: store %s is up to date (fingerprint %s); nothing to do.", job.key,
+                             job.writer.final, job.fp[:16])
                     continue
                 job.base_manifest = _base_manifest(job, source, cfg, n_shards)
                 try:
-                    job.work.mkdir(parents=True, exist_ok=True)
-                    _store.clean_temp_files(job.work)
-                    _store.clean_leftovers(job.root, keep=[job.work])
-                    if not (job.work / _store.MANIFEST).is_file():
-                        _store.atomic_write_json(job.work / _store.MANIFEST,
-                                                 {**job.base_manifest, "environment": environment()})
+                    job.writer.begin(job.base_manifest)
                 except OSError as exc:
                     fail(job, _write_error(job, exc))
         else:
@@ -507,7 +442,7 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         for job in active:
             if job.exc is not None:
                 continue
-            done = {k for k in range(n_shards) if _store.read_marker(job.work, k) is not None}
+            done = job.writer.done_shards(n_shards)
             job.todo = [k for k in range(n_shards) if k % world == rank and k not in done]
             if done:
                 log.info("%s: resuming; %d of %d shards already done.", job.key, len(done), n_shards)
@@ -542,11 +477,11 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
         if rank != 0:
             for job in active:
                 if job.exc is None:
-                    m = _store.open(job.final).manifest
+                    m = open_store(job.writer.final).manifest
                     job.result.bad, job.result.n_images = [tuple(b) for b in m["bad"]], len(m["ids"])
     finally:
-        for lk in locks:
-            lk.release()
+        for job in jobs:
+            job.writer.unlock()
     seconds = time.perf_counter() - t0
     for job, label in zip(jobs, labels_ok):
         job.result.seconds = seconds
@@ -556,14 +491,14 @@ def extract_many(encoders: Sequence[Any], source: ImageSource, out: str | Path,
 
 
 def _write_error(job: _Job, exc: OSError) -> StoreError:
-    where = exc.filename or job.work
+    where = exc.filename or job.writer.work
     return StoreError(f"{job.key}: cannot write {str(where)!r} ({exc.strerror or exc}); free space or fix the "
                       "permissions, or choose another --out, then run the same command again to resume.")
 
 
 def _base_manifest(job: _Job, source: ImageSource, cfg: ExtractConfig, n_shards: int) -> dict:
     enc = job.enc
-    return {"format": _store.FORMAT_VERSION, "fingerprint": job.fp, "fingerprint_inputs": job.fp_rec,
+    return {"format": FORMAT_VERSION, "fingerprint": job.fp, "fingerprint_inputs": job.fp_rec,
             "encoder": job.key, "grid": list(enc.grid), "dim": int(enc.embed_dim), "dtype": cfg.dtype,
             "shard_size": int(cfg.shard_size), "n_shards": n_shards, "source": source.describe(),
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
@@ -571,30 +506,12 @@ def _base_manifest(job: _Job, source: ImageSource, cfg: ExtractConfig, n_shards:
 
 
 def _finalize(job: _Job, source: ImageSource) -> None:
-    from .config import environment
-
-    n_shards = job.base_manifest["n_shards"]
-    markers = [_store.read_marker(job.work, k) for k in range(n_shards)]
-    missing = [k for k, m in enumerate(markers) if m is None]
-    if missing:
-        raise StoreError(f"{job.key}: shards {missing[:8]} of {job.work} are not done; run again to resume.")
-    pos = {i: j for j, i in enumerate(source.ids)}
-    ids = [i for m in markers for i in m["ids"]]
-    keys = sorted({k for m in markers for k in m["keys"]})
-    final = {**job.base_manifest, "environment": environment(), "keys": keys, "ids": ids,
-             "labels": None if source.labels is None else [int(source.labels[pos[i]]) for i in ids],
-             "label_names": source.label_names,
-             "shards": [{"file": m["file"], "n": m["n"], "ids": m["ids"]} for m in markers],
-             "bad": [b for m in markers for b in m["bad"]], "layer": _layer_from(markers, job.enc),
-             "prefix_tokens": _prefix_tokens(job.work, markers), "complete": True}
-    _store.atomic_write_json(job.work / _store.MANIFEST, final)
-    if job.work != job.final:
-        _store.promote(job.work, job.final, job.others)
-    elif job.others:
-        _store.promote_over(job.final, job.others)
-    job.result.path = job.final
+    labels = None if source.labels is None else dict(zip(source.ids, source.labels))
+    final = job.writer.finish(job.base_manifest, job.base_manifest["n_shards"], labels=labels,
+                              label_names=source.label_names, layer=getattr(job.enc, "layer", None))
+    job.result.path = job.writer.final
     job.result.bad = [tuple(b) for b in final["bad"]]
-    job.result.n_images = len(ids)
+    job.result.n_images = len(final["ids"])
 
 
 def extract_one(enc, source: ImageSource, out: str | Path, cfg: ExtractConfig | None = None) -> ExtractResult:
@@ -604,23 +521,6 @@ def extract_one(enc, source: ImageSource, out: str | Path, cfg: ExtractConfig | 
     if res.exception is not None:
         raise res.exception
     return res
-
-
-def _layer_from(markers, enc) -> str | None:
-    for m in markers:
-        if m.get("layer"):
-            return m["layer"]
-    return getattr(enc, "layer", None)
-
-
-def _prefix_tokens(folder: Path, markers) -> int:
-    from safetensors import safe_open
-
-    for m in markers:
-        if "prefix" in m["keys"]:
-            with safe_open(str(folder / m["file"]), framework="pt") as f:
-                return int(f.get_slice("prefix").get_shape()[1])
-    return 0
 
 
 class _Acc:
@@ -678,10 +578,10 @@ def _run_shared(jobs: list[_Job], source: ImageSource, cfg: ExtractConfig, devic
             auto_batch_size(job.enc, device, source.resolution)
     bs = max(j.bs for j in jobs)
     workers = decode_workers(cfg.num_workers)
-    loader = DataLoader(_Items(source, positions), batch_sampler=_shard_batches(plan, bs), num_workers=workers,
-                        collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers > 0 else None,
+    loader = DataLoader(SourceItems(source, positions), batch_sampler=_shard_batches(plan, bs), num_workers=workers,
+                        collate_fn=collate_items, pin_memory=cuda, prefetch_factor=4 if workers > 0 else None,
                         persistent_workers=False)
-    sdt = _store.torch_dtype(cfg.dtype)
+    sdt = torch_dtype(cfg.dtype)
     shard_of = {p: k for k, rng in plan for p in rng}
     remaining = {k: len(rng) for k, rng in plan}
     accs: dict[tuple[int, int], _Acc] = {}
@@ -707,10 +607,10 @@ def _run_shared(jobs: list[_Job], source: ImageSource, cfg: ExtractConfig, devic
             if a.prefix:
                 t["prefix"] = torch.cat(a.prefix)
         bad = [(source.ids[p], r) for p, r in a.bad]
-        folder, layer = job.work, a.layer
+        store_writer, layer = job.writer, a.layer
 
         def write():
-            _store.write_shard(folder, k, ids, t, bad, extra={"layer": layer})
+            store_writer.write_shard(k, ids, t, bad, extra={"layer": layer})
             return k
 
         pending.append((job, writer.submit(write)))
@@ -774,8 +674,8 @@ def check_config(cfg: ExtractConfig) -> None:
     checks for flags, a config file and the Python API)."""
     from .checks import check_device, check_range, prepare_out_dir
 
-    if cfg.dtype not in _store.DTYPES:
-        raise ConfigError(f"--dtype {cfg.dtype!r}: use one of {', '.join(_store.DTYPES)}.")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"--dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}.")
     check_range("--limit", cfg.limit, 1, hint="leave it out to use every image.")
     check_range("--resolution", cfg.resolution, 8, hint="the ADM centre-crop side in pixels, e.g. 256.")
     check_range("--shard-size", cfg.shard_size, 1)

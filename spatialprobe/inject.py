@@ -292,7 +292,7 @@ def injection_figure(table, out: str | Path, formats: tuple[str, ...] = ("png", 
     """Two panels: LP accuracy (%) vs α and LDS vs α."""
     import matplotlib.pyplot as plt
 
-    from .report.figures import use_style
+    from .figures import use_style
 
     paths = []
     with use_style():

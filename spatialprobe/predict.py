@@ -417,7 +417,7 @@ def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Pat
                                  "protocol_reference": proto_ref, "caveats": caveats,
                                  "fits": result.fits.to_dict(orient="records")}
         if cfg.figure:
-            from .report.figures import prediction_panel
+            from .figures import prediction_panel
 
             fam = "family" if "family" in ref.columns else None
             paths = prediction_panel(ref, list(cfg.x), cfg.y, pred, confidence=cfg.confidence, family_col=fam,

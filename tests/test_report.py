@@ -18,8 +18,8 @@ from spatialprobe.cli import app
 from spatialprobe.errors import ConfigError, DataError, InputFileError
 from spatialprobe.metrics import spatial_norm
 from spatialprobe.report import sections as S
-from spatialprobe.report.similarity import (cosine_maps, load_maps, maps_for_tokens, parse_tokens, reference_points,
-                                            to_grid, viz)
+from spatialprobe.viz import (cosine_maps, load_maps, maps_for_tokens, parse_tokens, reference_points,
+                             to_grid, viz)
 
 runner = CliRunner()
 

@@ -103,3 +103,43 @@ def test_store_lock_is_exclusive_and_names_the_holder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="Cannot create the lock file"):
         store.StoreLock(tmp_path / "file" / "enc").acquire()
+
+
+def _build(w, base, shards):
+    w.begin(base)
+    for k, (ids, pooled, bad) in enumerate(shards):
+        w.write_shard(k, ids, {"pooled": pooled}, bad)
+    return w.finish(base, len(shards), labels={i: n for n, i in enumerate(_ids(4))}, layer="final")
+
+
+def test_store_writer_owns_the_build_resume_refusal_and_swap(tmp_path):
+    fp_a, fp_b = "a" * 64, "b" * 64
+    base = {"format": store.FORMAT_VERSION, "fingerprint": fp_a, "fingerprint_inputs": {"size": 1}, "encoder": "toy",
+            "grid": [1, 1], "dim": 3, "dtype": "fp32", "n_shards": 2, "complete": False}
+    w = store.StoreWriter(tmp_path, "toy", fp_a, inputs={"size": 1}).lock()
+    with pytest.raises(StoreError, match="being written by another extraction"):
+        store.StoreWriter(tmp_path, "toy", fp_a).lock()  # the encoder folder is held
+    assert w.plan() is None and w.work == w.final == tmp_path / "toy" / fp_a[:16]
+    w.begin(base)
+    w.write_shard(0, _ids(2), {"pooled": torch.ones(2, 3)})
+    with pytest.raises(StoreError, match="incomplete"):
+        store.open(w.final)  # the manifest says complete: false until finish
+    assert w.done_shards(2) == {0}  # a resume skips shard 0
+    with pytest.raises(StoreError, match=r"shards \[1\] .* not done"):
+        w.finish(base, 2)
+    w.write_shard(1, _ids(4)[2:3], {"pooled": torch.zeros(1, 3)}, bad=[("img/003", "broken")])
+    m = w.finish(base, 2, labels={i: n for n, i in enumerate(_ids(4))}, layer="final")
+    w.unlock()
+    st = store.open(w.final)
+    assert st.manifest == m and st.ids == _ids(3) and st.labels == [0, 1, 2] and st.bad == [("img/003", "broken")]
+    assert m["layer"] == "final" and m["keys"] == ["pooled"] and m["prefix_tokens"] == 0 and "environment" in m
+    assert store.StoreWriter(tmp_path, "toy", fp_a).plan() == m  # identical and complete: reused
+
+    # another fingerprint is refused, naming what changed; with force it is built beside and swapped in
+    b = store.StoreWriter(tmp_path, "toy", fp_b, inputs={"size": 2})
+    with pytest.raises(StoreError, match=r"another fingerprint \(aaaaaaaaaaaaaaaa; differs in: size\)"):
+        b.plan(diff=lambda old, new: [k for k in new if old.get(k) != new.get(k)])
+    assert b.plan(force=True) is None and b.work.name == f".partial-{fp_b[:16]}"
+    _build(b, {**base, "fingerprint": fp_b}, [(_ids(4), torch.ones(4, 3), [])])
+    assert store.find_stores(tmp_path) == [b.final] and len(store.open(tmp_path)) == 4
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == [".lock", fp_b[:16]]  # nothing staged left

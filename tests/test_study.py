@@ -249,7 +249,7 @@ def test_decoded_cache_decodes_each_image_once_and_gives_the_same_store(tmp_path
 
     from spatialprobe.data import BadImageError, folder_source
     from spatialprobe.extract import ExtractConfig, extract_many
-    from spatialprobe.study.images import DecodedCache
+    from spatialprobe.data.cache import DecodedCache
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -290,7 +290,7 @@ def test_concurrent_jobs_wait_for_one_decoded_cache_build(tmp_path):
 
     from spatialprobe.data import open_source
     from spatialprobe.store import StoreLock
-    from spatialprobe.study.images import DecodedCache
+    from spatialprobe.data.cache import DecodedCache
 
     src = open_source("builtin:digits", resolution=16).subset(8)
     folder = tmp_path / "cache"

@@ -44,7 +44,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
 
           spatialprobe viz --encoder mocov3-vit-l --random-init --image chelsea --out /tmp/viz
         """
-        from ..report.similarity import viz
+        from ..viz import viz
 
         maps = viz(config=config, encoder=encoder, image=image, out=str(out), tokens=tokens, n_refs=n_refs,
                    gamma=gamma, random_init=True if random_init else None,

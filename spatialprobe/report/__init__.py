@@ -1,6 +1,6 @@
-"""Figures and reports.
+"""The executed-notebook report (``spatialprobe report``): ``sections`` and ``build``.
 
-``figures``: the shared style and family colours; ``similarity``: the spatial-normalisation maps
-(``spatialprobe viz``); ``sections`` and ``build``: the executed-notebook report (``spatialprobe report``).
+The figures moved to :mod:`spatialprobe.figures` and the similarity maps to :mod:`spatialprobe.viz`;
+``report.figures`` and ``report.similarity`` remain as deprecated aliases for one release.
 Submodules are imported on use, so importing this package stays light.
 """

@@ -167,7 +167,7 @@ def show(ctx: Context, fig, name: str):
     report's screen resolution for display; the figure is closed."""
     import matplotlib.pyplot as plt
 
-    from .figures import use_style
+    from ..figures import use_style
 
     ctx.figures_dir.mkdir(parents=True, exist_ok=True)
     with use_style():
@@ -405,7 +405,7 @@ def results(ctx: Context):
             out.append(_copy_figure(ctx, d / "prediction_panel", "prediction_panel"))
         return out
     if k == "viz":
-        from .similarity import load_maps
+        from ..viz import load_maps
 
         maps = load_maps(d / "similarity_maps.npz")
         return pd.DataFrame([{"encoder": m.encoder, "refs": " ".join(f"{r}:{c}" for r, c in m.refs), "gamma": m.gamma,
@@ -428,7 +428,7 @@ def _method_pair(names: Iterable[str]) -> tuple[str, str] | None:
 
 def correlations(ctx: Context):
     """Correlation panels with the CI of r in every title; REPA above iREPA when both exist."""
-    from .figures import correlation_grid
+    from ..figures import correlation_grid
 
     folders = _correlate_folders(ctx)
     if not folders:
@@ -467,7 +467,7 @@ def correlations(ctx: Context):
 
 def repa_minus_irepa(ctx: Context):
     """REPA − iREPA of the quality metric per encoder (positive: iREPA is better for gFID/FD)."""
-    from .figures import paired_difference
+    from ..figures import paired_difference
 
     df = None
     if ctx.kind == "study":
@@ -502,7 +502,7 @@ def repa_minus_irepa(ctx: Context):
 
 def injection(ctx: Context):
     """LP accuracy and spatial metrics against the injection strength α."""
-    from .figures import injection_curves
+    from ..figures import injection_curves
 
     files = [ctx.dir / "injection.csv"] if ctx.kind == "inject" else sorted(ctx.dir.glob("**/injection.csv"))
     if not files:
@@ -516,7 +516,7 @@ def injection(ctx: Context):
 
 
 def _maps_files(ctx: Context) -> list[Path]:
-    from .similarity import MAPS_FILE
+    from ..viz import MAPS_FILE
 
     return sorted(p for p in ctx.dir.glob(f"**/{MAPS_FILE}") if FIGURES_DIR not in p.relative_to(ctx.dir).parts)
 
@@ -525,8 +525,8 @@ def similarity(ctx: Context, encoders: list[str] | None = None, image: str = "sk
                random_init: bool = False):
     """Similarity maps from ``similarity_maps.npz`` files in the folder; with ``encoders`` (e.g. the
     weight-free ``hog``, ``pixels``) they are computed first into ``DIR/similarity/``."""
-    from .figures import similarity_figure
-    from .similarity import load_maps, viz
+    from ..figures import similarity_figure
+    from ..viz import load_maps, viz
 
     if encoders:
         viz(encoder=list(encoders), image=image, random_init=random_init, out=str(ctx.dir / "similarity"))
@@ -563,7 +563,7 @@ def influence(points: pd.DataFrame, x: str, y: str, id_col: str | None) -> dict[
 def robustness(ctx: Context):
     """Does one point or one family carry a correlation? r with its CI next to the leave-one-out and
     leave-one-family-out ranges, and the single most influential point of each pair."""
-    from .figures import robustness_figure
+    from ..figures import robustness_figure
 
     stats = _all_stats(ctx)
     if stats is None or not len(stats):

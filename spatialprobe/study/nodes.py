@@ -83,7 +83,7 @@ def _run_extract(spec, node, work, out, by_name):
         source = source.subset(s["limit"])
     workers = -1
     if spec.properties.decode_cache:  # every extraction node reads one decoded copy (see study/images.py)
-        from .images import DecodedCache
+        from ..data.cache import DecodedCache
 
         source = DecodedCache(source, out / "cache" / "images")
         source.ensure()

@@ -1,96 +1,28 @@
-"""The feature store: id-keyed safetensors shards, a manifest, per-shard done markers.
+"""The feature store's write side: atomic files, shards and their done markers, the lock, staging and promotion.
 
-Layout written by ``spatialprobe extract``::
-
-    <root>/<encoder-id>/<fingerprint[:16]>/
-        manifest.json            resolved config, versions, git revision, weights checksum,
-                                 image-source fingerprint, ids, labels, shard list, bad images
-        shard-00000.safetensors  patch [n,T,D] (fp16/bf16/fp32), pooled [n,D] fp32, prefix [n,P,D]
-        shard-00000.done         JSON: ids, bad images, file size (written after the shard is durable)
-
-Shard k always holds the images at positions [k·S, (k+1)·S) of the source's id list (S = shard size),
-whatever the number of processes, so a resume works with any world size. A shard is written to a
-temporary name, fsynced, renamed, then its done marker is written the same way: a shard without a
-marker never counts. ``manifest.json`` carries ``"complete": false`` until every shard is done.
-
-The encoder folder is named by :func:`store_dirname` (the id itself when it holds only safe characters,
-e.g. ``hog@mix_cls=0.5``; otherwise a sanitised name plus a short hash); the manifest keeps the id as
-given. A lock file ``<root>/<encoder-id>/.lock`` (:class:`StoreLock`) lets one process at a time write
-an encoder's stores. ``--force`` builds the replacement in a hidden ``.partial-<fingerprint>`` folder
-beside the old store and swaps it in only when complete (:func:`promote`), so a kill at any moment
-leaves at least one complete store. Hidden folders (``.partial-*``, ``.trash-*``) are never listed by
-:func:`find_stores`.
-
-Reading (:func:`open`) is memory-mapped through ``safetensors.safe_open``: :meth:`FeatureStore.iter_chunks`
-streams ``chunk_size`` rows at a time, so metrics and linear probes run on stores larger than RAM.
+:class:`StoreWriter` owns one encoder's store build (lock, staging folder, shards, markers, manifest,
+swap-in); :func:`write_store` writes a complete store from in-memory tensors. The layout is described
+in :mod:`spatialprobe.store.format`.
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .errors import DataError, InputFileError, StoreError
+from ..config import environment
+from ..errors import DataError, StoreError
+from .format import (FORMAT_VERSION, LOCK_NAME, MANIFEST, PARTIAL_PREFIX, TRASH_PREFIX, done_name, find_stores,
+                     fingerprint, read_marker, shard_name, store_dirname, torch_dtype)
 
 log = logging.getLogger("spatialprobe.store")
-
-MANIFEST = "manifest.json"
-LOCK_NAME = ".lock"
-PARTIAL_PREFIX = ".partial-"
-TRASH_PREFIX = ".trash-"
-FORMAT_VERSION = 1
-DTYPES = ("fp16", "bf16", "fp32")
-_KEYS = ("patch", "pooled", "prefix")
-
-
-def torch_dtype(name: str):
-    """'fp16' | 'bf16' | 'fp32' → torch dtype."""
-    import torch
-
-    try:
-        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
-    except KeyError:
-        raise DataError(f"Unknown store dtype {name!r}; use one of {', '.join(DTYPES)}.") from None
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.safetensors"
-
-
-def done_name(k: int) -> str:
-    return f"shard-{k:05d}.done"
-
-
-def fingerprint(record: dict[str, Any]) -> str:
-    """sha256 of a JSON-serialisable record (sorted keys): the store fingerprint."""
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
-
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@=+-]*")
-
-
-def store_dirname(encoder_id: str) -> str:
-    """The folder name of an encoder's stores under the root.
-
-    Ids made of letters, digits and ``. _ @ = + -`` (every zoo id and variant such as
-    ``hog@mix_cls=0.5``) are used as they are. Anything else (``/``, spaces, ``:``, ``,``, a leading
-    dot, ...) is replaced by ``_`` and a hash of the full id is appended, so two ids never share a
-    folder. The id itself is kept in the manifest (``encoder``)."""
-    name = str(encoder_id)
-    if _SAFE_NAME.fullmatch(name) and len(name) <= 200:
-        return name
-    clean = re.sub(r"[^A-Za-z0-9._@=+-]", "_", name).lstrip(".")[:120] or "encoder"
-    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -141,19 +73,6 @@ def write_shard(folder: Path, k: int, ids: Sequence[str], tensors: dict[str, Any
               "bad": [list(b) for b in bad], "keys": sorted(tens), **(extra or {})}
     atomic_write_json(folder / done_name(k), marker)
     return marker
-
-
-def read_marker(folder: Path, k: int) -> dict | None:
-    """The done marker of shard k when the shard is complete and intact, else None."""
-    folder = Path(folder)
-    m, s = folder / done_name(k), folder / shard_name(k)
-    if not (m.is_file() and s.is_file()):
-        return None
-    try:
-        rec = json.loads(m.read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if rec.get("bytes") == s.stat().st_size else None
 
 
 def clean_temp_files(folder: Path) -> None:
@@ -276,144 +195,153 @@ def clean_leftovers(enc_root: str | Path, keep: Sequence[Path] = ()) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------- reader
+# ----------------------------------------------------------------------------- one encoder's store build
 
-@dataclass
-class _Shard:
-    file: Path
-    ids: list[str]
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-class FeatureStore:
-    """Read access to one store folder (see the module docstring).
+class StoreWriter:
+    """One encoder's store build under ``<out>/<store_dirname(key)>/<fingerprint[:16]>/``.
 
-    Attributes: ``path``, ``manifest``, ``encoder``, ``grid``, ``dim``, ``ids``, ``labels``,
-    ``label_names``, ``has_patch``, ``has_prefix``, ``dtype``, ``fingerprint``.
+    Owns the write protocol: the encoder folder's lock, the choice of the folder to build in (the final
+    folder, or a hidden staging folder beside a store with another fingerprint under ``force``), the
+    shards and their done markers, the manifest, and the swap-in. The caller only computes tensors::
+
+        w = StoreWriter(out, key, fp, inputs=record)
+        w.lock()
+        if w.plan(force) is not None:       # an identical complete store is there
+            w.keep()
+        else:
+            w.begin(manifest)               # folder ready, manifest with "complete": false
+            for k in range(n_shards):
+                if k not in w.done_shards(n_shards):
+                    w.write_shard(k, ids, {"patch": ..., "pooled": ...}, bad)
+            w.finish(manifest, n_shards)    # final manifest, swapped in
+        w.unlock()
+
+    Attributes: ``key`` (the id the store is filed under), ``fingerprint``, ``inputs`` (the record it
+    hashes, kept in the manifest as ``fingerprint_inputs``), ``root`` (the encoder folder), ``final`` (the
+    store folder), ``work`` (the folder being built, set by :meth:`plan`), ``others`` (stores of the same
+    encoder with another fingerprint, set by :meth:`plan`).
     """
 
-    def __init__(self, path: Path, manifest: dict) -> None:
-        self.path = Path(path)
-        self.manifest = manifest
-        self.encoder: str = manifest["encoder"]
-        self.grid: tuple[int, int] = tuple(manifest["grid"])  # type: ignore[assignment]
-        self.dim: int = int(manifest["dim"])
-        self.ids: list[str] = list(manifest["ids"])
-        self.labels: list[int] | None = manifest.get("labels")
-        self.label_names: list[str] | None = manifest.get("label_names")
-        keys = set(manifest.get("keys", []))
-        self.has_patch, self.has_prefix = "patch" in keys, "prefix" in keys
-        self.keys = sorted(keys)
-        self.dtype: str = manifest.get("dtype", "fp32")
-        self.fingerprint: str = manifest.get("fingerprint", "")
-        self._shards = [_Shard(self.path / s["file"], list(s["ids"])) for s in manifest["shards"]]
-        self._where: dict[str, tuple[int, int]] | None = None
+    def __init__(self, out: str | Path, key: str, fingerprint: str, inputs: dict | None = None) -> None:
+        self.key = str(key)
+        self.fingerprint = fingerprint
+        self.inputs = inputs or {}
+        self.root = Path(out) / store_dirname(self.key)
+        self.final = self.root / fingerprint[:16]
+        self.work: Path | None = None
+        self.others: list[Path] = []
+        self._lock: StoreLock | None = None
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    def lock(self) -> "StoreWriter":
+        """Take the encoder folder's lock (:class:`StoreLock`); a :class:`StoreError` names the holder."""
+        self._lock = StoreLock(self.root).acquire()
+        return self
 
-    def __repr__(self) -> str:
-        return (f"FeatureStore({str(self.path)!r}, encoder={self.encoder!r}, n={len(self)}, grid={self.grid}, "
-                f"dim={self.dim}, keys={self.keys})")
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
-    def _check_keys(self, keys: Sequence[str]) -> None:
-        for k in keys:
-            if k not in self.keys:
-                hint = " (the store was written with --pooled-only; re-extract without it)" if k == "patch" else ""
-                raise StoreError(f"Store {str(self.path)!r} has no {k!r} features{hint}; it has {', '.join(self.keys)}.")
+    def plan(self, force: bool = False, diff: Callable[[dict, dict], list[str]] | None = None) -> dict | None:
+        """Decide, reading only, what this build needs. Returns the manifest of an identical complete
+        store (reuse it: :meth:`keep`); raises :class:`StoreError` when a store with another fingerprint
+        is there and not ``force`` (``diff(old_inputs, new_inputs)`` names the fields that changed);
+        otherwise sets :attr:`work`, the folder to build in, and returns None."""
+        m = _read_json(self.final / MANIFEST) if (self.final / MANIFEST).is_file() else {}
+        self.others = [p for p in find_stores(self.root) if p.resolve() != self.final.resolve()] \
+            if self.root.is_dir() else []
+        if m.get("complete") and m.get("fingerprint") == self.fingerprint and (force or not self.others):
+            return m
+        if self.others and not force:
+            old_rec = _read_json(self.others[0] / MANIFEST).get("fingerprint_inputs", {})
+            changed = diff(old_rec, self.inputs) if (old_rec and diff is not None) else ["unknown"]
+            staged = partial_dir(self.root, self.fingerprint)
+            note = (f" An interrupted --force build of the new fingerprint is kept at {str(staged)!r}; "
+                    "--force resumes it." if staged.is_dir() else "")
+            raise StoreError(f"{str(self.root)!r} already holds a {self.key} store with another fingerprint "
+                             f"({self.others[0].name}; differs in: {', '.join(changed)}). It is never reused silently: "
+                             f"pass --force to replace it (the old store is kept until the new one is complete), "
+                             f"or choose another --out.{note}")
+        # a replacement is built beside the old store and swapped in only when complete
+        self.work = self.final if (self.final.exists() or not self.others) else partial_dir(self.root, self.fingerprint)
+        return None
 
-    def _locate(self, ids: Sequence[str]) -> list[tuple[int, int]]:
-        if self._where is None:
-            self._where = {i: (s, r) for s, sh in enumerate(self._shards) for r, i in enumerate(sh.ids)}
-        try:
-            return [self._where[i] for i in ids]
-        except KeyError as exc:
-            raise StoreError(f"Image id {exc.args[0]!r} is not in store {str(self.path)!r}.") from None
+    def keep(self) -> None:
+        """Keep the identical complete store :meth:`plan` found: remove a ``--force`` leftover old store
+        and hidden leftovers (call while holding the lock)."""
+        if self.others:
+            promote_over(self.final, self.others)
+        clean_leftovers(self.root)
 
-    def iter_chunks(self, keys: Sequence[str] = ("patch",), chunk_size: int = 256,
-                    ids: Sequence[str] | None = None) -> Iterator[dict]:
-        """Yield ``{"ids": [...], key: float32 tensor, ...}`` with at most ``chunk_size`` rows each,
-        in store order (or in the order of ``ids``), reading memory-mapped shards."""
-        import torch
-        from safetensors import safe_open
+    def begin(self, manifest: dict) -> None:
+        """Make :attr:`work` ready: create it, remove temp files a killed writer left and other hidden
+        leftovers, and write ``manifest`` (plus the environment) unless a resumed build already has one."""
+        work = self._work()
+        work.mkdir(parents=True, exist_ok=True)
+        clean_temp_files(work)
+        clean_leftovers(self.root, keep=[work])
+        if not (work / MANIFEST).is_file():
+            atomic_write_json(work / MANIFEST, {**manifest, "environment": environment()})
 
-        keys = tuple([keys] if isinstance(keys, str) else keys)
-        self._check_keys(keys)
-        chunk_size = max(1, int(chunk_size))
-        if ids is None:
-            plan = [(s, r) for s, sh in enumerate(self._shards) for r in range(len(sh.ids))]
-        else:
-            plan = self._locate(list(ids))
-        handles: dict[int, Any] = {}
+    def done_shards(self, n_shards: int) -> set[int]:
+        """The shards among ``0..n_shards-1`` that are complete and intact (a resume skips them)."""
+        work = self._work()
+        return {k for k in range(n_shards) if read_marker(work, k) is not None}
 
-        def rows(s: int, r0: int, r1: int, key: str):
-            if s not in handles:
-                handles.clear()  # keep one shard open at a time
-                handles[s] = safe_open(str(self._shards[s].file), framework="pt")
-            return handles[s].get_slice(key)[r0:r1]
+    def write_shard(self, k: int, ids: Sequence[str], tensors: dict[str, Any],
+                    bad: Sequence[tuple[str, str]] = (), extra: dict | None = None) -> dict:
+        """Durably write shard ``k`` and its done marker (:func:`write_shard`); safe from a worker thread."""
+        return write_shard(self._work(), k, ids, tensors, bad, extra=extra)
 
-        for c0 in range(0, len(plan), chunk_size):
-            part = plan[c0:c0 + chunk_size]
-            out: dict[str, Any] = {"ids": [self._shards[s].ids[r] for s, r in part]}
-            # contiguous runs inside one shard are read as one slice
-            runs: list[tuple[int, int, int]] = []
-            for s, r in part:
-                if runs and runs[-1][0] == s and runs[-1][2] == r:
-                    runs[-1] = (s, runs[-1][1], r + 1)
-                else:
-                    runs.append((s, r, r + 1))
-            for key in keys:
-                pieces = [rows(s, a, b, key) for s, a, b in runs]
-                out[key] = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).float()
-            yield out
+    def finish(self, manifest: dict, n_shards: int, *, labels: Mapping[str, int] | None = None,
+               label_names: Sequence[str] | None = None, layer: str | None = None) -> dict:
+        """Write the complete manifest (``manifest`` + the environment + what the done markers hold:
+        keys, ids, shards, bad images, the layer, prefix tokens) and swap the store in over :attr:`others`.
 
-    def load(self, key: str = "patch", ids: Sequence[str] | None = None):
-        """All rows of ``key`` (or those of ``ids``, in that order) as one float32 tensor."""
-        import torch
+        ``labels`` maps each id to its label; ``layer`` is used when no shard recorded one. Raises
+        :class:`StoreError` when a shard is not done. Returns the manifest written."""
+        work = self._work()
+        markers = [read_marker(work, k) for k in range(n_shards)]
+        missing = [k for k, m in enumerate(markers) if m is None]
+        if missing:
+            raise StoreError(f"{self.key}: shards {missing[:8]} of {work} are not done; run again to resume.")
+        ids = [i for m in markers for i in m["ids"]]
+        keys = sorted({k for m in markers for k in m["keys"]})
+        final = {**manifest, "environment": environment(), "keys": keys, "ids": ids,
+                 "labels": None if labels is None else [int(labels[i]) for i in ids],
+                 "label_names": label_names,
+                 "shards": [{"file": m["file"], "n": m["n"], "ids": m["ids"]} for m in markers],
+                 "bad": [b for m in markers for b in m["bad"]],
+                 "layer": next((m["layer"] for m in markers if m.get("layer")), layer),
+                 "prefix_tokens": _prefix_tokens(work, markers), "complete": True}
+        atomic_write_json(work / MANIFEST, final)
+        if work != self.final:
+            promote(work, self.final, self.others)
+        elif self.others:
+            promote_over(self.final, self.others)
+        return final
 
-        parts = [c[key] for c in self.iter_chunks((key,), chunk_size=1 << 30 if ids is None else len(ids) or 1, ids=ids)]
-        if not parts:
-            shape = {"pooled": (0, self.dim)}.get(key, (0, self.grid[0] * self.grid[1], self.dim))
-            return torch.zeros(shape)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    @property
-    def bad(self) -> list[tuple[str, str]]:
-        """(id, reason) of images that could not be decoded during extraction."""
-        return [tuple(b) for b in self.manifest.get("bad", [])]  # type: ignore[misc]
-
-
-def find_stores(path: str | Path) -> list[Path]:
-    """Store folders at or below ``path`` (folders holding a manifest.json); folders with a hidden
-    name below ``path`` (staged ``--force`` builds, trash) are skipped."""
-    p = Path(path)
-    if (p / MANIFEST).is_file():
-        return [p]
-    if not p.is_dir():
-        return []
-    return sorted(m.parent for m in p.rglob(MANIFEST)
-                  if not any(part.startswith(".") for part in m.relative_to(p).parts[:-1]))
+    def _work(self) -> Path:
+        if self.work is None:
+            raise StoreError(f"{self.key}: StoreWriter.plan() must choose the build folder first.")
+        return self.work
 
 
-def open(path: str | Path) -> FeatureStore:  # noqa: A001 - mirrors builtins.open on purpose
-    """Open a store folder, or a parent holding exactly one store."""
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"Feature store {str(p)!r} does not exist; write one with `spatialprobe extract`.")
-    found = find_stores(p)
-    if not found:
-        raise StoreError(f"No feature store (manifest.json) under {str(p)!r}; write one with `spatialprobe extract`.")
-    if len(found) > 1:
-        listing = ", ".join(str(f.relative_to(p)) for f in found[:6])
-        raise StoreError(f"{str(p)!r} holds {len(found)} feature stores ({listing}); pass one of them.")
-    folder = found[0]
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"Manifest {str(folder / MANIFEST)!r} is unreadable ({exc}); re-run the extraction.") from None
-    if not manifest.get("complete"):
-        raise StoreError(f"Feature store {str(folder)!r} is incomplete (an extraction was interrupted); "
-                         "run the same `spatialprobe extract` command again to resume it.")
-    return FeatureStore(folder, manifest)
+def _prefix_tokens(folder: Path, markers) -> int:
+    from safetensors import safe_open
+
+    for m in markers:
+        if "prefix" in m["keys"]:
+            with safe_open(str(folder / m["file"]), framework="pt") as f:
+                return int(f.get_slice("prefix").get_shape()[1])
+    return 0
 
 
 # ----------------------------------------------------------------------------- in-memory writer
@@ -479,8 +407,6 @@ def write_store(path: str | Path, ids: Sequence[str], *, patch=None, pooled=None
               "shards": shards, "bad": [], "complete": True, "format": FORMAT_VERSION,
               "prefix_tokens": int(prefix.shape[1]) if prefix is not None else 0}
     record["fingerprint"] = fingerprint({k: v for k, v in record.items() if k != "shards"})
-    from .config import environment
-
     record["environment"] = environment()
     atomic_write_json(folder / MANIFEST, record)
     if replace:
