@@ -15,6 +15,8 @@ built for sampling. Masks are drawn from the step's seeded generator, so runs st
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,7 +25,10 @@ from ..errors import ConfigError, DataError
 from .models.common import LabelEmbedder, TimestepEmbedder, xavier_linears
 from .models.jit import JiT, JiTBlock, rope_tables
 
+log = logging.getLogger(__name__)
+
 METHOD = "pixelrepa"
+OFFICIAL_TEACHER = "dinov2-vit-b-p16"  #: DINOv2-B with a 16-px patch at 256 px, the official target
 
 
 def draw_mask(batch: int, tokens: int, ratio: float, generator: torch.Generator | None,
@@ -132,6 +137,12 @@ def attach(model: nn.Module, cfg, teachers) -> tuple[nn.Module, MaskedTransforme
         return model, None
     if len(teachers) != 1:
         raise ConfigError(f"PixelREPA aligns to one teacher; got {len(teachers)}. Pass a single --teacher.")
+    name, grid = getattr(teachers[0], "name", type(teachers[0]).__name__), getattr(teachers[0], "grid", None)
+    if grid is not None and tuple(grid) != tuple(model.grid):
+        log.info("PixelREPA: teacher %s gives %dx%d tokens, resampled to the student's %dx%d grid", name,
+                 *tuple(grid), *tuple(model.grid))
+    if name != OFFICIAL_TEACHER:
+        log.info("PixelREPA: teacher %s (the official target is %s)", name, OFFICIAL_TEACHER)
     adapter = build_adapter(model, int(teachers[0].embed_dim), depth=cfg.adapter_depth,
                             num_classes=model.cfg.num_classes).to(next(model.parameters()).device)
     return PixelREPANet(model, adapter, cfg.mask_ratio), adapter
