@@ -23,7 +23,8 @@ PAPER_27 = (
        "spatialpe-vit-g", "cradio-vit-b", "cradio-vit-l", "dino-vit-b", "clip-vit-L", "mocov3-vit-b", "mocov3-vit-l",
        "jepa-vit-h", "mae-vit-l"])
 EXTRAS = ["sam2-vit-s", "sam2-vit-b", "sam2-vit-l", "siglip-vit-b", "siglip-vit-l", "siglip-vit-so400m",
-          "siglip2-vit-b", "siglip2-vit-l", "siglip2-vit-so400m", "siglip2-vit-g", "sift", "hog", "pixels"]
+          "siglip2-vit-b", "siglip2-vit-l", "siglip2-vit-so400m", "siglip2-vit-g", "sift", "hog", "pixels",
+          "dinov2-vit-b-p16"]
 NEURAL = [s.id for s in E.list_specs() if not s.weight_free]
 FULL_ZOO = os.environ.get("SPATIALPROBE_TEST_FULL_ZOO") == "1"
 

@@ -13,10 +13,10 @@ runner = CliRunner()
 def test_train_help_documents_the_presets():
     res = runner.invoke(app, ["train", "--help"], terminal_width=120)
     assert res.exit_code == 0
-    for word in ("irepa-official-ldm", "conv-only", "norm-only", "--resume", "sit-xl/2", "jit-tiny"):
+    for word in ("irepa-official-ldm", "conv-only", "norm-only", "pixelrepa", "--resume", "sit-xl/2", "jit-tiny"):
         assert word in res.output
     out = runner.invoke(app, ["ls", "presets"]).output
-    assert "1x1 conv" in out and len(out.strip().splitlines()) == 13
+    assert "1x1 conv" in out and len(out.strip().splitlines()) == 14  # header + 13 rows (pixelrepa: JiT only)
 
 
 def test_cli_train_yaml_then_flags_then_sample(tmp_path):

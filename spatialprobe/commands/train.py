@@ -84,7 +84,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     def train_cmd(
         model: Optional[str] = typer.Option(None, "--model", "-m", help=help_default(TRAIN, "model", "Model name")),
         method: Optional[str] = typer.Option(None, "--method", help=help_default(TRAIN, "method", "Alignment preset: repa, irepa, "
-                                                               "irepa-official-ldm, conv-only, norm-only, none")),
+                                                               "irepa-official-ldm, conv-only, norm-only, pixelrepa (JiT), none")),
         teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Zoo encoder id(s), comma-separated "
                                               "(see `spatialprobe ls encoders`)."),
         images: Optional[str] = typer.Option(None, "--images", "-i", help="Image source: builtin:digits, a "
@@ -105,6 +105,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         spnorm: Optional[bool] = typer.Option(None, "--spnorm/--no-spnorm", help="Override the target spatial norm."),
         gamma: Optional[float] = typer.Option(None, "--gamma", help="Override the spatial-norm gamma."),
         proj_coeff: Optional[float] = typer.Option(None, "--proj-coeff", help="Override the projection-loss weight."),
+        mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="PixelREPA: share of the adapter's input "
+                                                   "tokens masked (preset 0.2)."),
+        adapter_depth: Optional[int] = typer.Option(None, "--adapter-depth", help="PixelREPA: blocks of the Masked "
+                                                    "Transformer Adapter (preset 2)."),
+        proj_dropout: Optional[float] = typer.Option(None, "--proj-dropout", help="JiT: dropout in the middle half "
+                                                     "of the blocks (none when unset; the JiT-H recipe uses 0.2)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side fed to the model (SiT: to the VAE)."),
         teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help=help_default(TRAIN, "teacher_resolution", "Image side fed to the teacher")),
         random_teacher: bool = typer.Option(False, "--random-teacher", help="Teacher architecture with random init (smoke tests)."),
@@ -149,7 +155,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                     betas=_floats(betas, "betas"), weight_decay=weight_decay, grad_clip=grad_clip,
                     warmup_epochs=warmup_epochs, ema_decays=_floats(ema_decays, "ema-decays"),
                     encoder_depth=encoder_depth, projector=projector, kernel_size=kernel_size, spnorm=spnorm,
-                    gamma=gamma, proj_coeff=proj_coeff, resolution=resolution,
+                    gamma=gamma, proj_coeff=proj_coeff, mask_ratio=mask_ratio, adapter_depth=adapter_depth,
+                    proj_dropout=proj_dropout, resolution=resolution,
                     teacher_resolution=teacher_resolution, teacher_pretrained=False if random_teacher else None,
                     weights_dir=weights_dir, hflip=hflip, vae=vae, latent_norm=latent_norm,
                     latents_dir=latents_dir, num_classes=num_classes, max_images=max_images, seed=seed,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spec import EncoderEntry, StudySpec
+from .spec import EncoderEntry, StudySpec, repa_differences
 
 PLAN_VERSION = 1
 KINDS = ("extract", "metrics", "probe", "inject", "train", "sample", "fid", "table", "correlate")
@@ -181,13 +181,13 @@ def build_plan(spec: StudySpec) -> list[Node]:
 
 
 def correlate_targets(spec: StudySpec) -> list[str]:
-    """The y columns: per method ``<q>_<method>``, plus ``<q>_repa_minus_irepa`` when both are trained."""
+    """The y columns: per method ``<q>_<method>``, plus ``<q>_repa_minus_<m>`` for iREPA and PixelREPA when
+    each is trained together with REPA."""
     if spec.correlate.y is not None:
         return list(spec.correlate.y)
     if spec.training is None:
         return [spec.known_gfid_col] if spec.known_gfid else []
     q = spec.quality_col
     ys = [f"{q}_{m}" for m in spec.training.methods]
-    if "repa" in spec.training.methods and "irepa" in spec.training.methods:
-        ys.append(f"{q}_repa_minus_irepa")
+    ys += [f"{q}_repa_minus_{m}" for m in repa_differences(spec.training.methods)]
     return ys

@@ -3,8 +3,8 @@
 ``results.csv`` is long: properties, the quality columns (``fd_digits`` or ``gfid``/``sfid``/``is``/
 ``precision``/``recall``), the protocol id and the fingerprint of every input node. ``wide.csv``
 (published as ``OUT/correlate/table.csv``) has one row per encoder with the quality per method
-averaged over seeds (``<q>_<method>``, ``<q>_<method>_sd``, ``<q>_<method>_n``) and the REPA − iREPA
-difference; ``correlate`` runs on it, once per y.
+averaged over seeds (``<q>_<method>``, ``<q>_<method>_sd``, ``<q>_<method>_n``) and the REPA − iREPA and
+REPA − PixelREPA differences; ``correlate`` runs on it, once per y.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import DataError
 from .plan import Node, canonical_id, family_of
-from .spec import StudySpec
+from .spec import StudySpec, repa_differences
 from .state import node_dir, read_json
 
 log = logging.getLogger("spatialprobe.study")
@@ -127,12 +127,12 @@ def build_tables(spec: StudySpec, node: Node, work: Path, out: Path, by_name: di
             wide[f"{q}_{m}_sd"] = wide["encoder"].map(g.std(ddof=1))
             wide[f"{q}_{m}_n"] = wide["encoder"].map(g.count())
         ms = spec.training.methods
-        if "repa" in ms and "irepa" in ms:
-            wide[f"{q}_repa_minus_irepa"] = wide[f"{q}_repa"] - wide[f"{q}_irepa"]
-            diff = wide[f"{q}_repa_minus_irepa"].dropna()
-            summary["repa_vs_irepa"] = {"n_teachers": int(len(diff)), "irepa_better": int((diff > 0).sum()),
-                                        "mean_repa_minus_irepa": _f(diff.mean()),
-                                        "median_repa_minus_irepa": _f(diff.median())}
+        for m in repa_differences(ms):
+            wide[f"{q}_repa_minus_{m}"] = wide[f"{q}_repa"] - wide[f"{q}_{m}"]
+            diff = wide[f"{q}_repa_minus_{m}"].dropna()
+            summary[f"repa_vs_{m}"] = {"n_teachers": int(len(diff)), f"{m}_better": int((diff > 0).sum()),
+                                       f"mean_repa_minus_{m}": _f(diff.mean()),
+                                       f"median_repa_minus_{m}": _f(diff.median())}
         base = df[df["encoder"] == "none"][q].dropna()
         summary["baseline"] = {"method": "none", "n_seeds": int(len(base)), "mean": _f(base.mean()),
                                "sd": _f(base.std(ddof=1)) if len(base) > 1 else None}

@@ -81,6 +81,15 @@ class TrainingSpec:
     teacher_cache_mb: int = 2048  #: in-memory cache of teacher tokens per image (0 = off)
 
 
+#: methods compared with REPA: with both trained, the correlate step adds ``<q>_repa_minus_<method>``
+COMPARED_WITH_REPA = ("irepa", "pixelrepa")
+
+
+def repa_differences(methods: list[str]) -> list[str]:
+    """The methods m trained together with REPA, each giving a ``<q>_repa_minus_<m>`` column."""
+    return [m for m in COMPARED_WITH_REPA if "repa" in methods and m in methods]
+
+
 @dataclass
 class CorrelateSpec:
     x: list[str] = field(default_factory=lambda: ["lp_acc", "lds", "cds", "srss", "rmsc"])
@@ -260,7 +269,11 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
 
             fam = "jit" if tr.model.startswith("jit") else "sit"
             for m in tr.methods:
-                presets.get(m, fam)  # unknown names fail with the valid ones
+                try:
+                    presets.get(m, fam)  # unknown names fail with the valid ones
+                except ConfigError as exc:  # a method of the other family (pixelrepa is JiT only)
+                    raise ConfigError(f"study spec: training.methods {m!r} with training.model {tr.model!r}: "
+                                      f"{exc}") from None
             if "none" in tr.methods:
                 raise ConfigError("study spec: training.methods lists 'none'; the no-alignment baseline is "
                                   "training.baseline: true (trained once, not per teacher).")
@@ -402,7 +415,7 @@ training:
 
 correlate:
   x: [lp_acc, lds, cds, srss, rmsc]
-  y: null                     # default: <quality>_<method> per method and <quality>_repa_minus_irepa
+  y: null                     # default: <quality>_<method> per method and <quality>_repa_minus_<m> (irepa, pixelrepa)
   family_col: family
   n_resamples: 10000
 

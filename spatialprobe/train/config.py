@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import comma_list
 from ..errors import ConfigError
 from . import presets
-from .models import canonical, family
+from .models import canonical, family, variant
 
 #: per-model training defaults (the paper's recipe for full models; CPU-sized values for the tiny ones)
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -54,6 +55,9 @@ class TrainConfig:
     spnorm: bool | None = None
     gamma: float | None = None
     proj_coeff: float | None = None
+    mask_ratio: float | None = None      #: PixelREPA: share of adapter input tokens masked [preset: 0.2]
+    adapter_depth: int | None = None     #: PixelREPA: Masked Transformer Adapter blocks [preset: 2]
+    proj_dropout: float | None = None    #: JiT: dropout in the middle half of the blocks [default: 0; H recipe 0.2]
     resolution: int | None = None        #: image side fed to the model (SiT: before the VAE)
     teacher_resolution: int = 256        #: image side fed to the teacher (its canonical 16x16 grid at 256)
     teacher_pretrained: bool = True      #: False: the teacher's architecture with random init (smoke tests)
@@ -98,6 +102,7 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
     for k in ("projector", "kernel_size", "spnorm", "gamma", "proj_coeff"):
         if getattr(c, k) is None:
             setattr(c, k, getattr(pre, k))
+    _fill_pixelrepa(c, pre, fam)
     if pre.align and not c.teacher:
         raise ConfigError(f"Method {c.method!r} aligns to a teacher: pass --teacher (e.g. dinov2-vit-b, or hog "
                           "for a weight-free one), or use --method none.")
@@ -110,11 +115,37 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
         raise ConfigError(f"latent_norm {c.latent_norm!r} must be 'channel' or 'scalar'.")
     if c.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision {c.precision!r} must be auto, bf16 or fp32.")
-    if c.projector not in ("mlp", "linear", "conv"):
+    if c.projector not in ("mlp", "linear", "conv") and not (c.method == "pixelrepa" and c.projector == "mta"):
         raise ConfigError(f"projector {c.projector!r} must be mlp, linear or conv.")
     if fam == "jit":
         c.vae = None
     return c
+
+
+def _fill_pixelrepa(c: TrainConfig, pre: presets.AlignPreset, fam: str) -> None:
+    """PixelREPA's fields from its preset; each one an error with any other method (and the reverse)."""
+    pix = c.method == "pixelrepa"
+    for k in ("mask_ratio", "adapter_depth"):
+        if getattr(c, k) is None:
+            setattr(c, k, getattr(pre, k))
+        elif not pix:
+            raise ConfigError(f"{k} applies to --method pixelrepa only (this run uses {c.method!r}); leave it out.")
+    if c.proj_dropout is not None and fam != "jit":
+        raise ConfigError(f"proj_dropout applies to JiT models only ({c.model} has no dropout); leave it out.")
+    if not pix:
+        return
+    if c.projector != "mta" or c.spnorm:
+        raise ConfigError("PixelREPA aligns its Masked Transformer Adapter to the raw teacher tokens: --projector "
+                          "and --spnorm do not apply (leave them out; --mask-ratio, --adapter-depth and "
+                          "--proj-coeff tune it).")
+    if c.teacher and len(comma_list(c.teacher)) > 1:
+        raise ConfigError(f"PixelREPA aligns to one teacher; got --teacher {c.teacher!r}. Pass a single encoder id.")
+    split = int(variant(c.model).get("in_context_start", 4))
+    if c.encoder_depth is None:
+        c.encoder_depth = split
+    elif c.encoder_depth != split:
+        raise ConfigError(f"PixelREPA aligns after {c.model}'s {split} encoder blocks (before its in-context "
+                          f"tokens); --encoder-depth {c.encoder_depth} does not apply. Leave it out.")
 
 
 def _check_ranges(c: TrainConfig, fam: str) -> None:
@@ -135,6 +166,9 @@ def _check_ranges(c: TrainConfig, fam: str) -> None:
     check_range("label_dropout", c.label_dropout, 0, 1, hi_open=True)
     check_range("gamma", c.gamma, 0, 1, hint="gamma scales the removed token mean (paper: 0.6 to 0.8).")
     check_range("proj_coeff", c.proj_coeff, 0)
+    check_range("mask_ratio", c.mask_ratio, 0, 1, hi_open=True, hint="PixelREPA masks 0.2 of the tokens.")
+    check_range("adapter_depth", c.adapter_depth, 1, hint="PixelREPA's adapter has 2 blocks.")
+    check_range("proj_dropout", c.proj_dropout, 0, 1, hi_open=True, hint="JiT-H uses 0.2.")
     check_range("max_images", c.max_images, 1, hint="leave it out to use every image.")
     check_range("num_classes", c.num_classes, 1)
     check_range("log_every", c.log_every, 1)

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..config import comma_list
 from ..errors import ConfigError, DataError
-from . import presets, repa
+from . import pixelrepa, presets, repa
 from .config import TrainConfig, check_resume, finalize
 from .models import build as build_model
 from .models import family as model_family
@@ -61,6 +61,12 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     g = torch.Generator(device=device)
     g.manual_seed(((seed * 1_000_003 + step) * 4096 + rank) % (2 ** 63))
     return g
+
+
+def dropout_seed(g: torch.Generator) -> int:
+    """Seed of the global RNG (dropout) for the step of generator ``g``: a pure function of (seed, step, rank)
+    whose stream differs from ``g``'s."""
+    return (g.initial_seed() * 6364136223846793005 + 1442695040888963407) % (2 ** 63)
 
 
 def batch_positions(step: int, global_batch: int, n: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -216,19 +222,22 @@ class _StepBatches(torch.utils.data.Sampler):
 def step_losses(net: nn.Module, family: str, x: torch.Tensor, y: torch.Tensor, *, teachers: Sequence,
                 teacher_images: torch.Tensor | None, grid: tuple[int, int], spnorm: bool, gamma: float,
                 proj_coeff: float, generator: torch.Generator, null_class: int, label_dropout: float,
-                autocast_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                autocast_dtype: torch.dtype | None = None, method: str = "") -> dict[str, torch.Tensor]:
     """Losses of one step: ``denoise``, ``proj`` (None without teachers) and ``loss`` = denoise + coeff·proj.
 
     Teacher targets are computed first, under no_grad; the denoising objective draws its noise from
-    ``generator``.
+    ``generator``. ``method="pixelrepa"``: ``net`` is a :class:`~.pixelrepa.PixelREPANet` that draws its
+    token mask from ``generator`` too, and ``proj`` is its 1 − cos alignment loss.
     """
     targets = [repa.teacher_targets(t, teacher_images, grid, spnorm=spnorm, gamma=gamma,
                                     autocast_dtype=autocast_dtype) for t in teachers]
     mod = module_for(family)
     ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else _null()
     with ctx:
-        denoise, zs = mod.training_loss(net, x, y, generator, label_dropout, null_class)
-    proj = repa.projection_loss(zs, targets) if teachers else None
+        extra = {"mask_generator": generator} if method == pixelrepa.METHOD else {}
+        denoise, zs = mod.training_loss(net, x, y, generator, label_dropout, null_class, **extra)
+    align_loss = pixelrepa.alignment_loss if extra else repa.projection_loss
+    proj = align_loss(zs, targets) if teachers else None
     return {"loss": repa.total_loss(denoise, proj, proj_coeff), "denoise": denoise, "proj": proj}
 
 
@@ -369,12 +378,17 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
                       projector=cfg.projector, kernel_size=cfg.kernel_size)
     if cfg.encoder_depth is not None:
         model_args["encoder_depth"] = cfg.encoder_depth
+    if cfg.proj_dropout is not None:
+        model_args["proj_drop"] = cfg.proj_dropout
+    if cfg.method == pixelrepa.METHOD:  # the adapter replaces the projectors; the JiT net gains the mask token
+        model_args.update(z_dims=[], mask_token=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **model_args).to(device)
     cfg.encoder_depth = model.cfg.encoder_depth
     emas = [copy.deepcopy(model).eval().requires_grad_(False) for _ in cfg.ema_decays]
+    trainee, adapter = pixelrepa.attach(model, cfg, teachers)  # (model, None) unless PixelREPA; EMA: model only
     decay, no_decay = [], []
-    for n_, p in model.named_parameters():
+    for n_, p in trainee.named_parameters():
         (no_decay if p.ndim < 2 or n_.endswith(".bias") else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
@@ -391,6 +405,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         model.load_state_dict(state["model"])
         for e, sd in zip(emas, state["emas"]):
             e.load_state_dict(sd)
+        if adapter is not None:
+            adapter.load_state_dict(state["adapter"])
         opt.load_state_dict(state["opt"])
         start = int(state["step"])
         if rank == 0:
@@ -409,11 +425,11 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
             kept = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
         log_path.write_text("".join(k + "\n" for k in kept))
 
-    net: nn.Module = model
+    net: nn.Module = trainee
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
 
@@ -439,13 +455,15 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.model} {cfg.method}", unit="step",
                disable=rank != 0, dynamic_ncols=True)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainee.train()
+    params = [p for p in trainee.parameters() if p.requires_grad]
     last_loss, last_ckpt = None, ckpt if start else None
     t_last, s_last = time.perf_counter(), start
     step = start
     for batch in loader:
         g = step_generator(cfg.seed, step, rank, device)
+        if cfg.proj_dropout:  # dropout draws from the global RNG: seed it per step too, so --resume stays exact
+            torch.manual_seed(dropout_seed(g))
         y = batch["label"].to(device, non_blocking=True)
         imgs = batch["image"].to(device, non_blocking=True) if "image" in batch else None
         if cfg.hflip and imgs is not None:
@@ -466,7 +484,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         losses = step_losses(net, fam, x, y, teachers=teachers, teacher_images=imgs, grid=model.grid,
                              spnorm=cfg.spnorm, gamma=cfg.gamma, proj_coeff=cfg.proj_coeff, generator=g,
                              null_class=model.null_class, label_dropout=cfg.label_dropout,
-                             autocast_dtype=ac_dtype)
+                             autocast_dtype=ac_dtype, method=cfg.method)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else math.inf)
@@ -501,7 +519,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
             if rank == 0:
                 _atomic_save({"step": step, "model": model.state_dict(), "emas": [e.state_dict() for e in emas],
                               "opt": opt.state_dict(), "config": cfg.as_dict(), "model_args": model_args,
-                              "family": fam, "latent": latent_info}, last_ckpt)
+                              "family": fam, "latent": latent_info,
+                              **({"adapter": adapter.state_dict()} if adapter is not None else {})}, last_ckpt)
             if world > 1:
                 import torch.distributed as dist
 

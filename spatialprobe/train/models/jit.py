@@ -31,6 +31,7 @@ class JiTConfig(BackboneConfig):
     in_context_start: int = 4
     attn_drop: float = 0.0
     proj_drop: float = 0.0
+    mask_token: bool = False  #: PixelREPA: a learned token that replaces masked tokens at the adapter input
 
 
 VARIANTS: dict[str, dict] = {
@@ -193,6 +194,8 @@ class JiT(DiffusionBackbone):
         self.projectors = nn.ModuleList(build_projector(cfg.projector, h, d, kernel_size=cfg.kernel_size, grid=cfg.grid)
                                         for d in cfg.z_dims)
         self.final_layer = FinalLayer(h, cfg.patch ** 2 * cfg.in_channels)
+        if cfg.mask_token:  # only with PixelREPA, so plain JiT keeps its parameter count
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, h))
         self._init_weights()
 
     def _embed_convs(self) -> list[nn.Conv2d]:
@@ -202,26 +205,50 @@ class JiT(DiffusionBackbone):
         super()._init_weights()
         if self.cfg.in_context_len:
             nn.init.normal_(self.in_context_posemb, std=0.02)
+        if self.cfg.mask_token:
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def split_at(self) -> int:
+        """Blocks before the in-context tokens are prepended (JiT's "encoder"; PixelREPA's alignment point)."""
+        return min(self.cfg.in_context_start, self.cfg.depth) if self.cfg.in_context_len else self.cfg.depth
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        cfg = self.cfg
+        return self.forward_decoder(*self.forward_encoder(z, t, y))
+
+    def forward_encoder(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        """First half of :meth:`forward`: ``(patch tokens after blocks[:split_at], c, y_emb, zs)``.
+
+        The tokens are taken before the in-context class tokens are prepended; ``zs`` holds the projector
+        outputs when ``encoder_depth`` falls inside this half.
+        """
         x = self.x_embedder(z) + self.pos_embed.to(z.dtype)
         y_emb = self.y_embedder(y)
         c = self.t_embedder(t) + y_emb
-        n_ctx = 0
         zs: list[torch.Tensor] = []
-        for i, blk in enumerate(self.blocks):
+        return self._blocks(x, c, y_emb, 0, self.split_at, zs), c, y_emb, zs
+
+    def forward_decoder(self, x: torch.Tensor, c: torch.Tensor, y_emb: torch.Tensor, zs: list[torch.Tensor]
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Second half of :meth:`forward`: in-context tokens, blocks[split_at:], final layer -> ``(x̂, zs)``."""
+        x = self._blocks(x, c, y_emb, self.split_at, self.cfg.depth, zs)
+        x = x[:, x.shape[1] - self.cfg.grid[0] * self.cfg.grid[1]:]
+        return self.unpatchify(self.final_layer(x, c)), zs
+
+    def _blocks(self, x: torch.Tensor, c: torch.Tensor, y_emb: torch.Tensor, lo: int, hi: int,
+                zs: list[torch.Tensor]) -> torch.Tensor:
+        cfg = self.cfg
+        for i in range(lo, hi):
             if cfg.in_context_len and i == cfg.in_context_start:
                 ctx = y_emb.unsqueeze(1).expand(-1, cfg.in_context_len, -1) + self.in_context_posemb
                 x = torch.cat([ctx.to(x.dtype), x], dim=1)
-                n_ctx = cfg.in_context_len
+            n_ctx = cfg.in_context_len if cfg.in_context_len and i >= cfg.in_context_start else 0
             rope = (self.rope_ctx_cos, self.rope_ctx_sin) if n_ctx else (self.rope_cos, self.rope_sin)
-            x = blk(x, c, rope)
+            x = self.blocks[i](x, c, rope)
             if i + 1 == cfg.encoder_depth and len(self.projectors):
                 patch_tokens = x[:, n_ctx:]
-                zs = [proj(patch_tokens) for proj in self.projectors]
-        x = x[:, n_ctx:]
-        return self.unpatchify(self.final_layer(x, c)), zs
+                zs.extend(proj(patch_tokens) for proj in self.projectors)
+        return x
 
 
 def build(name: str, **overrides) -> JiT:
@@ -234,12 +261,13 @@ P_MEAN, P_STD, T_EPS, NOISE_SCALE = -0.8, 0.8, 0.05, 1.0
 
 def training_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
                   label_dropout: float = 0.1, null_class: int = 1000, *, p_mean: float = P_MEAN,
-                  p_std: float = P_STD, t_eps: float = T_EPS, noise_scale: float = NOISE_SCALE
+                  p_std: float = P_STD, t_eps: float = T_EPS, noise_scale: float = NOISE_SCALE, **net_kwargs
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """x-prediction with a v-loss: t = sigmoid(N(p_mean, p_std²)), z = t·x + (1−t)·ε·noise_scale,
     v = (x − z)/max(1−t, t_eps), loss = mean_B mean_CHW (v̂ − v)² with v̂ from the predicted x̂.
 
-    ``x`` is the image in [−1, 1]; ``net`` may be DDP-wrapped.
+    ``x`` is the image in [−1, 1]; ``net`` may be DDP-wrapped; ``net_kwargs`` go to its forward (PixelREPA:
+    ``mask_generator``, drawn after t, ε and the label dropout).
     """
     b = x.shape[0]
     t = torch.sigmoid(torch.randn(b, generator=generator, device=x.device) * p_std + p_mean)
@@ -247,7 +275,7 @@ def training_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: t
     y = drop_labels(y, label_dropout, null_class, generator)
     tb = t.view(b, 1, 1, 1).to(x.dtype)
     z = tb * x + (1 - tb) * eps
-    x_hat, zs = net(z, t, y)
+    x_hat, zs = net(z, t, y, **net_kwargs)
     denom = (1 - tb).float().clamp_min(t_eps)
     v = (x.float() - z.float()) / denom
     v_hat = (x_hat.float() - z.float()) / denom
