@@ -177,7 +177,15 @@ def _measure(method: str, b: int, threads: int, device: str, repeats: int, queue
     queue.put((min(times), min(cpu), extra, {k: v.cpu().numpy() for k, v in out.items()}))
 
 
-def run_one(method: str, b: int, threads: int, device: str, repeats: int):
+class _List(list):
+    put = list.append
+
+
+def run_one(method: str, b: int, threads: int, device: str, repeats: int, inline: bool = False):
+    if inline:  # in this process: no process start-up, but the peak memory is shared with what ran before
+        q = _List()
+        _measure(method, b, threads, device, repeats, q)
+        return q[0]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_measure, args=(method, b, threads, device, repeats, q))
@@ -194,7 +202,8 @@ def _load() -> str:
         return "load average unknown"
 
 
-def measure(sizes: list[int], threads: int, device: str, repeats: int, rounds: int = 1) -> list[dict]:
+def measure(sizes: list[int], threads: int, device: str, repeats: int, rounds: int = 1,
+            inline: bool = False) -> list[dict]:
     """One row per B: best wall and CPU seconds of the baseline, the shared pass and the raw-Gram floor
     over ``rounds`` alternating rounds (one process per method and round), the largest |difference|
     between the shared pass and the baseline, NaN agreement and the peak memory above the inputs."""
@@ -203,7 +212,7 @@ def measure(sizes: list[int], threads: int, device: str, repeats: int, rounds: i
         best: dict[str, tuple] = {}
         for _ in range(rounds):
             for method in ("baseline", "fast", "floor"):
-                r = run_one(method, b, threads, device, repeats)
+                r = run_one(method, b, threads, device, repeats, inline)
                 if method not in best:
                     best[method] = r
                 else:  # keep the best time, the values of the first run
@@ -242,18 +251,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="alternate the three methods this many times")
+    ap.add_argument("--inline", action="store_true",
+                    help="measure in this process (quick check of the script; memory figures not separate)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         (platform.processor() or platform.machine())
     print(f"machine: {dev_name}, {os.cpu_count()} cpu, torch {torch.__version__}, threads {args.threads}, "
           f"device {args.device}; {_load()} at the start")
-    print(f"command: python {' '.join(sys.argv)}\n")
+    print(f"command: python {' '.join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))}\n")
     mem = "peak GPU MiB" if args.device.startswith("cuda") else "peak RSS MiB"
     print("inputs: tokens [B, 256, 768] float32 (B·0.75 MiB) + masks; memory = peak above the inputs\n")
     print("wall = best wall-clock of the repeats; cpu = best process CPU time (all threads), which is less\n"
           "sensitive to other jobs sharing the machine; floor = one batched Gram of the raw tokens\n")
-    rows = measure(sizes, args.threads, args.device, args.repeats, args.rounds)
+    rows = measure(sizes, args.threads, args.device, args.repeats, args.rounds, args.inline)
     print(table(rows, mem))
     print(f"\n{_load()} at the end")
 
