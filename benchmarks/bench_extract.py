@@ -223,7 +223,7 @@ def main_fingerprint(n: int) -> None:
         print(f"| {what} | {walk:.2f} | {fp:.2f} |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="dino-vit-b")
     ap.add_argument("--n", type=int, default=512, help="images (built-in photographs repeated)")
@@ -239,7 +239,7 @@ def main() -> None:
     ap.add_argument("--shared-encoders", default="pixels,hog,sift")
     ap.add_argument("--fingerprint", type=int, default=0, metavar="N",
                     help="time the content-based source fingerprint over N files instead (see above)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.fingerprint:
         return main_fingerprint(args.fingerprint)
 
@@ -290,7 +290,7 @@ def main() -> None:
     print(f"\nmachine: {dev_name}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads; encoder {args.encoder} (random init), {n} images, "
           f"batch {bs}, store dtype {args.dtype}, {args.rounds} alternating rounds{util}")
-    print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}\n")
+    print(f"command: python {' '.join(shlex.quote(a) for a in ([sys.argv[0]] + argv if argv is not None else sys.argv))}\n")
     print("| mode | images/s | of bare |\n|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")

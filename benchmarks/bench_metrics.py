@@ -4,10 +4,14 @@ The baseline follows the official iREPA metric code's structure (irepa-spec §2)
 each normalising the tokens and building its own Gram and distance masks; LDS takes its 4-neighbour term
 from shifted grids and its far term from a masked Gram; CDS takes one boolean-masked mean per distance;
 SRSS loops over images in Python with full [T, T] anchor/neighbour masks per image.
-The shared pass is :func:`spatialprobe.metrics.spatial_metrics` (one Gram, one distance histogram).
+The shared pass is :func:`spatialprobe.metrics.spatial_metrics` (one raw Gram per chunk, scaled in place
+to cosines, plus O(B·T²) sums). The "floor" is one batched Gram of the raw tokens on the same input,
+``torch.bmm(x, x.transpose(1, 2))``: what any method that needs all pairwise cosines has to pay.
 
-Run:  python benchmarks/bench_metrics.py [--sizes 128,256,512,1024] [--threads 2] [--device cpu]
-Prints a markdown table: time per method, speed-up, largest |difference| and peak memory.
+Run:  python benchmarks/bench_metrics.py [--sizes 128,256,512,1024] [--threads 2] [--device cpu] [--rounds 3]
+Prints a markdown table: time per method, speed-up over the baseline, ratio to the floor, largest
+|difference| and peak memory. Each method runs in its own process; with ``--rounds N`` the three
+processes are run N times in turn and the best of each is kept (the machine's load is printed).
 """
 
 from __future__ import annotations
@@ -146,8 +150,12 @@ def _measure(method: str, b: int, threads: int, device: str, repeats: int, queue
 
     tokens, masks = make_tokens(b)
     tokens, masks = tokens.to(device), masks.to(device)
-    fn = (lambda: baseline(tokens, (16, 16), masks)) if method == "baseline" else \
-        (lambda: spatial_metrics(tokens, (16, 16), masks))
+    if method == "baseline":
+        fn = lambda: baseline(tokens, (16, 16), masks)  # noqa: E731
+    elif method == "floor":
+        fn = lambda: {"gram": torch.bmm(tokens, tokens.transpose(1, 2))[:, :1, :1].flatten()}  # noqa: E731
+    else:
+        fn = lambda: spatial_metrics(tokens, (16, 16), masks)  # noqa: E731
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
@@ -169,7 +177,15 @@ def _measure(method: str, b: int, threads: int, device: str, repeats: int, queue
     queue.put((min(times), min(cpu), extra, {k: v.cpu().numpy() for k, v in out.items()}))
 
 
-def run_one(method: str, b: int, threads: int, device: str, repeats: int):
+class _List(list):
+    put = list.append
+
+
+def run_one(method: str, b: int, threads: int, device: str, repeats: int, inline: bool = False):
+    if inline:  # in this process: no process start-up, but the peak memory is shared with what ran before
+        q = _List()
+        _measure(method, b, threads, device, repeats, q)
+        return q[0]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_measure, args=(method, b, threads, device, repeats, q))
@@ -179,33 +195,78 @@ def run_one(method: str, b: int, threads: int, device: str, repeats: int):
     return res
 
 
+def _load() -> str:
+    try:
+        return "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg()) + f" on {os.cpu_count()} cpu"
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return "load average unknown"
+
+
+def measure(sizes: list[int], threads: int, device: str, repeats: int, rounds: int = 1,
+            inline: bool = False) -> list[dict]:
+    """One row per B: best wall and CPU seconds of the baseline, the shared pass and the raw-Gram floor
+    over ``rounds`` alternating rounds (one process per method and round), the largest |difference|
+    between the shared pass and the baseline, NaN agreement and the peak memory above the inputs."""
+    rows = []
+    for b in sizes:
+        best: dict[str, tuple] = {}
+        for _ in range(rounds):
+            for method in ("baseline", "fast", "floor"):
+                r = run_one(method, b, threads, device, repeats, inline)
+                if method not in best:
+                    best[method] = r
+                else:  # keep the best time, the values of the first run
+                    old = best[method]
+                    best[method] = (min(old[0], r[0]), min(old[1], r[1]), old[2], old[3])
+        tb, cb, eb, ob = best["baseline"]
+        tf, cf, ef, of = best["fast"]
+        tg, cg, eg, _ = best["floor"]
+        diff = max(float(np.nanmax(np.abs(ob[k].astype(np.float64) - of[k]))) for k in METRICS)
+        nan_ok = all(np.array_equal(np.isnan(ob[k]), np.isnan(of[k])) for k in METRICS)
+        rows.append({"B": b, "baseline_s": tb, "shared_s": tf, "floor_s": tg, "baseline_cpu_s": cb,
+                     "shared_cpu_s": cf, "floor_cpu_s": cg, "speedup": tb / tf, "speedup_cpu": cb / cf,
+                     "vs_floor": tf / tg, "vs_floor_cpu": cf / cg, "max_abs_diff": diff, "nan_agree": nan_ok,
+                     "baseline_mib": eb, "shared_mib": ef, "floor_mib": eg})
+    return rows
+
+
+def table(rows: list[dict], mem: str = "peak RSS MiB") -> str:
+    out = [f"| B | baseline wall s | shared wall s | floor wall s | shared vs baseline (wall) | shared / floor (wall) "
+           f"| baseline cpu s | shared cpu s | floor cpu s | shared vs baseline (cpu) | shared / floor (cpu) "
+           f"| max abs diff | baseline {mem} | shared {mem} |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['B']} | {r['baseline_s']:.3f} | {r['shared_s']:.3f} | {r['floor_s']:.3f} | {r['speedup']:.1f}x "
+                   f"| {r['vs_floor']:.2f}x | {r['baseline_cpu_s']:.3f} | {r['shared_cpu_s']:.3f} | {r['floor_cpu_s']:.3f} "
+                   f"| {r['speedup_cpu']:.1f}x | {r['vs_floor_cpu']:.2f}x "
+                   f"| {r['max_abs_diff']:.1e}{'' if r['nan_agree'] else ' (NaN mismatch!)'} "
+                   f"| {r['baseline_mib']:.0f} | {r['shared_mib']:.0f} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="128,256,512,1024", help="batch sizes B (tokens [B, 256, 768])")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the three methods this many times")
+    ap.add_argument("--inline", action="store_true",
+                    help="measure in this process (quick check of the script; memory figures not separate)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         (platform.processor() or platform.machine())
     print(f"machine: {dev_name}, {os.cpu_count()} cpu, torch {torch.__version__}, threads {args.threads}, "
-          f"device {args.device}")
-    print(f"command: python {' '.join(sys.argv)}\n")
+          f"device {args.device}; {_load()} at the start")
+    print(f"command: python {' '.join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))}\n")
     mem = "peak GPU MiB" if args.device.startswith("cuda") else "peak RSS MiB"
-    print(f"inputs: tokens [B, 256, 768] float32 (B·0.75 MiB) + masks; memory = peak above the inputs\n")
+    print("inputs: tokens [B, 256, 768] float32 (B·0.75 MiB) + masks; memory = peak above the inputs\n")
     print("wall = best wall-clock of the repeats; cpu = best process CPU time (all threads), which is less\n"
-          "sensitive to other jobs sharing the machine\n")
-    print(f"| B | baseline wall s | shared wall s | speed-up (wall) | baseline cpu s | shared cpu s | speed-up (cpu) "
-          f"| max abs diff | baseline {mem} | shared {mem} |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for b in sizes:
-        tb, cb, eb, ob = run_one("baseline", b, args.threads, args.device, args.repeats)
-        tf, cf, ef, of = run_one("fast", b, args.threads, args.device, args.repeats)
-        diff = max(float(np.nanmax(np.abs(ob[k].astype(np.float64) - of[k]))) for k in METRICS)
-        nan_ok = all(np.array_equal(np.isnan(ob[k]), np.isnan(of[k])) for k in METRICS)
-        print(f"| {b} | {tb:.3f} | {tf:.3f} | {tb / tf:.1f}x | {cb:.3f} | {cf:.3f} | {cb / cf:.1f}x | {diff:.1e}{'' if nan_ok else ' (NaN mismatch!)'} "
-              f"| {eb:.0f} | {ef:.0f} |", flush=True)
+          "sensitive to other jobs sharing the machine; floor = one batched Gram of the raw tokens\n")
+    rows = measure(sizes, args.threads, args.device, args.repeats, args.rounds, args.inline)
+    print(table(rows, mem))
+    print(f"\n{_load()} at the end")
 
 
 if __name__ == "__main__":

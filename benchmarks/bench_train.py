@@ -1,105 +1,451 @@
-"""SiT-B/2 training throughput (steps/s) with and without REPA/iREPA alignment.
+"""Training step costs in one run: plain step, teacher forward alone, REPA, iREPA (and PixelREPA) steps.
 
-GPU (the real measurement): random latents [B,4,32,32], bf16 autocast, AdamW + EMA, a teacher with the
-DINOv2-B architecture (random init, 16x16 tokens at 256 px) for the aligned runs.
+For each model the same batch goes through: a plain step (no alignment), the teacher's forward alone
+(``repa.teacher_targets``: the teacher, resampling and spatial norm), and one step per aligned method. The
+alignment overhead of a method is ``aligned step − plain step``; it should be the teacher forward plus a
+projector, nothing more, so the table gives it as a ratio to the teacher forward and its excess
+``(aligned − plain − teacher)`` as a percentage of the plain step (target <= 10 %).
 
-    python benchmarks/bench_train.py                 # CUDA: sit-b/2, batch 256
-    python benchmarks/bench_train.py --tiny          # CPU check of the script: sit-tiny, stand-in teacher
+Host synchronisations per step are counted in a separate, untimed pass: every call of
+``Tensor.item/.tolist/.cpu/.numpy/__float__/__int__/__bool__`` (and ``.to('cpu')``) made inside the step
+(on CUDA, also what ``torch.cuda.set_sync_debug_mode`` reports); target 0. ``--loop-syncs`` runs the real
+training loop (``spatialprobe.train.loop.train``) for a few steps and counts the same calls per step
+outside its logging and checkpoint steps, naming the line of each. ``--cache`` times the study's
+teacher-token cache (a teacher run again over the same images) where it is importable.
 
-Prints a markdown table with the machine and the command.
+    python benchmarks/bench_train.py --tiny                      # CPU: sit-tiny + jit-tiny, stand-in teacher
+    python benchmarks/bench_train.py                             # CUDA: sit-b/2 + jit-b/16, DINOv2-B teacher
+    python benchmarks/bench_train.py --tiny --loop-syncs --cache
+
+PixelREPA has a slot in the table: it is measured when ``pixelrepa`` is a training method, and shown as
+skipped otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import os
 import platform
 import sys
+import tempfile
 import time
+import traceback
+import types
+import warnings
 
 import torch
+import torch.nn as nn
+
+ALIGNED = ("repa", "irepa", "pixelrepa")
 
 
-def _teacher(tiny: bool, device):
-    if tiny:
-        from spatialprobe.train.stubs import PatchTeacher
+# ---------------------------------------------------------------------------- host-synchronisation counter
+_SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_SKIP_FILES = (_TORCH_DIR, os.sep + "contextlib.py", os.path.abspath(__file__))
 
-        return PatchTeacher(32, input_res=64, patch=8).to(device)
+
+def _caller() -> str:
+    """file:line of the first frame outside torch, contextlib and this benchmark."""
+    for fr in reversed(traceback.extract_stack()[:-2]):
+        if not any(s in fr.filename for s in _SKIP_FILES):
+            return f"{os.path.relpath(fr.filename)}:{fr.lineno}"
+    return "?"
+
+
+class SyncCounter:
+    """Counts calls that force a device→host copy (a host synchronisation on a GPU), by caller line.
+
+    On a CPU nothing actually waits, but each such call made by the project's code marks a place that
+    would stall a GPU step. Calls made by torch itself on CPU tensors (host-side bookkeeping) and calls
+    from data-loading code (``torch/utils/data``, host tensors) are not counted."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._saved: dict[str, object] = {}
+        self._cm = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def _wrap(self, name: str, orig):
+        counter = self
+
+        def wrapped(t, *a, **k):
+            if name != "to" or _to_cpu(t, a, k):
+                caller = sys._getframe(1).f_code.co_filename
+                # torch's own host-side bookkeeping (e.g. AdamW's step counters live on the CPU) is not a
+                # device sync; on a GPU, torch internals that do sync are reported by the sync debug mode
+                if t.device.type != "cpu" or _TORCH_DIR not in caller:
+                    stack = "".join(traceback.format_stack(limit=12))
+                    if os.sep + "utils" + os.sep + "data" + os.sep not in stack:
+                        counter.calls[f"{name} @ {_caller()}"] += 1
+            return orig(t, *a, **k)
+
+        return wrapped
+
+    def __enter__(self) -> SyncCounter:
+        for name in _SYNC_METHODS + ("to",):
+            orig = getattr(torch.Tensor, name)
+            self._saved[name] = orig
+            setattr(torch.Tensor, name, self._wrap(name, orig))
+        if torch.cuda.is_available():
+            self._cm = warnings.catch_warnings(record=True)
+            self._records = self._cm.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, orig in self._saved.items():
+            setattr(torch.Tensor, name, orig)
+        if self._cm is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            for w in self._records:
+                if "synchroniz" in str(w.message):
+                    self.calls[f"cuda sync @ {w.filename}:{w.lineno}"] += 1
+            self._cm.__exit__(*exc)
+
+
+def _to_cpu(t: torch.Tensor, a, k) -> bool:
+    dev = k.get("device", a[0] if a else None)
+    return t.device.type != "cpu" and (dev == "cpu" or (isinstance(dev, torch.device) and dev.type == "cpu"))
+
+
+# ---------------------------------------------------------------------------- teachers
+class TinyTeacher(nn.Module):
+    """CPU stand-in with the teacher interface: uint8 images -> ``.patch`` [B, T, D] on a ``.grid``.
+
+    A p×p patchifier and two transformer layers (random init, frozen): a forward comparable to a tiny
+    student's, so the CPU overhead ratio measures something."""
+
+    def __init__(self, dim: int = 64, input_res: int = 64, patch: int = 8) -> None:
+        super().__init__()
+        self.name, self.embed_dim, self.input_res = "tiny-teacher", dim, input_res
+        self.grid = (input_res // patch, input_res // patch)
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        layer = nn.TransformerEncoderLayer(dim, 4, 4 * dim, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.eval().requires_grad_(False)
+
+    def forward(self, images: torch.Tensor):
+        x = images.float() / 127.5 - 1
+        h = self.blocks(self.embed(x).flatten(2).transpose(1, 2))
+        return types.SimpleNamespace(patch=h, grid=self.grid, prefix=None, layer="final")
+
+
+def make_teacher(tiny: bool, device: torch.device, name: str | None = None):
+    if tiny and not name:
+        return TinyTeacher().to(device)
     from spatialprobe import encoders
 
-    return encoders.get("dinov2-vit-b", pretrained=False, device=str(device))
+    t = encoders.get(name or "dinov2-vit-b", pretrained=False, device=str(device))
+    t.eval()
+    return t
 
 
-def bench(method: str, *, tiny: bool, batch: int, steps: int, warmup: int, device, compile_: bool) -> float:
+# ---------------------------------------------------------------------------- one training step
+def available_methods() -> set[str]:
     from spatialprobe.train import presets
-    from spatialprobe.train.loop import step_generator, step_losses
-    from spatialprobe.train.models import build
 
-    pre = presets.get(method, "sit")
-    teachers = [_teacher(tiny, device)] if pre.align else []
-    name, side, img = ("sit-tiny", 8, 64) if tiny else ("sit-b/2", 32, 256)
-    model = build(name, input_size=side, num_classes=1000, z_dims=[t.embed_dim for t in teachers],
-                  projector=pre.projector, kernel_size=pre.kernel_size,
-                  **({} if tiny else {"encoder_depth": 4})).to(device)
-    ema = build(name, input_size=side, num_classes=1000, z_dims=[t.embed_dim for t in teachers],
-                projector=pre.projector, kernel_size=pre.kernel_size,
-                **({} if tiny else {"encoder_depth": 4})).to(device).requires_grad_(False)
-    net = torch.compile(model) if compile_ else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ac = torch.bfloat16 if device.type == "cuda" else None
-    x = torch.randn(batch, 4, side, side, device=device)
-    y = torch.randint(0, 1000, (batch,), device=device)
-    imgs = torch.randint(0, 256, (batch, 3, img, img), dtype=torch.uint8, device=device)
-    t0 = None
-    for s in range(warmup + steps):
-        if s == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        out = step_losses(net, "sit", x, y, teachers=teachers, teacher_images=imgs, grid=model.grid,
-                          spnorm=pre.spnorm, gamma=pre.gamma, proj_coeff=pre.proj_coeff,
-                          generator=step_generator(0, s, 0, device), null_class=1000, label_dropout=0.1,
-                          autocast_dtype=ac)
-        opt.zero_grad(set_to_none=True)
+    return set(presets.METHODS)
+
+
+class Step:
+    """One training step as the loop does it: losses (teacher targets, denoising, projection), backward,
+    grad clip, AdamW, EMA; on fixed inputs so only the step is measured."""
+
+    def __init__(self, model: str, method: str, teacher, *, batch: int, device: torch.device, compile_: bool,
+                 img_res: int) -> None:
+        from spatialprobe.train import presets
+        from spatialprobe.train.models import build, family
+
+        self.fam = family(model)
+        pre = presets.get(method, self.fam)
+        self.pre = pre
+        self.teachers = [teacher] if pre.align else []
+        extra = {"encoder_depth": 4} if model in ("sit-b/2", "jit-b/16") else {}
+        kw = dict(num_classes=1000, z_dims=[t.embed_dim for t in self.teachers], projector=pre.projector,
+                  kernel_size=pre.kernel_size, **extra)
+        self.model = build(model, **kw).to(device)
+        self.ema = build(model, **kw).to(device).requires_grad_(False)
+        self.net = torch.compile(self.model) if compile_ else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ac = torch.bfloat16 if device.type == "cuda" else None
+        side, ch = self.model.cfg.input_size, self.model.cfg.in_channels
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, ch, side, side, generator=gen).to(device)
+        if self.fam == "jit":
+            self.x = self.x.clamp(-1, 1)
+        self.y = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+        self.imgs = torch.randint(0, 256, (batch, 3, img_res, img_res), dtype=torch.uint8, generator=gen).to(device)
+        self.device, self.s = device, 0
+
+    def __call__(self) -> None:
+        from spatialprobe.train.loop import step_generator, step_losses
+
+        pre = self.pre
+        out = step_losses(self.net, self.fam, self.x, self.y, teachers=self.teachers, teacher_images=self.imgs,
+                          grid=self.model.grid, spnorm=pre.spnorm, gamma=pre.gamma, proj_coeff=pre.proj_coeff,
+                          generator=step_generator(0, self.s, 0, self.device), null_class=1000,
+                          label_dropout=0.1, autocast_dtype=self.ac)
+        self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1e-4)
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.lerp_(pm.detach(), 1e-4)
+        self.s += 1
+
+
+def _projector_pass(st: Step):
+    """Forward + backward of the step's projector(s) alone on student-shaped tokens (what alignment adds to
+    the student besides the teacher)."""
+    m = st.model
+    z = torch.randn(st.x.shape[0], m.grid[0] * m.grid[1], m.cfg.hidden, device=st.x.device, requires_grad=True)
+
+    def run():
+        ctx = torch.autocast(z.device.type, dtype=st.ac) if st.ac else contextlib.nullcontext()
+        with ctx:
+            loss = sum(p(z).float().square().mean() for p in m.projectors)
+        loss.backward()
+
+    return run
+
+
+def seconds_per_call(fn, *, steps: int, warmup: int, device: torch.device, rounds: int = 3) -> float:
+    """Best over ``rounds`` of the mean time of ``steps`` calls (after ``warmup`` calls)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best
+
+
+def syncs_per_call(fn, n: int = 2) -> tuple[float, collections.Counter]:
+    with SyncCounter() as c:
+        for _ in range(n):
+            fn()
+    return c.total / n, c.calls
+
+
+def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, device: torch.device,
+                compile_: bool, teacher_name: str | None = None, methods=("none",) + ALIGNED) -> list[dict]:
+    """Rows for one model: plain, teacher forward, then each aligned method (skipped when unavailable)."""
+    from spatialprobe.train import repa
+
+    teacher = make_teacher(tiny, device, teacher_name)
+    img_res = teacher.input_res if tiny and not teacher_name else 256
+    have = available_methods()
+    rows: list[dict] = []
+    plain = None
+    timing = dict(steps=steps, warmup=warmup, device=device)
+    if "none" in methods:
+        st = Step(model, "none", teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)
+        plain = seconds_per_call(st, **timing)
+        rows.append({"model": model, "what": "plain step (no alignment)", "s": plain, "batch": batch,
+                     "syncs": syncs_per_call(st)[0]})
+        grid = st.model.grid
+        ac = st.ac
+        imgs = st.imgs
+        del st
+        tfwd = seconds_per_call(lambda: repa.teacher_targets(teacher, imgs, grid, spnorm=True, gamma=0.6,
+                                                             autocast_dtype=ac), **timing)
+        rows.append({"model": model, "what": "teacher forward alone", "s": tfwd, "batch": batch, "syncs": None})
+    else:
+        tfwd = None
+    for m in methods:
+        if m == "none":
+            continue
+        if m not in have:
+            rows.append({"model": model, "what": f"{m} step", "s": None, "batch": batch, "syncs": None,
+                         "note": f"skipped: no '{m}' training method in this version"})
+            continue
+        st = Step(model, m, teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)
+        sec = seconds_per_call(st, **timing)
+        n, where = syncs_per_call(st)
+        proj = seconds_per_call(_projector_pass(st), **timing)
+        row = {"model": model, "what": f"{m} step", "s": sec, "batch": batch, "syncs": n,
+               "sync_sites": dict(where), "projector_s": proj}
+        if plain is not None and tfwd:
+            row["overhead_s"] = sec - plain
+            row["overhead_vs_teacher"] = (sec - plain) / tfwd
+            row["excess_pct_of_plain"] = 100 * (sec - plain - tfwd) / plain
+            row["excess_beyond_projector_pct"] = 100 * (sec - plain - tfwd - proj) / plain
+        rows.append(row)
+        del st
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    out = ["| model | step | batch | ms/step | steps/s | images/s | alignment overhead ms | overhead / teacher fwd "
+           "| excess over teacher, % of plain step | projector fwd+bwd ms | excess over teacher + projector, % of "
+           "plain step | host syncs/step |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["s"] is None:
+            out.append(f"| {r['model']} | {r['what']} | {r['batch']} | – | – | – | – | – | – | – | – "
+                       f"| {r.get('note', '')} |")
+            continue
+        ov = r.get("overhead_s")
+        cells = ["", "", ""] if ov is None else \
+            [f"{1e3 * ov:.1f}", f"{r['overhead_vs_teacher']:.2f}", f"{r['excess_pct_of_plain']:+.0f} %"]
+        cells += ["" if r.get("projector_s") is None else f"{1e3 * r['projector_s']:.1f}",
+                  "" if ov is None else f"{r['excess_beyond_projector_pct']:+.0f} %"]
+        syncs = "" if r["syncs"] is None else f"{r['syncs']:g}"
+        out.append(f"| {r['model']} | {r['what']} | {r['batch']} | {1e3 * r['s']:.1f} | {1 / r['s']:.2f} "
+                   f"| {r['batch'] / r['s']:.0f} | {' | '.join(cells)} | {syncs} |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- the real loop's syncs
+def loop_syncs(steps: int = 6) -> dict:
+    """Run ``train()`` (jit-tiny, iREPA, the built-in digits, a pixel teacher) for ``steps`` steps, logging only
+    at step 1 and the last, and count host-sync calls per step; returns the per-step counts of the steps
+    that neither log nor checkpoint, with the lines that made them."""
+    from spatialprobe.train.loop import train
+
+    per_step: dict[int, collections.Counter] = {}
+    counter = SyncCounter()
+    last = collections.Counter()
+
+    def cb(step, rec):
+        nonlocal last
+        now = collections.Counter(counter.calls)
+        per_step[step] = now - last
+        last = now
+
+    with tempfile.TemporaryDirectory() as tmp, counter:
+        train(model="jit-tiny", method="irepa", teacher="pixels", images="builtin:digits", out=tmp, steps=steps,
+              log_every=10 * steps, ckpt_every=10 * steps, workers=0, max_images=64, batch_size=8,
+              teacher_pretrained=False, callback=cb)
+    quiet = {s: c for s, c in per_step.items() if 1 < s < steps}
+    sites: collections.Counter[str] = collections.Counter()
+    for c in quiet.values():
+        sites.update(c)
+    n = max(1, len(quiet))
+    return {"steps": sorted(quiet), "per_step": sum(sites.values()) / n,
+            "sites": {k: v / n for k, v in sites.most_common()}}
+
+
+# ---------------------------------------------------------------------------- teacher-token cache
+def cache_bench(device: torch.device, batch: int = 16, tiny: bool = True) -> list[dict] | None:
+    """Teacher forward over the same images: batched and uncached, through the study's token cache cold
+    (first run: encodes image by image) and warm (a later run of the same teacher over the same images)."""
+    cached_teacher = None
+    for mod in ("spatialprobe.train.teacher_cache", "spatialprobe.train.cache", "spatialprobe.study.nodes"):
+        try:
+            cached_teacher = getattr(__import__(mod, fromlist=["cached_teacher"]), "cached_teacher")
+            break
+        except (ImportError, AttributeError):
+            continue
+    if cached_teacher is None:
+        return None
+    from spatialprobe.train import repa
+
+    teacher = make_teacher(tiny, device)
+    res = teacher.input_res if tiny else 256
+    imgs = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(1)).to(device)
+    grid = teacher.grid
+    fwd = lambda t: repa.teacher_targets(t, imgs, grid, spnorm=True, gamma=0.6)  # noqa: E731
+    plain = seconds_per_call(lambda: fwd(teacher), steps=3, warmup=1, device=device)
+    rows = [{"what": "teacher forward, batched, no cache", "s": plain}]
+    cold = []
+    for r in range(3):  # a fresh cache each time: every image is a miss
+        ct = cached_teacher(teacher, f"bench-cold-{r}-{time.time()}", 256)
+        cold.append(seconds_per_call(lambda: fwd(ct), steps=1, warmup=0, device=device, rounds=1))
+    rows.append({"what": "through the token cache, first run (all misses)", "s": min(cold)})
+    ct = cached_teacher(teacher, f"bench-warm-{time.time()}", 256)
+    fwd(ct)
+    rows.append({"what": "through the token cache, same images again (all hits)",
+                 "s": seconds_per_call(lambda: fwd(ct), steps=3, warmup=0, device=device)})
+    rows[-1]["syncs"] = syncs_per_call(lambda: fwd(ct), 1)[0]
+    for r in rows:
+        r["batch"] = batch
+    return rows
+
+
+def machine(device: torch.device) -> str:
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t0)
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="sit-tiny on CPU (checks the script, not a result)")
+    ap.add_argument("--tiny", action="store_true", help="CPU, sit-tiny and jit-tiny with a stand-in teacher")
+    ap.add_argument("--models", default=None, help="comma list (default: sit-tiny,jit-tiny with --tiny, "
+                                                   "else sit-b/2,jit-b/16)")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (3 rounds, best kept)")
+    ap.add_argument("--teacher", default=None, help="zoo id of the teacher (random init); default dinov2-vit-b "
+                                                    "on GPU, a stand-in with --tiny")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--methods", default="none,repa,irepa")
-    a = ap.parse_args()
+    ap.add_argument("--methods", default="none," + ",".join(ALIGNED))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: tiny models gain nothing from a second thread, and a shared machine makes threads wait on each other)")
+    ap.add_argument("--loop-syncs", action="store_true", help="also count host syncs in train() itself")
+    ap.add_argument("--cache", action="store_true", help="also time the study's teacher-token cache")
+    a = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not a.tiny else "cpu")
     if not a.tiny and device.type != "cuda":
-        sys.exit("bench_train measures SiT-B/2 on a GPU; use --tiny to check the script on CPU.")
+        sys.exit("bench_train measures SiT-B/2 and JiT-B/16 on a GPU; use --tiny for the CPU sizes.")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        torch.set_num_threads(2)
+        torch.set_num_threads(a.threads)
+    models = (a.models or ("sit-tiny,jit-tiny" if a.tiny else "sit-b/2,jit-b/16")).split(",")
     batch = a.batch or (8 if a.tiny else 256)
-    steps = a.steps or (5 if a.tiny else 30)
-    machine = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    steps = a.steps or (5 if a.tiny else 20)
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"machine: {machine(device)}; torch {torch.__version__}; load average {load} at the start\n")
+    print(f"command: `python {' '.join(['benchmarks/bench_train.py'] + (argv if argv is not None else sys.argv[1:]))}`\n")
     rows = []
-    for m in a.methods.split(","):
-        sps = bench(m, tiny=a.tiny, batch=batch, steps=steps, warmup=2 if a.tiny else 10, device=device,
-                    compile_=a.compile)
-        rows.append((m, sps))
-    model = "sit-tiny" if a.tiny else "sit-b/2"
-    print(f"machine: {machine}; torch {torch.__version__}\n\ncommand: `python {' '.join(sys.argv)}`\n")
-    print(f"| model | method | batch | steps/s | images/s |\n|---|---|---|---|---|")
-    for m, sps in rows:
-        print(f"| {model} | {m} | {batch} | {sps:.2f} | {sps * batch:.0f} |")
+    for m in models:
+        rows += bench_model(m, tiny=a.tiny, batch=batch, steps=steps, warmup=2 if a.tiny else 5, device=device,
+                            compile_=a.compile, teacher_name=a.teacher, methods=methods)
+    print(format_rows(rows))
+    sites = collections.Counter()
+    for r in rows:
+        sites.update(r.get("sync_sites", {}))
+    if sites:
+        print("\nhost-sync calls inside the aligned steps (per counted pass of 2 steps):")
+        for k, v in sites.most_common():
+            print(f"- {k}: {v}")
+    result = {"rows": rows, "machine": machine(device)}
+    if a.loop_syncs:
+        ls = loop_syncs()
+        result["loop_syncs"] = ls
+        print(f"\ntrain() (jit-tiny, iREPA): {ls['per_step']:g} host-sync call(s) per step outside logging and "
+              f"checkpoints (steps {ls['steps'][0]}-{ls['steps'][-1]}):")
+        for k, v in ls["sites"].items():
+            print(f"- {k}: {v:g} per step")
+    if a.cache:
+        cr = cache_bench(device, tiny=a.tiny)
+        result["cache"] = cr
+        if cr is None:
+            print("\nteacher-token cache: not importable in this version, skipped")
+        else:
+            print("\n| teacher tokens for the same batch | batch | ms | host syncs |\n|---|---:|---:|---:|")
+            for r in cr:
+                print(f"| {r['what']} | {r['batch']} | {1e3 * r['s']:.1f} | {r.get('syncs', '')} |")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"\nload average {load} at the end")
+    return result
 
 
 if __name__ == "__main__":

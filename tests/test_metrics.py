@@ -313,19 +313,66 @@ def test_aggregate_is_nanmean_with_count():
     assert math.isnan(aggregate(torch.tensor([float("nan")]))["mean"])
 
 
-def test_large_grid_histogram_path_equals_gemm_path(monkeypatch):
-    """Grids too large for the one-hot GEMM sum the Gram per distance with index_add: same values."""
+def test_window_reach_does_not_change_values(monkeypatch):
+    """The pass gathers only the cosines within the largest radius it needs and takes the far sets as
+    totals minus that window; a window over the whole grid (every pair gathered) gives the same values."""
     from spatialprobe.metrics import spatial as sp
 
-    tok = torch.randn(3, 35, 6)
-    fg = torch.rand(3, 35) > 0.5
-    a = spatial_metrics(tok, (5, 7), fg, lds_far=3, srss_neg=3)
-    monkeypatch.setattr(sp, "ONEHOT_LIMIT", 0)
-    sp._geometry.cache_clear()
-    try:
-        assert sp._geometry(5, 7, "cpu")[1] is None
-        b = spatial_metrics(tok, (5, 7), fg, lds_far=3, srss_neg=3)
-    finally:
-        sp._geometry.cache_clear()
+    gen = torch.Generator().manual_seed(3)
+    tok = torch.randn(3, 20 * 24, 6, generator=gen)
+    fg = torch.rand(3, 20 * 24, generator=gen) > 0.5
+    sets = [{}, {"lds_far": 3, "srss_neg": 3}, paper_radii((20, 24))]
+    a = spatial_metrics_multi(tok, (20, 24), fg, settings=sets)
+    monkeypatch.setattr(sp, "_reach", lambda sets, wanted, grid_max: grid_max)
+    b = spatial_metrics_multi(tok, (20, 24), fg, settings=sets)
+    for ma, mb in zip(a, b):
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], atol=1e-6, equal_nan=True), k
+
+
+def _normalise_then_gram(x, out=None):
+    """The textbook path: an L2-normalised copy of the tokens (F.normalize, eps 1e-8), then its Gram."""
+    xh = torch.nn.functional.normalize(x, dim=-1, eps=1e-8)
+    return torch.bmm(xh, xh.transpose(1, 2)), x.pow(2).sum(-1)
+
+
+def test_raw_gram_equals_normalise_then_gram(monkeypatch):
+    """Cosines from the raw Gram and its diagonal equal normalise-then-Gram to 1e-6, zero tokens included
+    (a zero token has cosine 0 with everything; a norm below eps is clamped the same way)."""
+    from spatialprobe.metrics import spatial as sp
+
+    gen = torch.Generator().manual_seed(5)
+    tok = torch.randn(6, 64, 24, generator=gen) * torch.exp(torch.randn(6, 64, 1, generator=gen) * 3)
+    tok[0, [3, 17, 40]] = 0  # single zero tokens inside an image
+    tok[1] = 0  # an all-zero token map: every metric undefined
+    tok[2, 5] *= 1e-9 / tok[2, 5].norm()  # a norm below eps: clamped, not normalised to 1
+    tok[3, :32] = tok[3, :1]  # identical tokens
+    fg = torch.rand(6, 64, generator=gen) > 0.5
+    raw_g, raw_sq = sp._cosine_gram(tok.clone())
+    ref_g, ref_sq = _normalise_then_gram(tok)
+    assert torch.allclose(raw_g, ref_g, atol=1e-6, rtol=0)
+    assert raw_g[0, 3].abs().max() == 0 and raw_g[0, :, 17].abs().max() == 0
+    assert torch.allclose(raw_sq, ref_sq, rtol=1e-5)
+    raw = spatial_metrics(tok, (8, 8), fg, lds_far=4, srss_neg=4)
+    monkeypatch.setattr(sp, "_cosine_gram", _normalise_then_gram)
+    ref = spatial_metrics(tok, (8, 8), fg, lds_far=4, srss_neg=4)
+    for k in ref:
+        assert torch.isnan(raw[k][1]) and torch.isnan(ref[k][1]), k
+        assert torch.allclose(raw[k], ref[k], atol=1e-6, rtol=0, equal_nan=True), k
+
+
+def test_nonfinite_tokens_fail_and_huge_finite_tokens_are_scaled():
+    tok = torch.randn(4, 16, 8)
+    bad = tok.clone()
+    bad[2, 3, 1] = float("nan")
+    bad[3, 0, 0] = float("inf")
+    with pytest.raises(DataError, match="2 of 4 image.*batch index 2, 3"):
+        spatial_metrics(bad, (4, 4), chunk_size=2)
+    # finite tokens whose squared norm overflows fp32 keep their (scale-free) cosines
+    big = tok.clone()
+    big[1, 5] *= 3e19
+    big[2] *= 1e20
+    a = spatial_metrics(tok, (4, 4), lds_far=2)
+    b = spatial_metrics(big, (4, 4), lds_far=2)
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, equal_nan=True), k
+        assert torch.allclose(a[k], b[k], atol=1e-5), k

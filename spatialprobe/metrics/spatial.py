@@ -1,9 +1,11 @@
 """Spatial-structure metrics of patch tokens: LDS, CDS, SRSS, RMSC (definitions: irepa-spec §2).
 
-All four come from one shared pass per chunk of images: L2-normalise once, one batched Gram (cosine
-matrix), one GEMM that sums the Gram per Manhattan-distance class (the "distance histogram"), and two
-masked row sums for SRSS. Every LDS/CDS setting (any radii) is a cheap combination of that histogram, so
-a sweep costs one Gram per chunk, not one per setting.
+All four come from one shared pass per chunk of images: one batched Gram of the RAW tokens (fp32),
+scaled in place to cosines by the norms on its diagonal (no normalised copy of the tokens); the cosines
+within the largest radius any setting needs, gathered once and summed per Manhattan-distance class; and
+one GEMM for the row sums and the BG row sums. Far sets (LDS far, SRSS negatives) are totals minus the
+window, so every LDS/CDS/SRSS setting (any radii) is a cheap combination of the same sums and a sweep
+costs one Gram per chunk, not one per setting.
 
 Defaults reproduce the official iREPA code (``metrics/spatial_metrics.py`` as called by the comparison
 script): LDS near = the 4-neighbour pairs (d = 1), far = pairs at d >= 6; CDS = −OLS slope of the mean
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,55 +62,39 @@ def spatial_norm(tokens: torch.Tensor, gamma: float) -> torch.Tensor:
     return (x - gamma * mean) / (std + SPNORM_EPS)
 
 
-#: largest one-hot distance table (bytes) used for the histogram GEMM; bigger grids use index_add
-ONEHOT_LIMIT = 64 << 20
-
-
 @functools.lru_cache(maxsize=32)
-def _geometry(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Manhattan distances [T, T] (long), the one-hot distance classes [T·T, H+W−1] (fp32; None for
-    large grids) and the number of ordered pairs per class [H+W−1] (fp64), for one grid on one device."""
+def _geometry(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Manhattan distances [T, T] (long) and the number of ordered pairs per distance class [H+W−1]
+    (fp64), for one grid on one device."""
     dev = torch.device(device)
     r = torch.arange(h, device=dev).repeat_interleave(w)
     c = torch.arange(w, device=dev).repeat(h)
     dist = (r[:, None] - r[None, :]).abs() + (c[:, None] - c[None, :]).abs()
-    k = h + w - 1
-    counts = torch.bincount(dist.reshape(-1), minlength=k).double()
-    onehot = None
-    if dist.numel() * k * 4 <= ONEHOT_LIMIT:
-        onehot = F.one_hot(dist.reshape(-1), k).to(torch.float32)
-    return dist, onehot, counts
-
-
-def _histogram(g: torch.Tensor, h: int, w: int, device: str) -> torch.Tensor:
-    """Sum of the Gram ``g`` [c, T, T] per distance class -> [c, H+W−1] fp64 (one GEMM, or index_add)."""
-    dist, onehot, counts = _geometry(h, w, device)
-    c = g.shape[0]
-    flat = g.reshape(c, -1)
-    if onehot is not None:
-        return (flat @ onehot).double()
-    out = torch.zeros(c, counts.numel(), dtype=torch.float64, device=g.device)
-    return out.index_add_(1, dist.reshape(-1), flat.double())
+    counts = torch.bincount(dist.reshape(-1), minlength=h + w - 1).double()
+    return dist, counts
 
 
 @functools.lru_cache(maxsize=64)
-def _srss_tables(h: int, w: int, device: str, pos: int, neg: int) -> tuple[torch.Tensor, ...]:
-    """Gather tables for SRSS: for each token i the tokens j with d(i, j) <= R = max(pos, neg − 1)
-    (padded with i itself): flat Gram index i·T + j [T·P], j [T, P], the pair's distance [T, P] (−1 for
-    padding), and the far-negative matrix [d >= neg] [T, T] (for the negative counts)."""
-    dist = _geometry(h, w, device)[0]
+def _window(h: int, w: int, device: str, reach: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                              torch.Tensor, tuple[int, ...]]:
+    """The local window of every token: the grid shifts (Δr, Δc) with |Δr| + |Δc| <= ``reach``, sorted by
+    distance, so that the slots at distance <= k are the prefix ``[0, ends[k])`` for every token.
+
+    Returns the flat Gram index ``i·T + j`` [T·P] (j = i for a shift that leaves the grid), j [T, P],
+    the in-grid flag [T, P] (bool), the same as fp32 (a multiplicative mask), and ``ends`` (k = 0..reach).
+    """
+    dev = torch.device(device)
     t = h * w
-    reach = max(pos, neg - 1)
-    near = dist <= reach
-    p = int(near.sum(1).max())
-    # stable sort puts the in-reach tokens first, in index order; padding slots are masked below
-    order = torch.sort((~near).to(torch.uint8), dim=1, stable=True).indices[:, :p]
-    valid = torch.gather(near, 1, order)
-    rows = torch.arange(t, device=dist.device)[:, None]
-    j = torch.where(valid, order, rows)
-    d = torch.where(valid, torch.gather(dist, 1, order), torch.full_like(order, -1))
-    a_neg = ((dist >= neg) & (dist >= 1)).float()
-    return (rows * t + j).reshape(-1), j, d, a_neg
+    shifts = sorted((abs(dr) + abs(dc), dr, dc) for dr in range(1 - h, h) for dc in range(1 - w, w)
+                    if abs(dr) + abs(dc) <= reach)
+    d, dr, dc = (torch.tensor(v, device=dev) for v in zip(*shifts))
+    r = torch.arange(h, device=dev).repeat_interleave(w)[:, None] + dr
+    c = torch.arange(w, device=dev).repeat(h)[:, None] + dc
+    inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+    rows = torch.arange(t, device=dev)[:, None]
+    j = torch.where(inside, r * w + c, rows)
+    ends = tuple(torch.bincount(d, minlength=reach + 1).cumsum(0).tolist())
+    return (rows * t + j).reshape(-1), j, inside, inside.to(torch.float32), ends
 
 
 def _check_radii(s: Mapping[str, int]) -> dict[str, int]:
@@ -120,49 +107,63 @@ def _check_radii(s: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def _lds_cds(hist: torch.Tensor, counts: torch.Tensor, s: Mapping[str, int], want: set[str]) -> dict[str, torch.Tensor]:
-    """LDS and CDS of a chunk from its distance histogram ``hist`` [c, K] (sum of G per class, fp64)."""
+def _lds_cds(hw: torch.Tensor, total: torch.Tensor, counts: torch.Tensor, s: Mapping[str, int],
+             want: set[str]) -> dict[str, torch.Tensor]:
+    """LDS and CDS of a chunk from the sum of cosines per distance class inside the window ``hw``
+    [c, R+1] (fp64) and the sum over all pairs ``total`` [c] (fp64); the far set d >= lds_far is the
+    total minus the classes below it, so the window only has to reach ``lds_far − 1``."""
     out: dict[str, torch.Tensor] = {}
-    k = counts.numel()
-    d = torch.arange(k, device=hist.device)
     if "lds" in want:
-        near = (d >= 1) & (d <= s["lds_near"])
-        far = d >= max(s["lds_far"], 1)
+        near, far = s["lds_near"], max(s["lds_far"], 1)
         # an empty near or far set (a radius beyond the grid) leaves LDS undefined: NaN. (The official
         # code clamps the far count to 1, so a far radius beyond the grid silently returns the near mean.)
-        n_far = counts[far].sum()
-        lds = hist[:, near].sum(1) / counts[near].sum() - hist[:, far].sum(1) / n_far.clamp_min(1)
+        n_far = counts[far:].sum()
+        far_mean = (total - hw[:, :far].sum(1)) / n_far.clamp_min(1)
+        lds = hw[:, 1:near + 1].sum(1) / counts[1:near + 1].sum() - far_mean
         out["lds"] = lds if float(n_far) > 0 else torch.full_like(lds, float("nan"))
     if "cds" in want:
-        sel = (d >= 1) & (d <= s["cds_dmax"]) & (counts > 0)
-        x = d[sel].double()
+        k = min(s["cds_dmax"], counts.numel() - 1, hw.shape[1] - 1)
+        x = torch.arange(1, k + 1, device=hw.device, dtype=torch.float64)
         if x.numel() < 2:  # no distance or one distance: the slope is undefined (the official code gives 0)
-            out["cds"] = torch.full((hist.shape[0],), float("nan"), dtype=torch.float64, device=hist.device)
+            out["cds"] = torch.full((hw.shape[0],), float("nan"), dtype=torch.float64, device=hw.device)
         else:
             wts = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
-            out["cds"] = -(hist[:, sel] / counts[sel]) @ wts
+            out["cds"] = -(hw[:, 1:k + 1] / counts[1:k + 1]) @ wts
     return out
 
 
-def _srss(g: torch.Tensor, fg: torch.Tensor, tables: tuple[torch.Tensor, ...], pos: int, neg: int) -> torch.Tensor:
-    """SRSS of a chunk from its cosine Gram ``g`` [c, T, T] and boolean FG masks ``fg`` [c, T].
+@functools.lru_cache(maxsize=64)
+def _srss_counts(h: int, w: int, device: str, pos: int, neg: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T, T] fp32 indicators of the SRSS positive ring (1 <= d <= pos) and of the near set (d < neg):
+    times a mask they count each anchor's positives and its BG tokens below the negative radius."""
+    dist = _geometry(h, w, device)[0]
+    return ((dist >= 1) & (dist <= pos)).to(torch.float32), (dist < neg).to(torch.float32)
 
-    Positives are gathered from the local window; the far-negative sum is the BG row sum of the Gram
-    minus its near part (both exact in fp32 up to rounding), so no [c, T, T] temporaries are made."""
-    flat, j, d, a_neg = tables
-    c, t, _ = g.shape
-    p = j.shape[1]
-    gl = g.reshape(c, t * t)[:, flat].reshape(c, t, p)
-    fgj = fg[:, j]  # [c, T, P]
-    pos_w = fgj & ((d >= 1) & (d <= pos))
-    near_bg = (~fgj) & ((d >= 0) & (d < neg))
-    bgf = (~fg).to(g.dtype)
-    pos_sum = (gl * pos_w).sum(-1).double()
-    neg_sum = torch.bmm(g, bgf.unsqueeze(-1)).squeeze(-1).double() - (gl * near_bg).sum(-1).double()
-    pos_cnt = pos_w.sum(-1)
-    neg_cnt = bgf @ a_neg  # a_neg is symmetric: row i of A·bg
-    valid = fg & (pos_cnt > 0) & (neg_cnt > 0)
-    diff = torch.where(valid, pos_sum / pos_cnt.clamp_min(1) - neg_sum / neg_cnt.double().clamp_min(1), 0.0)
+
+def _srss(gl: torch.Tensor, bg_row: torch.Tensor, fg: torch.Tensor, window: tuple, counts: tuple,
+          pos: int, neg: int) -> torch.Tensor:
+    """SRSS of a chunk from the window cosines ``gl`` [c, T, P] (0 off the grid), the BG row sums of the
+    cosine Gram ``bg_row`` [c, T] (Σ_j cos(i, j)·[j is BG]) and boolean FG masks ``fg`` [c, T].
+
+    Positives are the FG slots at 1 <= d <= pos of the window; the far-negative sum is the BG row sum
+    minus the BG slots at d < neg, so no [c, T, T] temporary is made; the counts are two small GEMMs."""
+    _, j, _, _, ends = window
+    c, t, _ = gl.shape
+    top = len(ends) - 1
+    p0, p1 = ends[0], ends[min(pos, top)]
+    n_near = ends[min(neg - 1, top)]  # slots at d < neg (d = 0 is the anchor itself, FG: never counted)
+    n = max(p1, n_near)
+    fgf = fg.to(torch.float32)
+    bgf = 1.0 - fgf
+    bgj = bgf.index_select(1, j[:, :n].reshape(-1)).view(c, t, n)  # BG indicator of each window slot
+    pos_sum = (gl[..., p0:p1] * (1.0 - bgj[..., p0:p1])).sum(-1)
+    near_bg = (gl[..., :n_near] * bgj[..., :n_near]).sum(-1)
+    ring, near = counts
+    pos_cnt = fgf @ ring  # the indicators are symmetric: row i of ring · fg
+    neg_cnt = bgf.sum(1, keepdim=True) - bgf @ near
+    neg_sum = bg_row.double() - near_bg.double()
+    valid = fg & (pos_cnt > 0.5) & (neg_cnt > 0.5)
+    diff = torch.where(valid, pos_sum.double() / pos_cnt.clamp_min(1) - neg_sum / neg_cnt.clamp_min(1), 0.0)
     nvalid = valid.sum(1)
     val = diff.sum(1) / nvalid.clamp_min(1)
     undefined = (fg.sum(1) < 2) | ((~fg).sum(1) < 1) | (nvalid == 0)
@@ -196,9 +197,66 @@ def _rmsc_direct(x: torch.Tensor) -> torch.Tensor:
     return (xh - xh.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).sqrt().double()
 
 
-def _auto_chunk(t: int) -> int:
-    # ~8 MiB of Gram per chunk (32 images at T = 256): cache-friendly on CPU, bounded on GPU
-    return max(1, min(64, (8 << 20) // (4 * t * t)))
+def _cosine_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine Gram of fp32 tokens ``x`` [c, T, D] from ONE batched Gram of the raw tokens.
+
+    cos(i, j) = G_ij / (‖x_i‖‖x_j‖) with the squared norms read off G's diagonal, scaled in place: the
+    same values as ``F.normalize`` (eps 1e-8: a norm below it is clamped, so a zero token has cosine 0
+    with every token) followed by a Gram, without writing a normalised copy of the tokens (which costs
+    more than the Gram itself on a CPU). Returns ``(cos [c, T, T], squared norms [c, T])``."""
+    g = torch.bmm(x, x.transpose(1, 2), out=out)
+    sq = torch.diagonal(g, dim1=1, dim2=2).clone()
+    inv = sq.sqrt().clamp_min_(NORM_EPS).reciprocal_()
+    g.mul_(inv[:, :, None]).mul_(inv[:, None, :])
+    return g, sq
+
+
+@functools.lru_cache(maxsize=1)
+def _last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache (Linux sysfs); 32 MiB where it cannot be read."""
+    best = 0
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            v = f.read_text().strip().upper()
+            best = max(best, int(v[:-1]) << {"K": 10, "M": 20, "G": 30}[v[-1]] if v[-1] in "KMG" else int(v))
+        except (OSError, ValueError):
+            continue
+    return best or 32 << 20
+
+
+def _auto_chunk(t: int, device: torch.device) -> int:
+    """Images per chunk. Per image the pass holds its fp32 Gram (4·T² bytes) and the window gathered
+    from it (at most as much again). On a CPU the chunk's Gram is sized to a quarter of the last-level
+    cache, so the post-processing that re-reads it right after the GEMM hits the cache while the
+    tokens stream through the rest (32 images at T = 256 on a 32 MiB cache); on a GPU the chunk only
+    bounds memory: an eighth of the free memory, so one launch covers a whole batch of a study."""
+    per_image = 4 * t * t
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, free // 8 // per_image)
+    return max(1, _last_level_cache_bytes() // 4 // per_image)
+
+
+def _nonfinite_error(tokens: torch.Tensor) -> DataError:
+    b = tokens.shape[0]
+    bad = (~torch.isfinite(tokens.reshape(b, -1))).any(1).nonzero().flatten().tolist()
+    return DataError(f"tokens are non-finite (NaN or inf) for {len(bad)} of {b} image(s) (batch index "
+                     f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}); the input is broken, "
+                     "not the metric: re-extract those images (fp16 overflow? try fp32).")
+
+
+def _reach(sets: Sequence[Mapping[str, int]], wanted: set[str], grid_max: int) -> int:
+    """Window radius the pass needs: LDS near and classes below far, CDS up to dmax, SRSS positives and the
+    BG slots below the negative radius; never beyond the grid's largest distance."""
+    r = 0
+    for s in sets:
+        if "lds" in wanted:
+            r = max(r, s["lds_near"], s["lds_far"] - 1)
+        if "cds" in wanted:
+            r = max(r, s["cds_dmax"])
+        if "srss" in wanted:
+            r = max(r, s["srss_pos"], s["srss_neg"] - 1)
+    return min(r, grid_max)
 
 
 def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: torch.Tensor | None = None, *,
@@ -209,6 +267,13 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
 
     ``settings`` is a list of mappings of radius overrides (keys of :data:`OFFICIAL_RADII`); the result
     has one ``{metric: Tensor[B]}`` dict per setting, in the same order.
+
+    Per chunk of images: one batched Gram of the raw tokens, scaled in place to cosines
+    (:func:`_cosine_gram`); the cosines within the largest radius any setting needs are gathered once
+    (a window of grid shifts sorted by distance) and summed per distance class; the sum over all pairs
+    and the BG row sums are one reduction / one GEMM over the Gram. LDS's far set, SRSS's far negatives
+    and RMSC are totals minus window parts, so no [c, T, T] temporary is made and every radius setting
+    is a cheap combination of the same sums.
     """
     if tokens.ndim != 3:
         raise DataError(f"tokens must be [B, T, D]; got shape {tuple(tokens.shape)}.")
@@ -234,55 +299,80 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
         want = [m for m in want if m != "srss"]
         if not want:
             raise DataError("SRSS needs FG/BG masks: pass masks [B, T] (CLI: --masks DIR).")
-    if not bool(torch.isfinite(tokens).all()):
-        bad = (~torch.isfinite(tokens.reshape(b, -1))).any(1).nonzero().flatten().tolist()
-        raise DataError(f"tokens are non-finite (NaN or inf) for {len(bad)} of {b} image(s) (batch index "
-                        f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}); the input is broken, "
-                        "not the metric: re-extract those images (fp16 overflow? try fp32).")
     sets = [_check_radii(s) for s in settings]
     wanted = set(want)
     dev = tokens.device
-    counts = _geometry(h, w, str(dev))[2]
-    counts = counts.to(dev)
+    key = str(dev)
+    counts = _geometry(h, w, key)[1]
     need_gram = bool(wanted & {"lds", "cds", "srss"})
-    chunk = chunk_size or _auto_chunk(t)
+    window = _window(h, w, key, _reach(sets, wanted, h + w - 2)) if need_gram else None
+    if window is not None:
+        # one-hot of each window slot's distance class [P, R+1], from the prefix ends
+        ends = window[4]
+        slot_d = torch.bucketize(torch.arange(ends[-1], device=dev), torch.tensor(ends, device=dev), right=True)
+        classes = F.one_hot(slot_d, len(ends)).double()
+    chunk = chunk_size or _auto_chunk(t, dev)
+    buf = torch.empty(min(chunk, b), t, t, device=dev) if need_gram and b else None
     parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in sets]
     for i in range(0, b, chunk):
         x = tokens[i:i + chunk].to(torch.float32)
         c = x.shape[0]
         res: list[dict[str, torch.Tensor]] = [{} for _ in sets]
+        zero = None
         if not need_gram:  # RMSC alone: no Gram needed
+            if not bool(torch.isfinite(x).all()):
+                raise _nonfinite_error(tokens)
+            zero = x.reshape(c, -1).abs().amax(1) == 0
             rmsc = _rmsc_direct(x)
             for r in res:
                 r["rmsc"] = rmsc
         else:
-            # Gram of the raw tokens, then scaled to cosines: same as normalising first (F.normalize,
-            # eps 1e-8) without writing a normalised copy of the tokens
-            g = torch.bmm(x, x.transpose(1, 2))
-            inv = 1.0 / torch.diagonal(g, dim1=1, dim2=2).sqrt().clamp_min(NORM_EPS)
-            g.mul_(inv[:, :, None]).mul_(inv[:, None, :])
-            hist = _histogram(g, h, w, str(dev))  # sum of cosines per distance class
+            g, sq = _cosine_gram(x, buf[:c])
+            # one host sync per chunk: a non-finite squared norm (NaN/inf tokens, or finite ones too large
+            # for fp32 squares) and images whose Gram diagonal is all zero (all-zero maps, or underflow)
+            nonfinite, maybe_zero = torch.stack([(~torch.isfinite(sq)).any(), (sq == 0).all(1).any()]).tolist()
+            if nonfinite:
+                if not bool(torch.isfinite(x).all()):
+                    raise _nonfinite_error(tokens)
+                # finite tokens whose squares overflow (|x| > ~1e19): scale those tokens by a power of two
+                # below their largest entry (exact; cosines are scale-free) and redo the chunk's Gram
+                big = ~torch.isfinite(sq)
+                e = torch.frexp(x.abs().amax(-1)).exponent
+                x = torch.where(big[..., None], torch.ldexp(x, -e[..., None].to(x.dtype)), x)
+                g, sq = _cosine_gram(x, buf[:c])
+            if maybe_zero:  # the exact rule: an all-zero token map has no structure
+                zero = x.reshape(c, -1).abs().amax(1) == 0
+            idx, j, inside, insidef, ends = window
+            gl = g.view(c, t * t).index_select(1, idx).view(c, t, -1).mul_(insidef)  # window cosines, 0 off-grid
+            m = masks[i:i + chunk] if "srss" in wanted else None
+            if m is None:
+                rows = g.sum(-1)
+            else:  # row sums and BG row sums in one GEMM (the Gram is symmetric: column sums = row sums)
+                v = torch.ones(c, 2, t, device=dev)
+                v[:, 1].masked_fill_(m, 0.0)
+                rows, bg_row = torch.bmm(v, g).unbind(1)
+            total = rows.double().sum(1)  # sum of cosines over all ordered pairs
+            hw = gl.sum(1).double() @ classes  # sum of cosines per distance class 0..R
             for r, s in zip(res, sets):
-                r.update(_lds_cds(hist, counts, s, wanted))
+                r.update(_lds_cds(hw, total, counts, s, wanted))
             if "rmsc" in wanted:
                 # mean_t |x̂_t − x̄|² = mean_t |x̂_t|² − |x̄|² = trace(G)/T − sum(G)/T²; recomputed directly
                 # where it is small, so cancellation never costs more than ~1e-6
-                rmsc2 = hist[:, 0] / t - hist.sum(1) / (t * t)
+                rmsc2 = hw[:, 0] / t - total / (t * t)
                 small = rmsc2 < 1e-2
                 rmsc = rmsc2.clamp_min(0).sqrt()
                 if bool(small.any()):
                     rmsc[small] = _rmsc_direct(x[small])
                 for r in res:
                     r["rmsc"] = rmsc
-            if "srss" in wanted:
+            if m is not None:
                 cache: dict[tuple[int, int], torch.Tensor] = {}
                 for r, s in zip(res, sets):
-                    key = (s["srss_pos"], s["srss_neg"])
-                    if key not in cache:
-                        cache[key] = _srss(g, masks[i:i + chunk], _srss_tables(h, w, str(dev), *key), *key)
-                    r["srss"] = cache[key]
-        zero = x.reshape(c, -1).abs().amax(1) == 0  # an all-zero token map has no structure: undefined
-        if bool(zero.any()):
+                    k = (s["srss_pos"], s["srss_neg"])
+                    if k not in cache:
+                        cache[k] = _srss(gl, bg_row, m, window, _srss_counts(h, w, key, *k), *k)
+                    r["srss"] = cache[k]
+        if zero is not None:
             for r in res:
                 for k in r:
                     r[k] = torch.where(zero.to(r[k].device), torch.full_like(r[k], float("nan")), r[k])
