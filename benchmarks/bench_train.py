@@ -341,19 +341,11 @@ def loop_syncs(steps: int = 6) -> dict:
 
 
 # ---------------------------------------------------------------------------- teacher-token cache
-def cache_bench(device: torch.device, batch: int = 16, tiny: bool = True) -> list[dict] | None:
+def cache_bench(device: torch.device, batch: int = 16, tiny: bool = True) -> list[dict]:
     """Teacher forward over the same images: batched and uncached, through the study's token cache cold
     (first run: encodes image by image) and warm (a later run of the same teacher over the same images)."""
-    cached_teacher = None
-    for mod in ("spatialprobe.train.teacher_cache", "spatialprobe.train.cache", "spatialprobe.study.nodes"):
-        try:
-            cached_teacher = getattr(__import__(mod, fromlist=["cached_teacher"]), "cached_teacher")
-            break
-        except (ImportError, AttributeError):
-            continue
-    if cached_teacher is None:
-        return None
     from spatialprobe.train import repa
+    from spatialprobe.train.teacher_cache import cached_teacher
 
     teacher = make_teacher(tiny, device)
     res = teacher.input_res if tiny else 256
@@ -437,12 +429,9 @@ def main(argv: list[str] | None = None) -> dict:
     if a.cache:
         cr = cache_bench(device, tiny=a.tiny)
         result["cache"] = cr
-        if cr is None:
-            print("\nteacher-token cache: not importable in this version, skipped")
-        else:
-            print("\n| teacher tokens for the same batch | batch | ms | host syncs |\n|---|---:|---:|---:|")
-            for r in cr:
-                print(f"| {r['what']} | {r['batch']} | {1e3 * r['s']:.1f} | {r.get('syncs', '')} |")
+        print("\n| teacher tokens for the same batch | batch | ms | host syncs |\n|---|---:|---:|---:|")
+        for r in cr:
+            print(f"| {r['what']} | {r['batch']} | {1e3 * r['s']:.1f} | {r.get('syncs', '')} |")
     load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"\nload average {load} at the end")
     return result
