@@ -4,7 +4,7 @@ GPU (the real measurement): random latents [B,4,32,32], bf16 autocast, AdamW + E
 DINOv2-B architecture (random init, 16x16 tokens at 256 px) for the aligned runs.
 
     python benchmarks/bench_train.py                 # CUDA: sit-b/2, batch 256
-    python benchmarks/bench_train.py --tiny          # CPU check of the script: sit-tiny, stand-in teacher
+    python benchmarks/bench_train.py --tiny          # CPU check of the script: sit-tiny, the weight-free "pixels" teacher
 
 Prints a markdown table with the machine and the command.
 """
@@ -20,13 +20,10 @@ import torch
 
 
 def _teacher(tiny: bool, device):
-    if tiny:
-        from spatialprobe.train.stubs import PatchTeacher
-
-        return PatchTeacher(32, input_res=64, patch=8).to(device)
     from spatialprobe import encoders
 
-    return encoders.get("dinov2-vit-b", pretrained=False, device=str(device))
+    # --tiny: the weight-free zoo encoder "pixels" (checks the script; not a result)
+    return encoders.get("pixels" if tiny else "dinov2-vit-b", pretrained=False, device=str(device))
 
 
 def bench(method: str, *, tiny: bool, batch: int, steps: int, warmup: int, device, compile_: bool) -> float:
