@@ -22,12 +22,24 @@ def _floats(value: str | None, name: str) -> list[float] | None:
         raise ConfigError(f"--{name} {value!r}: expected comma-separated numbers, e.g. 0.9,0.95.") from None
 
 
+def _ints(value: str | None, name: str) -> list[int] | None:
+    from ..errors import ConfigError
+
+    items = split_list(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"--{name} {value!r}: expected comma-separated step numbers, e.g. 50000,100000.") from None
+
+
 def _train_help() -> str:
     from ..train.presets import format_table
 
     return f"""Train a SiT (latent) or JiT (pixel) model with REPA / iREPA alignment to a zoo encoder.
 
-Writes OUT/config.json (the resolved config), OUT/log.jsonl (one JSON object per logged step: step, loss, denoise_loss, proj_loss, grad_norm, lr, steps_per_s) and OUT/checkpoints/NNNNNNN.pt (model, EMAs, optimizer, config). Options: defaults, then --config FILE, then flags (flags win). --resume continues the newest checkpoint in OUT and ends with the same weights as an uninterrupted run.
+Writes OUT/config.json (the resolved config), OUT/log.jsonl (one JSON object per logged step: step, loss, denoise_loss, proj_loss, grad_norm, lr, steps_per_s) and OUT/checkpoints/NNNNNNN.pt (model, EMAs, optimizer, config). Checkpoints: written every --ckpt-every steps, at each --keep-steps milestone, at the end and at least every --ckpt-minutes; kept: the newest --keep-last (2), the milestones and the last (older ones are deleted only after a newer one is written and read back). The expected disk use is printed first, and the run refuses to start when the output disk lacks it. Options: defaults, then --config FILE, then flags (flags win). --resume continues the newest checkpoint in OUT and ends with the same weights as an uninterrupted run.
 
 Models: sit-b/2, sit-l/2, sit-xl/2, sit-tiny (SD-VAE latents; sit-tiny uses a tiny random VAE) and jit-b/16, jit-l/16, jit-h/16, jit-tiny (pixels).
 
@@ -84,9 +96,18 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
         device: Optional[str] = device_option(),
         precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA), bf16 or fp32."),
-        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+        compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model "
+                                                "(default: on for the full-size models on CUDA, off on CPU and for "
+                                                "the tiny ones; falls back to eager with a warning if it fails)."),
         log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps (default 10)."),
-        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 1000; always at the end)."),
+        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 1000, "
+                                                 "or a tenth of the run when longer, at most 50,000; always at the end)."),
+        keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Keep the newest N checkpoints, plus the "
+                                                "--keep-steps ones and the last (default 2; 0 = keep all)."),
+        keep_steps: Optional[str] = typer.Option(None, "--keep-steps", help="Milestone steps, comma-separated: "
+                                                 "always checkpointed and never deleted (e.g. 50000,100000)."),
+        ckpt_minutes: Optional[float] = typer.Option(None, "--ckpt-minutes", help="Also checkpoint when this many "
+                                                     "minutes passed since the last one (default 30; 0 = off)."),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (default 2)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
         config: Optional[Path] = config_option(),
@@ -119,8 +140,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                     teacher_resolution=teacher_resolution, teacher_pretrained=False if random_teacher else None,
                     weights_dir=weights_dir, hflip=hflip, vae=vae, latent_norm=latent_norm,
                     latents_dir=latents_dir, num_classes=num_classes, max_images=max_images, seed=seed,
-                    device=device, precision=precision, compile=True if compile_ else None, log_every=log_every,
-                    ckpt_every=ckpt_every, workers=workers, resume=True if resume else None)
+                    device=device, precision=precision, compile=compile_, log_every=log_every,
+                    ckpt_every=ckpt_every, keep_last=keep_last, keep_steps=_ints(keep_steps, "keep-steps"),
+                    ckpt_minutes=ckpt_minutes, workers=workers, resume=True if resume else None)
         if res.rank == 0:  # under torchrun every rank returns; one summary
             typer.echo(f"step {res.step}: loss {res.loss:.4f}\nwrote {res.out / 'config.json'}, {res.log_path}, "
                        f"{res.checkpoint}")
