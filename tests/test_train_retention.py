@@ -51,6 +51,22 @@ def test_default_cadence_scales_with_the_run():
     assert kept_steps([5, 10, 15], 0) == {5, 10, 15}
 
 
+def test_policy_cadence_milestones_and_wall_clock(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: now[0])
+    pol = CheckpointPolicy(tmp_path, steps=30, every=10, keep_steps=[7], minutes=1.0)
+    assert [s for s in range(1, 31) if pol.due_by_step(s)] == [7, 10, 20, 30]
+    assert not pol.due_by_clock()
+    now[0] += 61.0
+    assert pol.due_by_clock()
+    pol.saved()
+    assert not pol.due_by_clock()
+    now[0] += 1e6
+    assert not CheckpointPolicy(tmp_path, steps=30, every=10, minutes=0).due_by_clock()  # 0 = off
+    assert budget.checkpoints_on_disk(30, 5, 2, [10, 12]) == 5  # newest 2 + the one being written + 2 milestones
+    assert budget.checkpoints_on_disk(30, 5, 0) == 6 and budget.checkpoints_on_disk(30, 5, 2, start=25) == 1
+
+
 def test_30_step_run_keeps_k_plus_milestones_and_resume_is_bit_identical(tmp_path, data):
     src, t = data
     kw = dict(KW, steps=30, ckpt_every=5, keep_steps=[10, 12])

@@ -1,9 +1,14 @@
 """One readable training loop for SiT (latent) and JiT (pixel) with REPA/iREPA alignment.
 
 AdamW with a constant learning rate (optional linear warm-up), gradient clipping, EMA(s), bf16 autocast on
-CUDA, DDP under ``torchrun``, checkpoints every N steps and ``--resume``. Every random draw of a step comes
+CUDA, DDP under ``torchrun``, optional torch.compile, checkpoints (cadence and retention in
+:mod:`.checkpoint`, the disk budget in :mod:`.budget`) and ``--resume``. Every random draw of a step comes
 from a generator seeded by (seed, step, rank) and the data order is a pure function of (seed, step), so a run
 that is killed and resumed ends with exactly the weights of an uninterrupted run.
+
+:func:`train` reads top to bottom as setup (processes, data, teachers, latents, disk budget, model, resume,
+records), data (one batch of positions per step), step (:func:`_forward_backward`, :func:`_update`) and
+checkpoint (:class:`~.checkpoint.CheckpointPolicy`).
 """
 
 from __future__ import annotations
