@@ -16,6 +16,7 @@ teacher-token cache (a teacher run again over the same images) where it is impor
     python benchmarks/bench_train.py --tiny                      # CPU: sit-tiny + jit-tiny, stand-in teacher
     python benchmarks/bench_train.py                             # CUDA: sit-b/2 + jit-b/16, DINOv2-B teacher
     python benchmarks/bench_train.py --tiny --loop-syncs --cache
+    python benchmarks/bench_train.py --batch-selection           # CPU: host cost of a step's batch at n = 1.28M
 
 PixelREPA has a slot in the table: it is measured when ``pixelrepa`` is a training method, and shown as
 skipped otherwise.
@@ -376,6 +377,55 @@ def machine(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+# ---------------------------------------------------------------------------- batch selection (host side, CPU)
+
+
+def _per_step_positions(step: int, global_batch: int, n: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Batch selection before the per-epoch cache: a randperm(n) drawn at every step (the old batch_positions)."""
+    per = global_batch // world
+    start = step * global_batch + rank * per
+    out: list[int] = []
+    perms: dict[int, torch.Tensor] = {}
+    for pos in range(start, start + per):
+        e, j = divmod(pos, n)
+        if e not in perms:
+            perms[e] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + e))
+        out.append(int(perms[e][j]))
+    return out
+
+
+def bench_batch_selection(n: int = 1_281_167, batch: int = 256, steps: int = 50) -> list[tuple[str, float]]:
+    """Host milliseconds per step to pick one rank's batch of dataset positions, before (a permutation of all
+    n images per step) and after (one permutation per epoch, cached); both give the same positions."""
+    from spatialprobe.train.loop import EpochPermutations, batch_positions
+
+    rows = []
+    for name, fn in (("per-step randperm (before)", lambda s: _per_step_positions(s, batch, n, 0)),
+                     ("per-epoch cached (after)", None)):
+        perms = EpochPermutations(n, 0)
+        f = fn or (lambda s, perms=perms: batch_positions(s, batch, n, 0, perms=perms))
+        f(0)  # the epoch's one permutation (the after row) is drawn here, outside the timing
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            f(s)
+        rows.append((name, 1000 * (time.perf_counter() - t0) / steps))
+    assert _per_step_positions(7, batch, n, 0) == batch_positions(7, batch, n, 0)
+    return rows
+
+
+def main_batch_selection(sizes: list[int], batch: int) -> None:
+    torch.set_num_threads(2)
+    machine = f"CPU ({platform.processor() or platform.machine()})"
+    print(f"machine: {machine}; torch {torch.__version__}\n\ncommand: `python {' '.join(sys.argv)}`\n")
+    print("| batch selection | n | batch | host ms / step | one randperm(n), ms |\n|---|---|---|---|---|")
+    for n in sizes:
+        t0 = time.perf_counter()
+        torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        perm_ms = 1000 * (time.perf_counter() - t0)
+        for name, ms in bench_batch_selection(n, batch):
+            print(f"| {name} | {n} | {batch} | {ms:.3f} | {perm_ms:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="CPU, sit-tiny and jit-tiny with a stand-in teacher")
@@ -390,7 +440,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: tiny models gain nothing from a second thread, and a shared machine makes threads wait on each other)")
     ap.add_argument("--loop-syncs", action="store_true", help="also count host syncs in train() itself")
     ap.add_argument("--cache", action="store_true", help="also time the study's teacher-token cache")
+    ap.add_argument("--batch-selection", action="store_true", help="only the host cost of picking a step's batch "
+                    "of dataset positions, before and after the per-epoch permutation cache (CPU)")
+    ap.add_argument("--n", default="12800,1281167", help="dataset sizes of --batch-selection, comma-separated")
     a = ap.parse_args(argv)
+    if a.batch_selection:
+        main_batch_selection([int(v) for v in a.n.split(",")], a.batch or 256)
+        return {}
     device = torch.device("cuda" if torch.cuda.is_available() and not a.tiny else "cpu")
     if not a.tiny and device.type != "cuda":
         sys.exit("bench_train measures SiT-B/2 and JiT-B/16 on a GPU; use --tiny for the CPU sizes.")

@@ -437,16 +437,16 @@ def test_full_disk_while_saving_a_checkpoint(monkeypatch, tmp_path):
     """torch.save reports a full disk as a RuntimeError from its zip writer: still one clear error."""
     import spatialprobe.checks as checks
     from spatialprobe.errors import OutputError
-    from spatialprobe.train import loop
+    from spatialprobe.train import checkpoint
 
     def failing(obj, f, *a, **k):
         open(f, "wb").write(b"half")
         raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0: file write failed")
 
-    monkeypatch.setattr(loop.torch, "save", failing)
+    monkeypatch.setattr(checkpoint.torch, "save", failing)
     monkeypatch.setattr(checks, "_nearly_full", lambda folder, margin=0: True)
     with pytest.raises(OutputError, match=r"checkpoint: no space left on device while writing .*0000010\.pt"):
-        loop._atomic_save({"x": 1}, tmp_path / "0000010.pt")
+        checkpoint.save_checkpoint({"x": 1}, tmp_path / "0000010.pt")
     assert not list(tmp_path.iterdir())  # no half-written temporary left behind
 
 

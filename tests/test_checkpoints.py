@@ -11,7 +11,7 @@ import torch
 
 from spatialprobe.errors import InputFileError
 from spatialprobe.train.loop import load_run, read_checkpoint, train
-from spatialprobe.train.stubs import PatchTeacher, digits_source
+from train_stubs import PatchTeacher, digits_source
 
 KW = dict(model="jit-tiny", method="irepa", teacher="stub", images="x", steps=4, ckpt_every=2, log_every=1,
           workers=0, teacher_resolution=64, batch_size=4)

@@ -29,6 +29,7 @@ from spatialprobe.predict import PredictConfig
 from spatialprobe.probe import ProbeConfig
 from spatialprobe.report.build import ReportConfig
 from spatialprobe.report.similarity import VizConfig
+from spatialprobe.train.checkpoint import default_ckpt_every
 from spatialprobe.train.config import JIT_BLR, MODEL_DEFAULTS, SampleConfig, TrainConfig
 from spatialprobe.train.models import names as model_names, variant
 from spatialprobe.train.models.common import BackboneConfig
@@ -83,7 +84,9 @@ FIELDS: dict[tuple[str, str], tuple[Any, str, Any]] = {
     ("train", "--device"): (TrainConfig, "device", None),
     ("train", "--precision"): (TrainConfig, "precision", None),
     ("train", "--log-every"): (TrainConfig, "log_every", None),
-    ("train", "--ckpt-every"): (TrainConfig, "ckpt_every", None),
+    ("train", "--ckpt-every"): (TrainConfig, "ckpt_every", "cadence"),
+    ("train", "--keep-last"): (TrainConfig, "keep_last", None),
+    ("train", "--ckpt-minutes"): (TrainConfig, "ckpt_minutes", None),
     ("train", "--workers"): (TrainConfig, "workers", None),
     ("sample", "--n"): (SampleConfig, "n", None),
     ("sample", "--batch-size"): (SampleConfig, "batch_size", None),
@@ -146,6 +149,8 @@ DESCRIBED: dict[tuple[str, str], tuple[str, ...]] = {
     ("fd-digits", "--cache-dir"): ("[default: $SPATIALPROBE_CACHE or ~/.cache/spatialprobe]",),
     ("train", "--latents-dir"): ("(default OUT/latents)",),
     ("train", "--num-classes"): ("(default: from the labels)",),
+    # resolved per run in train/loop.py:default_compile (the model and the device), no field holds a value
+    ("train", "--compile"): ("[default: on for the full-size models on CUDA, off on CPU and for the tiny ones]",),
     ("sample", "--out"): ("(default RUN/samples-STEP)",),
     ("report", "--template"): ("(default: the packaged one)",),
     ("viz", "--tokens"): ("[default: the official points: centre + seeded ones, see --n-refs]",),
@@ -237,6 +242,16 @@ def _check_variants(shown: str) -> list[str]:
     return problems
 
 
+def _check_cadence(shown: str) -> list[str]:
+    """ckpt_every is None (resolved per run): the help shows default_ckpt_every's floor and ceiling."""
+    want = (f"{default_ckpt_every(1)}, or a tenth of --steps when that is more, "
+            f"at most {default_ckpt_every(10 ** 12)}")
+    problems = [] if _default(TrainConfig, "ckpt_every") is None else ["TrainConfig.ckpt_every is no longer None"]
+    if shown != want:
+        problems.append(f"shown {shown!r}, default_ckpt_every gives {want!r}")
+    return problems
+
+
 def problems_of(root_app: typer.Typer) -> list[str]:
     """Every disagreement between a default shown in ``root_app``'s help and the field that defines it."""
     problems: list[str] = []
@@ -274,6 +289,9 @@ def problems_of(root_app: typer.Typer) -> list[str]:
                     continue
                 if how == "variants":
                     problems += [f"{name}: {p}" for p in _check_variants(value_text)]
+                    continue
+                if how == "cadence":
+                    problems += [f"{name}: {p}" for p in _check_cadence(value_text)]
                     continue
                 value = _default(where, field)
                 if isinstance(how, dict) and value in how:

@@ -21,7 +21,7 @@ from spatialprobe.train import pixelrepa as P
 from spatialprobe.train import presets
 from spatialprobe.train.loop import load_run, step_generator, step_losses, train
 from spatialprobe.train.models import build, jit
-from spatialprobe.train.stubs import PatchTeacher, digits_source
+from train_stubs import PatchTeacher, digits_source
 
 ROOT = str(Path(spatialprobe.__file__).resolve().parent.parent)
 CPU = torch.device("cpu")

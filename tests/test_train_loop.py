@@ -10,7 +10,7 @@ from spatialprobe.errors import ConfigError
 from spatialprobe.train import repa
 from spatialprobe.train.loop import load_run, step_generator, step_losses, train
 from spatialprobe.train.models import build, jit
-from spatialprobe.train.stubs import PatchTeacher, digits_source
+from train_stubs import PatchTeacher, digits_source
 
 
 def _log(path):

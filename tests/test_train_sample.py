@@ -8,7 +8,7 @@ import torch
 
 from spatialprobe.train import sample as S
 from spatialprobe.train.loop import train
-from spatialprobe.train.stubs import PatchTeacher, digits_source
+from train_stubs import PatchTeacher, digits_source
 
 MU, SIGMA = 1.5, 0.5
 

@@ -7,7 +7,7 @@ import torch
 
 from spatialprobe.errors import WeightsNotFoundError
 from spatialprobe.train import vae as V
-from spatialprobe.train.stubs import digits_source
+from train_stubs import digits_source
 
 
 def test_sd_vae_config_builds_the_published_architecture():

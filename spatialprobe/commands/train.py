@@ -26,6 +26,18 @@ def _floats(value: str | None, name: str) -> list[float] | None:
         raise ConfigError(f"--{name} {value!r}: expected comma-separated numbers, e.g. 0.9,0.95.") from None
 
 
+def _ints(value: str | None, name: str) -> list[int] | None:
+    from ..errors import ConfigError
+
+    items = split_list(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"--{name} {value!r}: expected comma-separated step numbers, e.g. 50000,100000.") from None
+
+
 def _per_model(name: str, text: str) -> str:
     """Help whose default is the per-model value of ``name`` in ``train.config.MODEL_DEFAULTS``."""
 
@@ -55,12 +67,20 @@ def _encoder_depth() -> str:
     return "; ".join([show_value(base), ", ".join(other)] if other else [show_value(base)])
 
 
+def _ckpt_every() -> str:
+    """The cadence a run gets without --ckpt-every, with its bounds read from ``default_ckpt_every``."""
+    from ..train.checkpoint import default_ckpt_every
+
+    least, most = default_ckpt_every(1), default_ckpt_every(10 ** 12)
+    return f"{show_value(least)}, or a tenth of --steps when that is more, at most {show_value(most)}"
+
+
 def _train_help() -> str:
     from ..train.presets import format_table
 
     return f"""Train a SiT (latent) or JiT (pixel) model with REPA / iREPA alignment to a zoo encoder.
 
-Writes OUT/config.json (the resolved config), OUT/log.jsonl (one JSON object per logged step: step, loss, denoise_loss, proj_loss, grad_norm, lr, steps_per_s) and OUT/checkpoints/NNNNNNN.pt (model, EMAs, optimizer, config). Options: defaults, then --config FILE, then flags (flags win). --resume continues the newest checkpoint in OUT and ends with the same weights as an uninterrupted run.
+Writes OUT/config.json (the resolved config), OUT/log.jsonl (one JSON object per logged step: step, loss, denoise_loss, proj_loss, grad_norm, lr, steps_per_s) and OUT/checkpoints/NNNNNNN.pt (model, EMAs, optimizer, config). Checkpoints: written every --ckpt-every steps, at each --keep-steps milestone, at the end and at least every --ckpt-minutes; kept: the newest --keep-last, the milestones and the last (older ones are deleted only after a newer one is written and read back). The expected disk use is printed first, and the run refuses to start when the output disk lacks it. Options: defaults, then --config FILE, then flags (flags win). --resume continues the newest checkpoint in OUT and ends with the same weights as an uninterrupted run.
 
 Models: sit-b/2, sit-l/2, sit-xl/2, sit-tiny (SD-VAE latents; sit-tiny uses a tiny random VAE) and jit-b/16, jit-l/16, jit-h/16, jit-tiny (pixels).
 
@@ -124,9 +144,19 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help=help_default(TRAIN, "seed", "Seed")),
         device: Optional[str] = device_option(TRAIN),
         precision: Optional[str] = typer.Option(None, "--precision", help=help_default(TRAIN, "precision", "auto (bf16 on CUDA), bf16 or fp32")),
-        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+        compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model; "
+                                                "falls back to eager with a warning if it fails "
+                                                "[default: on for the full-size models on CUDA, off on CPU and for "
+                                                "the tiny ones]."),
         log_every: Optional[int] = typer.Option(None, "--log-every", help=help_default(TRAIN, "log_every", "Log every N steps")),
-        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help=help_default(TRAIN, "ckpt_every", "Checkpoint every N steps (always at the end too)")),
+        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help=help_derived(
+            f"{TRAIN}.ckpt_every", "Checkpoint every N steps (always at the end too)", _ckpt_every)),
+        keep_last: Optional[int] = typer.Option(None, "--keep-last", help=help_default(
+            TRAIN, "keep_last", "Keep the newest N checkpoints, plus the --keep-steps ones and the last; 0 = keep all")),
+        keep_steps: Optional[str] = typer.Option(None, "--keep-steps", help="Milestone steps, comma-separated: "
+                                                 "always checkpointed and never deleted (e.g. 50000,100000)."),
+        ckpt_minutes: Optional[float] = typer.Option(None, "--ckpt-minutes", help=help_default(
+            TRAIN, "ckpt_minutes", "Also checkpoint when this many minutes passed since the last one; 0 = off")),
         workers: Optional[int] = typer.Option(None, "--workers", help=help_default(TRAIN, "workers", "DataLoader workers")),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
         config: Optional[Path] = config_option(),
@@ -160,8 +190,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                     teacher_resolution=teacher_resolution, teacher_pretrained=False if random_teacher else None,
                     weights_dir=weights_dir, hflip=hflip, vae=vae, latent_norm=latent_norm,
                     latents_dir=latents_dir, num_classes=num_classes, max_images=max_images, seed=seed,
-                    device=device, precision=precision, compile=True if compile_ else None, log_every=log_every,
-                    ckpt_every=ckpt_every, workers=workers, resume=True if resume else None)
+                    device=device, precision=precision, compile=compile_, log_every=log_every,
+                    ckpt_every=ckpt_every, keep_last=keep_last, keep_steps=_ints(keep_steps, "keep-steps"),
+                    ckpt_minutes=ckpt_minutes, workers=workers, resume=True if resume else None)
         if res.rank == 0:  # under torchrun every rank returns; one summary
             typer.echo(f"step {res.step}: loss {res.loss:.4f}\nwrote {res.out / 'config.json'}, {res.log_path}, "
                        f"{res.checkpoint}")

@@ -141,6 +141,19 @@ def prepare(config: StudyConfig) -> tuple[StudySpec, list[Node], Path]:
     return spec, nodes, Path(config.out)
 
 
+def disk_estimate(spec: StudySpec, nodes: list[Node]) -> Any:
+    """The disk the study's runs (checkpoints, samples) and feature stores need (:mod:`spatialprobe.train.budget`)."""
+    from ..train.budget import study_disk_estimate
+
+    t, p = spec.training, spec.properties
+    opts = t.options if t else {}
+    return study_disk_estimate(
+        runs=sum(n.kind == "train" for n in nodes), model=t.model if t else None, steps=t.steps if t else 0,
+        ckpt_every=opts.get("ckpt_every"), keep_last=opts.get("keep_last", 2), keep_steps=opts.get("keep_steps") or (),
+        samples_per_run=int(t.sample.get("n", 64)) if t else 0, stores=sum(n.kind == "extract" for n in nodes),
+        store_images=p.limit, store_dtype_bytes=2 if p.dtype in ("fp16", "bf16") else 4)
+
+
 def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
     """Run a study: every node that is not done with its current fingerprint, then publish the results.
 
@@ -153,6 +166,7 @@ def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
     miss = missing_weights(spec)
     if cfg.dry_run:
         states = {n.name: node_state(out, n) for n in nodes}
+        log.info("%s", disk_estimate(spec, nodes).format())
         return StudyResult(out, nodes, states, miss)
     if miss:
         raise InputFileError(format_missing(miss) + "\n(`--dry-run` lists the plan without running.)")

@@ -14,6 +14,7 @@ from typing import Any
 from ..config import comma_list
 from ..errors import ConfigError
 from . import presets
+from .checkpoint import default_ckpt_every
 from .models import canonical, family, variant
 
 #: per-model training defaults (the paper's recipe for full models; CPU-sized values for the tiny ones)
@@ -71,9 +72,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                 #: auto | cpu | cuda | cuda:N
     precision: str = "auto"              #: auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
-    compile: bool = False
+    compile: bool | None = None          #: torch.compile the model [default: on for the full models on CUDA, off on CPU and for the tiny ones]
     log_every: int = 10
-    ckpt_every: int = 1000
+    ckpt_every: int | None = None        #: checkpoint every N steps [default: 1000, or a tenth of a long run, at most 50,000]
+    keep_last: int = 2                   #: keep the newest N checkpoints (plus keep_steps and the last); 0 = keep all
+    keep_steps: list[int] | None = None  #: milestone steps: always checkpointed and never deleted
+    ckpt_minutes: float = 30.0           #: also checkpoint when this much wall time passed since the last one; 0 = off
     workers: int = 2
     resume: bool = False
 
@@ -83,7 +87,7 @@ class TrainConfig:
 
 #: fields that may differ between a run and its --resume (everything else must match the checkpoint)
 RESUMABLE_CHANGES = {"steps", "log_every", "ckpt_every", "workers", "resume", "device", "out", "weights_dir",
-                     "latents_dir", "compile"}
+                     "latents_dir", "compile", "keep_last", "keep_steps", "ckpt_minutes"}
 
 
 def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
@@ -110,6 +114,9 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
         c.teacher = None
     if c.steps < 1 or c.batch_size < 1:
         raise ConfigError(f"steps ({c.steps}) and batch_size ({c.batch_size}) must be positive.")
+    if c.ckpt_every is None:
+        c.ckpt_every = default_ckpt_every(c.steps)
+    c.keep_steps = sorted({int(s) for s in c.keep_steps or []}) or None
     _check_ranges(c, fam)
     if c.latent_norm not in ("channel", "scalar"):
         raise ConfigError(f"latent_norm {c.latent_norm!r} must be 'channel' or 'scalar'.")
@@ -173,6 +180,10 @@ def _check_ranges(c: TrainConfig, fam: str) -> None:
     check_range("num_classes", c.num_classes, 1)
     check_range("log_every", c.log_every, 1)
     check_range("ckpt_every", c.ckpt_every, 1)
+    check_range("keep_last", c.keep_last, 0, hint="0 keeps every checkpoint.")
+    check_range("ckpt_minutes", c.ckpt_minutes, 0, hint="0 turns the wall-time checkpoints off.")
+    for s in c.keep_steps or []:
+        check_range("keep_steps", s, 1, hint="milestone steps are positive step numbers.")
     check_range("workers", c.workers, 0)
     check_range("teacher_resolution", c.teacher_resolution, 16)
     if c.encoder_depth is not None:

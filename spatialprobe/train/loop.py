@@ -1,9 +1,14 @@
 """One readable training loop for SiT (latent) and JiT (pixel) with REPA/iREPA alignment.
 
 AdamW with a constant learning rate (optional linear warm-up), gradient clipping, EMA(s), bf16 autocast on
-CUDA, DDP under ``torchrun``, checkpoints every N steps and ``--resume``. Every random draw of a step comes
+CUDA, DDP under ``torchrun``, optional torch.compile, checkpoints (cadence and retention in
+:mod:`.checkpoint`, the disk budget in :mod:`.budget`) and ``--resume``. Every random draw of a step comes
 from a generator seeded by (seed, step, rank) and the data order is a pure function of (seed, step), so a run
 that is killed and resumed ends with exactly the weights of an uninterrupted run.
+
+:func:`train` reads top to bottom as setup (processes, data, teachers, latents, disk budget, model, resume,
+records), data (one batch of positions per step), step (:func:`_forward_backward`, :func:`_update`) and
+checkpoint (:class:`~.checkpoint.CheckpointPolicy`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,10 +28,13 @@ import torch
 import torch.nn as nn
 
 from ..config import comma_list
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, InputFileError
 from . import pixelrepa, presets, repa
+from .checkpoint import (CHECKPOINT_KEYS, CheckpointPolicy, checkpoint_files, latest_checkpoint,  # noqa: F401
+                         newest_intact_checkpoint, read_checkpoint)
 from .config import TrainConfig, check_resume, finalize
 from .models import build as build_model
+from .models import canonical
 from .models import family as model_family
 from .models import module_for
 
@@ -69,105 +77,43 @@ def dropout_seed(g: torch.Generator) -> int:
     return (g.initial_seed() * 6364136223846793005 + 1442695040888963407) % (2 ** 63)
 
 
-def batch_positions(step: int, global_batch: int, n: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+class EpochPermutations:
+    """The data order of a run: epoch ``e`` is ``randperm(n)`` drawn with seed ``seed * 100003 + e``.
+
+    A pure function of (seed, epoch), so resume needs no sampler state; each permutation is drawn once and
+    cached (the current and the next epoch), so a step costs O(batch), not O(n)."""
+
+    def __init__(self, n: int, seed: int, keep: int = 2):
+        self.n, self.seed, self.keep = int(n), int(seed), int(keep)
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __call__(self, epoch: int) -> torch.Tensor:
+        perm = self._cache.get(epoch)
+        if perm is None:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            self._cache[epoch] = perm
+            while len(self._cache) > self.keep:
+                del self._cache[min(self._cache)]
+        return perm
+
+
+def batch_positions(step: int, global_batch: int, n: int, seed: int, rank: int = 0, world: int = 1,
+                    perms: EpochPermutations | None = None) -> list[int]:
     """Dataset positions of ``rank``'s share of the global batch at ``step``: consecutive slices of a stream of
-    per-epoch permutations (epoch e shuffled with seed (seed, e)); stateless, so resume needs no sampler state."""
+    per-epoch permutations (epoch e shuffled with seed (seed, e)); stateless, so resume needs no sampler state.
+    Pass ``perms`` (an :class:`EpochPermutations` of the same n and seed) to reuse its drawn permutations."""
+    if perms is None:
+        perms = EpochPermutations(n, seed)
     per = global_batch // world
-    start = step * global_batch + rank * per
+    pos = step * global_batch + rank * per
+    stop = pos + per
     out: list[int] = []
-    perms: dict[int, torch.Tensor] = {}
-    for pos in range(start, start + per):
+    while pos < stop:
         e, j = divmod(pos, n)
-        if e not in perms:
-            perms[e] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + e))
-        out.append(int(perms[e][j]))
+        take = min(stop - pos, n - j)
+        out.extend(perms(e)[j:j + take].tolist())
+        pos += take
     return out
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The highest-step ``checkpoints/NNNNNNN.pt`` file of a run folder (intact or not), or None."""
-    ck = checkpoint_files(out)
-    return ck[-1] if ck else None
-
-
-def checkpoint_files(out: str | Path) -> list[Path]:
-    """Every ``checkpoints/NNNNNNN.pt`` of a run folder, oldest first."""
-    return sorted((Path(out) / "checkpoints").glob("[0-9]*.pt"))
-
-
-#: keys every training checkpoint holds
-CHECKPOINT_KEYS = ("step", "model", "emas", "config", "model_args", "family")
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load one training checkpoint safely (``torch.load(weights_only=True)``: tensors and plain
-    containers only, never arbitrary pickled objects).
-
-    Raises :class:`~spatialprobe.errors.InputFileError` saying "not a checkpoint" and why (empty,
-    truncated or corrupt, foreign bytes, a torch file that is not a training checkpoint)."""
-    import pickle
-    import zipfile
-
-    from ..errors import InputFileError
-
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise InputFileError(f"Checkpoint {str(p)!r} cannot be read ({exc.strerror or exc}).") from None
-    if size == 0:
-        raise InputFileError(f"{str(p)!r} is not a checkpoint: the file is empty (0 bytes).")
-    try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, AttributeError,
-            ImportError, IndexError, KeyError, TypeError) as exc:
-        if zipfile.is_zipfile(p):
-            why = "the file is truncated or corrupt (a torch archive that cannot be read to the end)"
-        elif isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc):
-            why = ("it holds pickled objects other than tensors and plain containers; spatialprobe only loads "
-                   "checkpoints it wrote")
-        else:
-            why = "its bytes are not a torch checkpoint (random, truncated or another format)"
-        raise InputFileError(f"{str(p)!r} is not a checkpoint: {why}.") from None
-    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
-        have = ", ".join(sorted(map(str, state))[:6]) if isinstance(state, dict) else type(state).__name__
-        raise InputFileError(f"{str(p)!r} is not a spatialprobe training checkpoint (it holds {have}; expected "
-                             f"{', '.join(CHECKPOINT_KEYS)}).")
-    return state
-
-
-def newest_intact_checkpoint(out: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
-    """``(path, state)`` of the newest checkpoint of a run folder that loads, or None when there is none.
-
-    A newer file that does not load (a truncated copy, a full disk) is skipped with a warning naming it;
-    when every file is unusable the error lists them."""
-    from ..errors import InputFileError
-
-    files = checkpoint_files(out)
-    problems = []
-    for ck in reversed(files):
-        try:
-            state = read_checkpoint(ck, map_location)
-        except InputFileError as exc:
-            problems.append(str(exc))
-            continue
-        for msg in problems:
-            log.warning("%s; using the newest intact checkpoint, %s (step %d), instead", msg, ck.name,
-                        int(state["step"]))
-        return ck, state
-    if problems:
-        raise InputFileError(f"No intact checkpoint in {str(Path(out) / 'checkpoints')!r}: " + " ".join(problems)
-                             + " Delete the unusable files to start the run afresh.")
-    return None
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    from ..checks import writing
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with writing(path, tmp, what="checkpoint"):
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
 
 
 def _num_classes(source) -> int:
@@ -212,8 +158,9 @@ class _StepBatches(torch.utils.data.Sampler):
 
     def __iter__(self):
         start, stop, gb, n, seed, rank, world = self.args
+        perms = EpochPermutations(n, seed)
         for s in range(start, stop):
-            yield batch_positions(s, gb, n, seed, rank, world)
+            yield batch_positions(s, gb, n, seed, rank, world, perms)
 
     def __len__(self) -> int:
         return max(0, self.args[1] - self.args[0])
@@ -278,29 +225,24 @@ def _open_source(spec: str, resolution: int):
     return data.open_source(spec, resolution=resolution)
 
 
-# ---------------------------------------------------------------- main entry
+# ---------------------------------------------------------------- setup
 
 
-def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None, source=None,
-          teachers: Sequence | None = None, vae_model=None, callback: Callable[[int, dict], None] | None = None,
-          **overrides: Any) -> TrainResult:
-    """Train a SiT/JiT model with the chosen alignment method; see :class:`TrainConfig`.
+@dataclass
+class _Dist:
+    """torchrun's view of this process (one process: world 1, rank 0)."""
 
-    ``config``, or ``config_file`` + ``overrides`` (defaults < file < overrides). ``source``, ``teachers``
-    and ``vae_model`` (a diffusers AutoencoderKL) may be passed as objects (tests, notebooks) instead of being opened from the config.
-    ``callback(step, record)`` runs after every optimizer step (rank 0).
-    """
-    from ..config import resolve, write_config
+    world: int
+    rank: int
+    device: torch.device
+    own_group: bool  #: this call created the process group (and destroys it at the end)
 
-    if config is None:
-        config = resolve(TrainConfig, config_file, **overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
-    # distributed (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK)
+def _init_distributed(device_name: str) -> _Dist:
+    """The device of this rank and, under torchrun (WORLD_SIZE/RANK/LOCAL_RANK), the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(config.device)
+    device = resolve_device(device_name)
     own_group = False
     if world > 1:
         import torch.distributed as dist
@@ -311,77 +253,139 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             own_group = True
+    return _Dist(world, rank, device, own_group)
 
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+#: models torch.compile pays off for (the official code compiles SiT under the LDM recipe's --compile and
+#: JiT's blocks); the tiny test models compile slower than they train
+def default_compile(model: str, device: torch.device) -> bool:
+    """``compile`` when the config leaves it unset: on for the full-size models on CUDA, off otherwise."""
+    return device.type == "cuda" and not canonical(model).endswith("-tiny")
+
+
+def _data(config: TrainConfig, source, world: int, device: torch.device):
+    """The finalized config, the family, whether it aligns, the image side fed to teacher/model, the
+    image source and the dataset positions used."""
     fam = model_family(config.model)
-    pre_cfg = finalize(config)  # validates names early; data-dependent fields below
-    align = presets.get(pre_cfg.method, fam).align
-    image_res = pre_cfg.teacher_resolution if align else (pre_cfg.resolution if fam == "jit" else None)
+    cfg = finalize(config)  # validates names early; data-dependent fields below
+    align = presets.get(cfg.method, fam).align
+    image_res = cfg.teacher_resolution if align else (cfg.resolution if fam == "jit" else None)
     if source is None:
-        source = _open_source(pre_cfg.images, max(pre_cfg.teacher_resolution, pre_cfg.resolution) if align
-                              else pre_cfg.resolution)
+        source = _open_source(cfg.images, max(cfg.teacher_resolution, cfg.resolution) if align else cfg.resolution)
     n_all = len(source)
-    indices = list(range(min(n_all, pre_cfg.max_images) if pre_cfg.max_images else n_all))
+    indices = list(range(min(n_all, cfg.max_images) if cfg.max_images else n_all))
     if not indices:
-        raise DataError(f"Image source {pre_cfg.images!r} has no images.")
-    cfg = pre_cfg
+        raise DataError(f"Image source {cfg.images!r} has no images.")
     if cfg.num_classes is None:
         cfg.num_classes = _num_classes(source)
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the world size {world}.")
-    from ..checks import prepare_out_dir
+    if cfg.compile is None:
+        cfg.compile = default_compile(cfg.model, device)
+    return cfg, fam, align, image_res, source, indices
 
-    out = prepare_out_dir(cfg.out)
-    (out / "checkpoints").mkdir(exist_ok=True)
 
-    # teacher(s)
-    if align:
-        if teachers is None:
-            teachers = load_teachers(cfg.teacher, weights_dir=cfg.weights_dir, device=device,
-                                     pretrained=cfg.teacher_pretrained)
-        for t in teachers:
-            repa.freeze(t)
-    else:
-        teachers = []
-    teachers = list(teachers)
+def _teachers(cfg: TrainConfig, align: bool, teachers: Sequence | None, device: torch.device) -> list:
+    if not align:
+        return []
+    if teachers is None:
+        teachers = load_teachers(cfg.teacher, weights_dir=cfg.weights_dir, device=device,
+                                 pretrained=cfg.teacher_pretrained)
+    for t in teachers:
+        repa.freeze(t)
+    return list(teachers)
 
-    # latents (SiT)
-    latents = None
-    latent_info: dict[str, Any] = {}
-    if fam == "sit":
-        from .vae import cache_latents, load_vae
 
-        vae = vae_model
-        vae_id = getattr(vae, "_spatialprobe_id", None)
-        if vae is None:
-            vae, vae_id = load_vae(cfg.vae, weights_dir=cfg.weights_dir, device=device)
-        vae_id = vae_id or "custom"
-        root = cfg.latents_dir or str(out / "latents")
-        if rank == 0:
-            latents = cache_latents(source, indices, vae, vae_id, cfg.resolution, root, device=device)
-        if world > 1:
-            import torch.distributed as dist
+@dataclass
+class _Latents:
+    """SiT: the VAE, its latent shape, and (once cached) the per-image moments and the normaliser."""
 
-            dist.barrier()
-            latents = cache_latents(source, indices, vae, vae_id, cfg.resolution, root, device=device)
-        scale, bias = latents.normalizer(cfg.latent_norm)
-        lat_c = int(vae.config.latent_channels)
-        lat_side = cfg.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
-        latent_info = {"vae": cfg.vae, "vae_id": vae_id, "scale": scale.tolist(), "bias": bias.tolist(),
-                       "channels": lat_c, "side": lat_side}
-        model_args = dict(input_size=lat_side, in_channels=lat_c)
-        scale_d, bias_d = scale.to(device).view(1, -1, 1, 1), bias.to(device).view(1, -1, 1, 1)
-        del vae
-    else:
-        model_args = dict(input_size=cfg.resolution)
+    vae: Any
+    vae_id: str
+    channels: int
+    side: int
+    root: str
+    cache: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+    scale: torch.Tensor | None = None  #: [1, C, 1, 1] on the device
+    bias: torch.Tensor | None = None
 
-    model_args.update(num_classes=cfg.num_classes, z_dims=[int(t.embed_dim) for t in teachers],
-                      projector=cfg.projector, kernel_size=cfg.kernel_size)
+
+def _open_vae(cfg: TrainConfig, vae_model, out: Path, device: torch.device) -> _Latents:
+    from .vae import load_vae
+
+    vae = vae_model
+    vae_id = getattr(vae, "_spatialprobe_id", None)
+    if vae is None:
+        vae, vae_id = load_vae(cfg.vae, weights_dir=cfg.weights_dir, device=device)
+    return _Latents(vae, vae_id or "custom", int(vae.config.latent_channels),
+                    cfg.resolution // (2 ** (len(vae.config.block_out_channels) - 1)),
+                    cfg.latents_dir or str(out / "latents"))
+
+
+def _cache_latents(lat: _Latents, cfg: TrainConfig, source, indices: list[int], d: _Dist) -> None:
+    """Encode the images once (rank 0 first, the other ranks then open the finished cache)."""
+    from .vae import cache_latents
+
+    if d.rank == 0:
+        lat.cache = cache_latents(source, indices, lat.vae, lat.vae_id, cfg.resolution, lat.root, device=d.device)
+    if d.world > 1:
+        _barrier(d.world)
+        lat.cache = cache_latents(source, indices, lat.vae, lat.vae_id, cfg.resolution, lat.root, device=d.device)
+    scale, bias = lat.cache.normalizer(cfg.latent_norm)
+    lat.info = {"vae": cfg.vae, "vae_id": lat.vae_id, "scale": scale.tolist(), "bias": bias.tolist(),
+                "channels": lat.channels, "side": lat.side}
+    lat.scale, lat.bias = scale.to(d.device).view(1, -1, 1, 1), bias.to(d.device).view(1, -1, 1, 1)
+    lat.vae = None
+
+
+def _model_args(cfg: TrainConfig, lat: _Latents | None, teachers: list) -> dict[str, Any]:
+    args: dict[str, Any] = (dict(input_size=lat.side, in_channels=lat.channels) if lat is not None
+                            else dict(input_size=cfg.resolution))
+    args.update(num_classes=cfg.num_classes, z_dims=[int(t.embed_dim) for t in teachers],
+                projector=cfg.projector, kernel_size=cfg.kernel_size)
     if cfg.encoder_depth is not None:
-        model_args["encoder_depth"] = cfg.encoder_depth
+        args["encoder_depth"] = cfg.encoder_depth
     if cfg.proj_dropout is not None:
-        model_args["proj_drop"] = cfg.proj_dropout
+        args["proj_drop"] = cfg.proj_dropout
     if cfg.method == pixelrepa.METHOD:  # the adapter replaces the projectors; the JiT net gains the mask token
-        model_args.update(z_dims=[], mask_token=True)
+        args.update(z_dims=[], mask_token=True)
+    return args
+
+
+def _check_disk_budget(cfg: TrainConfig, out: Path, model_args: dict[str, Any], lat: _Latents | None,
+                       ids: list[str], rank: int) -> None:
+    """Estimate the disk the run needs (checkpoints at their peak, a latent cache still to write), log it,
+    and refuse before any training when the output filesystem lacks the space."""
+    from .budget import check_disk, latent_cache_bytes, run_disk_estimate
+    from .checkpoint import checkpoint_files
+    from .vae import latent_cache_dir
+
+    existing = checkpoint_files(out)
+    start = max((int(p.stem) for p in existing), default=0) if cfg.resume else 0
+    lat_bytes = 0
+    if lat is not None and not (latent_cache_dir(ids, lat.vae_id, cfg.resolution, lat.root) / "manifest.json").is_file():
+        lat_bytes = latent_cache_bytes(len(ids), lat.channels, lat.side)
+    est = run_disk_estimate(cfg.model, steps=cfg.steps, ckpt_every=cfg.ckpt_every, keep_last=cfg.keep_last,
+                            keep_steps=cfg.keep_steps or (), n_emas=len(cfg.ema_decays), model_args=model_args,
+                            start=min(start, cfg.steps), latent_bytes=lat_bytes)
+    if rank == 0:
+        log.info("%s", est.format())
+    have = sum(p.stat().st_size for p in existing if p.is_file())
+    check_disk(out, max(0, est.total - have), est)
+
+
+def _build(cfg: TrainConfig, model_args: dict[str, Any], teachers: list, device: torch.device):
+    """Model (seeded), its EMA copies, the module trained (the model, or PixelREPA's model + adapter), the
+    adapter (None unless PixelREPA) and AdamW over the trained module (no weight decay on biases and 1-d
+    parameters)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **model_args).to(device)
     cfg.encoder_depth = model.cfg.encoder_depth
@@ -392,9 +396,13 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         (no_decay if p.ndim < 2 or n_.endswith(".bias") else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    return model, emas, trainee, adapter, opt
 
-    # resume
-    start = 0
+
+def _resume(cfg: TrainConfig, out: Path, model: nn.Module, emas: list, adapter: nn.Module | None, opt,
+            device: torch.device, rank: int) -> tuple[int, Path | None]:
+    """Load the newest intact checkpoint when ``cfg.resume``; returns ``(start step, its path)``.
+    A folder that holds checkpoints is never overwritten without ``--resume``."""
     ckpt = latest_checkpoint(out)
     if ckpt is not None and not cfg.resume:
         raise ConfigError(f"{out} already holds checkpoints ({ckpt.name}); pass --resume to continue it, "
@@ -411,132 +419,274 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         start = int(state["step"])
         if rank == 0:
             log.info("resumed %s at step %d", ckpt, start)
-    elif cfg.resume and rank == 0:
+        return start, ckpt
+    if cfg.resume and rank == 0:
         log.info("--resume: no checkpoint in %s yet, starting at step 0", out)
+    return 0, None
 
-    log_path = out / "log.jsonl"
-    if rank == 0:
-        write_config(out / "config.json", cfg, model_args=model_args, latent=latent_info,
-                     teachers=[{"name": getattr(t, "name", type(t).__name__),
-                                "weights_id": getattr(t, "weights_id", None)} for t in teachers],
-                     world_size=world, num_images=len(indices))
-        kept = []
-        if start and log_path.is_file():
-            kept = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
-        log_path.write_text("".join(k + "\n" for k in kept))
 
+def _wrap(trainee: nn.Module, cfg: TrainConfig, d: _Dist) -> nn.Module:
+    """The module the step calls: ``trainee`` (the model, or PixelREPA's model + adapter), DDP-wrapped under
+    torchrun and compiled when ``cfg.compile``."""
     net: nn.Module = trainee
-    if world > 1:
+    if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(trainee, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DDP(trainee, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
+    return net
 
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    ac_dtype = torch.bfloat16 if precision == "bf16" else None
-    warmup = int(cfg.warmup_epochs * len(indices) / cfg.batch_size) if cfg.warmup_epochs else 0
 
-    dataset = _Items(source, indices, image_res, latents)
+# ---------------------------------------------------------------- logging
+
+
+class _RunLog:
+    """log.jsonl (cut back to the resumed step), TensorBoard when installed, and the progress bar (rank 0)."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, start: int, rank: int):
+        from tqdm.auto import tqdm
+
+        self.path, self.rank = out / "log.jsonl", rank
+        self.writer = None
+        if rank == 0:
+            kept = []
+            if start and self.path.is_file():
+                kept = [ln for ln in self.path.read_text().splitlines()
+                        if ln.strip() and json.loads(ln)["step"] <= start]
+            self.path.write_text("".join(k + "\n" for k in kept))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tb"))
+            except Exception:  # noqa: BLE001 - TensorBoard is optional
+                self.writer = None
+        self.bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.model} {cfg.method}", unit="step",
+                        disable=rank != 0, dynamic_ncols=True)
+        self.t_last, self.s_last = time.perf_counter(), start
+
+    def record(self, step: int, vals: torch.Tensor, has_proj: bool, grad_norm: torch.Tensor, lr: float) -> None:
+        """One logged step: ``vals`` = (loss, denoise[, proj]) averaged over the ranks."""
+        now = time.perf_counter()
+        rec = {"step": step, "loss": float(vals[0]), "denoise_loss": float(vals[1]),
+               "proj_loss": float(vals[2]) if has_proj else None,
+               "grad_norm": float(grad_norm), "lr": lr, "steps_per_s": (step - self.s_last) / max(now - self.t_last, 1e-9)}
+        self.t_last, self.s_last = now, step
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_s']:.2f}")
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step" and v is not None:
+                    self.writer.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---------------------------------------------------------------- one step
+
+
+@dataclass
+class _Run:
+    """Everything a training step needs, set up once."""
+
+    cfg: TrainConfig
+    fam: str
+    d: _Dist
+    model: nn.Module
+    net: nn.Module
+    emas: list
+    opt: Any
+    teachers: list
+    lat: _Latents | None
+    ac_dtype: torch.dtype | None
+    warmup: int
+    params: list
+    adapter: nn.Module | None = None  #: PixelREPA's adapter (trained and checkpointed beside the model)
+
+
+def _forward_backward(run: _Run, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, torch.Tensor], float]:
+    """Inputs of ``step`` (flips, posterior sample, all drawn from the step's generator), the losses, and
+    the gradients; returns ``(losses, lr)``. Touches no optimizer state, so a failed call can be redone."""
+    cfg, device = run.cfg, run.d.device
+    g = step_generator(cfg.seed, step, run.d.rank, device)
+    if cfg.proj_dropout:  # dropout draws from the global RNG: seed it per step too, so --resume stays exact
+        torch.manual_seed(dropout_seed(g))
+    y = batch["label"].to(device, non_blocking=True)
+    imgs = batch["image"].to(device, non_blocking=True) if "image" in batch else None
+    if cfg.hflip and imgs is not None:
+        flip = (torch.rand(imgs.shape[0], generator=g, device=device) < 0.5).view(-1, 1, 1, 1)
+        imgs = torch.where(flip, imgs.flip(-1), imgs)
+    if run.fam == "sit":
+        mean = batch["mean"].to(device, non_blocking=True)
+        std = batch["std"].to(device, non_blocking=True)
+        z = mean + std * torch.randn(mean.shape, generator=g, device=device)
+        x = (z - run.lat.bias) * run.lat.scale
+    else:
+        from .vae import images_to_vae_input, resize_uint8
+
+        x = images_to_vae_input(resize_uint8(imgs, cfg.resolution))
+    lr = cfg.lr * min(1.0, (step + 1) / run.warmup) if run.warmup else cfg.lr
+    for grp in run.opt.param_groups:
+        grp["lr"] = lr
+    losses = step_losses(run.net, run.fam, x, y, teachers=run.teachers, teacher_images=imgs, grid=run.model.grid,
+                         spnorm=cfg.spnorm, gamma=cfg.gamma, proj_coeff=cfg.proj_coeff, generator=g,
+                         null_class=run.model.null_class, label_dropout=cfg.label_dropout,
+                         autocast_dtype=run.ac_dtype, method=cfg.method)
+    run.opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    return losses, lr
+
+
+def _update(run: _Run, need_norm: bool) -> torch.Tensor | None:
+    """Clip (when ``grad_clip`` is set), the optimizer step and the EMAs; returns the gradient norm before
+    clipping, computed only when clipping or ``need_norm`` (a logged step) asks for it."""
+    gn = None
+    if run.cfg.grad_clip or need_norm:
+        # with clipping off, max_norm inf scales by exactly 1.0: only the norm is wanted
+        gn = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip if run.cfg.grad_clip else math.inf)
+    run.opt.step()
+    with torch.no_grad():
+        for e, dk in zip(run.emas, run.cfg.ema_decays):
+            for pe, pm in zip(e.parameters(), run.model.parameters()):
+                pe.lerp_(pm.detach(), 1.0 - dk)
+    return gn
+
+
+def _compile_failed(run: _Run, exc: Exception) -> None:
+    """Fall back to the eager model after torch.compile failed (one warning line)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    log.warning("torch.compile failed (%s: %s); training eager instead", type(exc).__name__, first)
+    run.net = getattr(run.net, "_orig_mod", run.net)
+    run.cfg.compile = False
+
+
+def _checkpoint_state(run: _Run, step: int, model_args: dict[str, Any]) -> dict[str, Any]:
+    return {"step": step, "model": run.model.state_dict(), "emas": [e.state_dict() for e in run.emas],
+            "opt": run.opt.state_dict(), "config": run.cfg.as_dict(), "model_args": model_args,
+            "family": run.fam, "latent": run.lat.info if run.lat is not None else {},
+            **({"adapter": run.adapter.state_dict()} if run.adapter is not None else {})}
+
+
+def _clock_due(policy: CheckpointPolicy, d: _Dist) -> bool:
+    """Rank 0's wall-time checkpoint decision, shared with every rank (one broadcast)."""
+    due = policy.due_by_clock()
+    if d.world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if due else 0.0], device=d.device)
+        dist.broadcast(flag, 0)
+        due = bool(flag.item())
+    return due
+
+
+# ---------------------------------------------------------------- main entry
+
+
+def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None, source=None,
+          teachers: Sequence | None = None, vae_model=None, callback: Callable[[int, dict], None] | None = None,
+          **overrides: Any) -> TrainResult:
+    """Train a SiT/JiT model with the chosen alignment method; see :class:`TrainConfig`.
+
+    ``config``, or ``config_file`` + ``overrides`` (defaults < file < overrides). ``source``, ``teachers``
+    and ``vae_model`` (a diffusers AutoencoderKL) may be passed as objects (tests, notebooks) instead of being opened from the config.
+    ``callback(step, record)`` runs after every optimizer step (rank 0).
+    """
+    from ..checks import prepare_out_dir
+    from ..config import resolve, write_config
+
+    if config is None:
+        config = resolve(TrainConfig, config_file, **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+    # setup: processes, data, teachers, latent shape, disk budget, latents, model, resume, records
+    d = _init_distributed(config.device)
+    cfg, fam, align, image_res, source, indices = _data(config, source, d.world, d.device)
+    out = prepare_out_dir(cfg.out)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    teachers = _teachers(cfg, align, teachers, d.device)
+    lat = _open_vae(cfg, vae_model, out, d.device) if fam == "sit" else None
+    model_args = _model_args(cfg, lat, teachers)
+    _check_disk_budget(cfg, out, model_args, lat, [source.ids[i] for i in indices] if lat is not None else [], d.rank)
+    if lat is not None:
+        _cache_latents(lat, cfg, source, indices, d)
+    model, emas, trainee, adapter, opt = _build(cfg, model_args, teachers, d.device)
+    start, ckpt = _resume(cfg, out, model, emas, adapter, opt, d.device, d.rank)
+
+    records = dict(model_args=model_args, latent=lat.info if lat is not None else {},
+                   teachers=[{"name": getattr(t, "name", type(t).__name__),
+                              "weights_id": getattr(t, "weights_id", None)} for t in teachers],
+                   world_size=d.world, num_images=len(indices))
+    if d.rank == 0:
+        write_config(out / "config.json", cfg, **records)
+    runlog = _RunLog(out, cfg, start, d.rank)
+
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if d.device.type == "cuda" else "fp32")
+    run = _Run(cfg=cfg, fam=fam, d=d, model=model, net=_wrap(trainee, cfg, d), emas=emas, opt=opt,
+               teachers=teachers, lat=lat, ac_dtype=torch.bfloat16 if precision == "bf16" else None,
+               warmup=int(cfg.warmup_epochs * len(indices) / cfg.batch_size) if cfg.warmup_epochs else 0,
+               params=[], adapter=adapter)
+
+    # data: one batch of dataset positions per step, a pure function of (seed, step)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_StepBatches(start, cfg.steps, cfg.batch_size, len(indices), cfg.seed, rank, world),
-        num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False)
+        _Items(source, indices, image_res, lat.cache if lat is not None else None),
+        batch_sampler=_StepBatches(start, cfg.steps, cfg.batch_size, len(indices), cfg.seed, d.rank, d.world),
+        num_workers=cfg.workers, pin_memory=d.device.type == "cuda", persistent_workers=False)
+    policy = CheckpointPolicy(out, steps=cfg.steps, every=cfg.ckpt_every, keep_last=cfg.keep_last,
+                              keep_steps=cfg.keep_steps or (), minutes=cfg.ckpt_minutes)
+    if d.rank == 0:
+        log.info("%s", policy.describe())
 
-    writer = None
-    if rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tb"))
-        except Exception:  # noqa: BLE001 - TensorBoard is optional
-            writer = None
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.model} {cfg.method}", unit="step",
-               disable=rank != 0, dynamic_ncols=True)
     trainee.train()
-    params = [p for p in trainee.parameters() if p.requires_grad]
+    run.params = [p for p in trainee.parameters() if p.requires_grad]
     last_loss, last_ckpt = None, ckpt if start else None
-    t_last, s_last = time.perf_counter(), start
     step = start
     for batch in loader:
-        g = step_generator(cfg.seed, step, rank, device)
-        if cfg.proj_dropout:  # dropout draws from the global RNG: seed it per step too, so --resume stays exact
-            torch.manual_seed(dropout_seed(g))
-        y = batch["label"].to(device, non_blocking=True)
-        imgs = batch["image"].to(device, non_blocking=True) if "image" in batch else None
-        if cfg.hflip and imgs is not None:
-            flip = (torch.rand(imgs.shape[0], generator=g, device=device) < 0.5).view(-1, 1, 1, 1)
-            imgs = torch.where(flip, imgs.flip(-1), imgs)
-        if fam == "sit":
-            mean = batch["mean"].to(device, non_blocking=True)
-            std = batch["std"].to(device, non_blocking=True)
-            z = mean + std * torch.randn(mean.shape, generator=g, device=device)
-            x = (z - bias_d) * scale_d
+        # step: forward + backward (redone eagerly once if the compiled model fails), update, EMAs
+        log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps or step == 0
+        if cfg.compile and step == start:
+            try:
+                losses, lr = _forward_backward(run, batch, step)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager model is the fallback
+                _compile_failed(run, exc)
+                if d.rank == 0:
+                    write_config(out / "config.json", cfg, **records)
+                losses, lr = _forward_backward(run, batch, step)
         else:
-            from .vae import images_to_vae_input, resize_uint8
-
-            x = images_to_vae_input(resize_uint8(imgs, cfg.resolution))
-        lr = cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
-        for grp in opt.param_groups:
-            grp["lr"] = lr
-        losses = step_losses(net, fam, x, y, teachers=teachers, teacher_images=imgs, grid=model.grid,
-                             spnorm=cfg.spnorm, gamma=cfg.gamma, proj_coeff=cfg.proj_coeff, generator=g,
-                             null_class=model.null_class, label_dropout=cfg.label_dropout,
-                             autocast_dtype=ac_dtype, method=cfg.method)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else math.inf)
-        opt.step()
-        with torch.no_grad():
-            for e, d in zip(emas, cfg.ema_decays):
-                for pe, pm in zip(e.parameters(), model.parameters()):
-                    pe.lerp_(pm.detach(), 1.0 - d)
+            losses, lr = _forward_backward(run, batch, step)
+        gn = _update(run, need_norm=log_now)
         step += 1
-        last_loss = float(losses["loss"].detach())
-        bar.update(1)
-        log_now = step % cfg.log_every == 0 or step == cfg.steps or step == 1
+        runlog.bar.update(1)
         if log_now:
             parts = [losses["loss"], losses["denoise"]] + ([losses["proj"]] if losses["proj"] is not None else [])
-            vals = _mean_over_ranks(torch.stack([v.detach().float() for v in parts]), world)
+            vals = _mean_over_ranks(torch.stack([v.detach().float() for v in parts]), d.world)
             last_loss = float(vals[0])
-        if rank == 0 and log_now:
-            now = time.perf_counter()
-            rec = {"step": step, "loss": last_loss, "denoise_loss": float(vals[1]),
-                   "proj_loss": None if losses["proj"] is None else float(vals[2]),
-                   "grad_norm": float(gn), "lr": lr, "steps_per_s": (step - s_last) / max(now - t_last, 1e-9)}
-            t_last, s_last = now, step
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{last_loss:.4f}", it_s=f"{rec['steps_per_s']:.2f}")
-            if writer is not None:
-                for k, v in rec.items():
-                    if k != "step" and v is not None:
-                        writer.add_scalar(f"train/{k}", v, step)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            last_ckpt = out / "checkpoints" / f"{step:07d}.pt"  # every rank returns the path rank 0 writes
-            if rank == 0:
-                _atomic_save({"step": step, "model": model.state_dict(), "emas": [e.state_dict() for e in emas],
-                              "opt": opt.state_dict(), "config": cfg.as_dict(), "model_args": model_args,
-                              "family": fam, "latent": latent_info,
-                              **({"adapter": adapter.state_dict()} if adapter is not None else {})}, last_ckpt)
-            if world > 1:
-                import torch.distributed as dist
+            if d.rank == 0:
+                runlog.record(step, vals, losses["proj"] is not None, gn, lr)
+        elif callback is not None:
+            last_loss = float(losses["loss"].detach())
 
-                dist.barrier()
-        if callback is not None and rank == 0:
+        # checkpoint: on the step cadence, at milestones, at the end, and on the wall-time clock
+        if policy.due_by_step(step) or ((d.world == 1 or log_now) and _clock_due(policy, d)):
+            last_ckpt = policy.path(step)  # every rank returns the path rank 0 writes
+            if d.rank == 0:
+                policy.save(_checkpoint_state(run, step, model_args), step)
+            else:
+                policy.saved()
+            _barrier(d.world)
+        if callback is not None and d.rank == 0:
             callback(step, {"loss": last_loss})
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if own_group:
+    runlog.close()
+    if d.own_group:
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    return TrainResult(out=out, step=step, loss=last_loss, log_path=log_path, checkpoint=last_ckpt,
-                       config=cfg.as_dict(), rank=rank, world_size=world)
-
+    return TrainResult(out=out, step=step, loss=last_loss, log_path=runlog.path, checkpoint=last_ckpt,
+                       config=cfg.as_dict(), rank=d.rank, world_size=d.world)
 
 def load_run(path: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint (or the newest one of a run folder) with ``weights`` = ema | ema2 | model.
@@ -545,8 +695,6 @@ def load_run(path: str | Path, *, weights: str = "ema", device: str | torch.devi
     folder the newest checkpoint that loads is used (a truncated newer one is skipped with a warning);
     a checkpoint file named explicitly must load.
     """
-    from ..errors import InputFileError
-
     p = Path(path)
     found = newest_intact_checkpoint(p) if p.is_dir() else ((p, read_checkpoint(p)) if p.is_file() else None)
     if found is None:

@@ -249,6 +249,12 @@ class LatentCache:
         return 1.0 / self.latent_std.clamp_min(1e-8), self.latent_mean.clone()
 
 
+def latent_cache_dir(ids: list[str], vae_id: str, resolution: int, root: str | Path) -> Path:
+    """The folder of the latent cache of these image ids (one folder per VAE, resolution and id list)."""
+    h = hashlib.sha256(json.dumps({"vae": vae_id, "res": resolution, "ids": ids}).encode()).hexdigest()[:16]
+    return Path(root) / vae_id.replace(":", "-").replace("/", "-") / h
+
+
 def cache_latents(source, indices: list[int], vae, vae_id: str, resolution: int, root: str | Path, *,
                   batch_size: int = 32, device: str | torch.device = "cpu") -> LatentCache:
     """Encode ``source`` images (positions ``indices``) at ``resolution`` once; reuse a complete cache.
@@ -259,8 +265,7 @@ def cache_latents(source, indices: list[int], vae, vae_id: str, resolution: int,
     from tqdm.auto import tqdm
 
     ids = [source.ids[i] for i in indices]
-    h = hashlib.sha256(json.dumps({"vae": vae_id, "res": resolution, "ids": ids}).encode()).hexdigest()[:16]
-    folder = Path(root) / vae_id.replace(":", "-").replace("/", "-") / h
+    folder = latent_cache_dir(ids, vae_id, resolution, root)
     man_path = folder / "manifest.json"
     if man_path.is_file():
         man = json.loads(man_path.read_text())

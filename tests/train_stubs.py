@@ -1,8 +1,8 @@
-"""Small stand-ins with the real interfaces, for tests and offline smoke runs.
+"""Small stand-ins with the real interfaces, for the training tests (test support; not part of the package).
 
 - :class:`PatchTeacher`: a deterministic frozen patchifier (p×p conv + fixed random MLP) meeting the encoder
   contract (uint8 in, :class:`~spatialprobe.encoders.base.EncoderOutput` out, 16×16 tokens at 256 px).
-- :class:`ArraySource`: an image source over an in-memory uint8 array (ids, labels, ``load(i)``).
+- :class:`TensorSource`: an image source over an in-memory uint8 array (ids, labels, ``load(i)``).
 - :func:`digits_source`: scikit-learn's bundled 8×8 digits upsampled to a square side (no download).
 """
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..encoders.base import EncoderOutput
+from spatialprobe.encoders.base import EncoderOutput
 
 
 class PatchTeacher(nn.Module):
@@ -49,7 +49,7 @@ class PatchTeacher(nn.Module):
             return self.forward_tokens(self.preprocess(images))
 
 
-class ArraySource:
+class TensorSource:
     """Image source over a uint8 tensor ``[N, 3, R, R]`` with optional labels."""
 
     def __init__(self, images: torch.Tensor, labels: list[int] | None = None, prefix: str = "img"):
@@ -68,7 +68,7 @@ class ArraySource:
         return hashlib.sha256(self.images.numpy().tobytes()).hexdigest()[:16]
 
 
-def digits_source(resolution: int = 32, n: int | None = None) -> ArraySource:
+def digits_source(resolution: int = 32, n: int | None = None) -> TensorSource:
     """scikit-learn's 8×8 handwritten digits as grey RGB images at ``resolution`` (bilinear upsampling)."""
     from sklearn.datasets import load_digits
 
@@ -76,4 +76,4 @@ def digits_source(resolution: int = 32, n: int | None = None) -> ArraySource:
     x = torch.from_numpy(d.images[:n]).float() / 16.0  # [N, 8, 8] in 0..1
     x = F.interpolate(x[:, None], size=(resolution, resolution), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    return ArraySource(x, [int(v) for v in d.target[:n]], prefix="digits")
+    return TensorSource(x, [int(v) for v in d.target[:n]], prefix="digits")
