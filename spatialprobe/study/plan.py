@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spec import EncoderEntry, StudySpec
+from .spec import EncoderEntry, StudySpec, canonical_id  # noqa: F401 - canonical_id: re-exported
 
 PLAN_VERSION = 1
 KINDS = ("extract", "metrics", "probe", "inject", "train", "sample", "fid", "table", "correlate")
@@ -40,24 +40,6 @@ class Node:
     @property
     def name(self) -> str:
         return f"{self.kind}/{self.key}"
-
-
-def canonical_id(name: str) -> str:
-    """The canonical id of an encoder or variant (aliases resolved; variants in their fixed order)."""
-    from .. import encoders as E
-
-    if "@" in name:
-        parse = getattr(E, "parse_variant", None)
-        if parse is None:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"encoder {name!r}: variants (ID@transform=value) need spatialprobe.encoders."
-                              "parse_variant, which this installation lacks.")
-        return parse(name).id
-    try:
-        return E.spec(name).id
-    except Exception:  # noqa: BLE001 - unknown ids fail later with did-you-mean, in their node
-        return name
 
 
 def slug(name: str) -> str:
