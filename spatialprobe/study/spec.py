@@ -23,6 +23,9 @@ CLUSTERS = ("slurm", "local", "debug")
 FID_PROTOCOLS = ("digits", "adm")
 QUALITY_COL = {"digits": "fd_digits", "adm": "gfid"}
 DTYPES = ("fp16", "bf16", "fp32")
+#: option keys whose values name input files or folders: made absolute, and their bytes fingerprinted
+PATH_KEYS = ("masks", "labels", "val_labels", "images", "ref", "inception_weights", "vae", "latents_dir",
+             "weights", "weights_dir", "known_gfid")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -469,6 +472,39 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     if s.training is None and s.known_gfid is None:
         pass  # properties only, no y: the table is written, correlate is skipped
     return s
+
+
+def _abs(v: Any) -> Any:
+    """A relative path that exists, made absolute (other values as they are)."""
+    if isinstance(v, str) and v and not v.startswith("builtin") and ":" not in v.split("/")[0] \
+            and not Path(v).is_absolute() and Path(v).exists():
+        return str(Path(v).resolve())
+    return v
+
+
+def absolute_paths(spec: StudySpec) -> StudySpec:
+    """Every input path of ``spec`` that exists relative to the current folder, made absolute, so the
+    resolved ``study.yaml``, the node settings and each stage's ``config.json`` name the same files from any
+    folder (a cluster job, ``report`` run elsewhere). Returns ``spec`` (changed in place)."""
+    p = spec.properties
+    p.images = _abs(p.images)
+    for opts in (p.metrics, p.probe, p.inject):
+        for k in list(opts or {}):
+            if k in PATH_KEYS:
+                opts[k] = _abs(opts[k])
+    if spec.training is not None:
+        t = spec.training
+        t.images = _abs(t.images)
+        for opts in (t.options, t.sample, t.fid):
+            for k in list(opts or {}):
+                if k in PATH_KEYS:
+                    opts[k] = _abs(opts[k])
+    if spec.known_gfid is not None and Path(spec.known_gfid).is_file():
+        spec.known_gfid = str(Path(spec.known_gfid).resolve())
+    spec.weights_dir = _abs(spec.weights_dir)
+    if spec.executor.folder:
+        spec.executor.folder = str(Path(spec.executor.folder).resolve())
+    return spec
 
 
 def packaged_path(name: str) -> Path:
