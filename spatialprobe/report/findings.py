@@ -68,7 +68,10 @@ def best_predictors(stats: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if stats is None or not len(stats):
         return pd.DataFrame(columns=["method", "y", "x", "n", "r", "text", "direction"])
-    for y, g in stats.groupby("y", sort=False):
+    order = {"REPA": 0, "iREPA": 1, "REPA − iREPA": 2}
+    ys = sorted(stats["y"].astype(str).unique(), key=lambda y: (order.get(method_label(y), 3), y))
+    for y in ys:
+        g = stats[stats["y"].astype(str) == y]
         g = g.assign(_abs=pd.to_numeric(g["pearson_r"], errors="coerce").abs())
         g = g[g["_abs"].notna()]
         if not len(g):
@@ -114,13 +117,13 @@ def headline_lines(stats: pd.DataFrame | None, results: pd.DataFrame | None = No
     best = best_predictors(stats) if stats is not None else None
     if best is not None and len(best):
         for _, b in best.iterrows():
-            lines.append(f"{b['method']}: {b['x']} predicts {quality_of(str(b['y']))} best, {b['text']} "
-                         f"({b['direction']})")
+            target = "the REPA − iREPA gap" if b["method"] == "REPA − iREPA" else quality_of(str(b["y"]))
+            lines.append(f"{b['method']}: {b['x']} predicts {target} best, {b['text']} ({b['direction']})")
     else:
         lines.append("no correlations (too few encoders with a quality number, or none measured)")
     cmp_ = repa_vs_irepa(results) if results is not None else None
     if cmp_ is not None and len(cmp_):
         n_i = int((cmp_["better"] == "iREPA").sum())
         lines.append(f"iREPA beats REPA with {n_i} of {len(cmp_)} teacher(s) on {cmp_.attrs['quality']} "
-                     f"(mean REPA − iREPA {cmp_['REPA − iREPA'].mean():.3g})")
+                     f"(mean REPA − iREPA {cmp_['REPA − iREPA'].mean():.3g})".replace("-", "−"))
     return lines

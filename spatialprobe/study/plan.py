@@ -60,7 +60,6 @@ def register_defined(spec: StudySpec) -> None:
             E.add_encoder(e.id, **e.define)
 
 
-_SOURCE_FP: dict[tuple, str] = {}
 
 
 def content_digest(path: str | Path) -> str | None:
@@ -85,20 +84,18 @@ def content_digest(path: str | Path) -> str | None:
 
 def source_fingerprint(images: str, resolution: int = 256, limit: int | None = None) -> str:
     """The fingerprint of an image source (ids, labels and every image file's bytes; ``data.sources``), as
-    ``extract`` records it in its store; an unreadable source gives its error (its node then fails with it)."""
-    key = (images, resolution, limit)
-    if key not in _SOURCE_FP:
-        from ..data import open_source
-        from ..errors import SpatialProbeError
+    ``extract`` records it in its store; an unreadable source gives its error (its node then fails with it).
+    Files are re-read only when their (inode, size, mtime, ctime) changed: see ``content_digest``."""
+    from ..data import open_source
+    from ..errors import SpatialProbeError
 
-        try:
-            src = open_source(images, resolution=resolution)
-            if limit is not None:
-                src = src.subset(limit)
-            _SOURCE_FP[key] = src.fingerprint()
-        except (SpatialProbeError, OSError) as exc:
-            return f"unreadable: {exc}"
-    return _SOURCE_FP[key]
+    try:
+        src = open_source(images, resolution=resolution)
+        if limit is not None:
+            src = src.subset(limit)
+        return src.fingerprint()
+    except (SpatialProbeError, OSError) as exc:
+        return f"unreadable: {exc}"
 
 
 def options_content(opts: dict[str, Any] | None) -> dict[str, str]:

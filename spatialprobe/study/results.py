@@ -102,7 +102,7 @@ def build_tables(spec: StudySpec, node: Node, work: Path, out: Path, by_name: di
             if spec.known_gfid:
                 r[q] = known.get(cid, np.nan)
                 r["protocol"] = f"known:{spec.known_gfid}"
-                if e.random_init and cid in known:  # only with known_gfid_random_init: true (spec.py refuses it otherwise)
+                if e.random_init and e.define is None and cid in known:  # opted in (spec.py refuses it otherwise)
                     r["quality_note"] = (f"random-init {cid} joined to the published {q} of the pretrained {cid} "
                                          "(known_gfid_random_init: true)")
                     log.warning("%s: random-init encoder joined to the published %s of the pretrained one "

@@ -429,7 +429,9 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
         if s.known_gfid not in reference.names() and not Path(s.known_gfid).is_file():
             raise InputFileError(f"study spec: known_gfid {s.known_gfid!r} is neither a packaged reference "
                                  f"({', '.join(reference.names())}) nor an existing CSV file.")
-        rand = [e.id for e in s.encoders if e.random_init]
+        # a zoo id names the pretrained encoder, whose published numbers the table holds; an encoder the spec
+        # defines itself (define:) is the user's own id, numbers and all
+        rand = [e.id for e in s.encoders if e.random_init and e.define is None]
         if rand and not s.known_gfid_random_init:
             raise ConfigError(f"study spec: {', '.join(rand)} {'has' if len(rand) == 1 else 'have'} random_init: "
                               f"true, but known_gfid {s.known_gfid!r} holds published numbers of the pretrained "
