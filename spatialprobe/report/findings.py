@@ -102,7 +102,7 @@ def repa_vs_irepa(results: pd.DataFrame, quality: str | None = None) -> pd.DataF
     sub = results[results["method"].isin(["repa", "irepa"])]
     wide = sub.pivot_table(index=keys, columns="method", values=q, aggfunc="mean").reset_index()
     wide.columns.name = None
-    wide = wide.dropna(subset=["repa", "irepa"])
+    wide = wide[keys + ["repa", "irepa"]].dropna(subset=["repa", "irepa"])
     wide["repa_minus_irepa"] = wide["repa"] - wide["irepa"]
     lower = q in LOWER_IS_BETTER
     wide["better"] = [("iREPA" if (d > 0) == lower else "REPA") if d != 0 else "tie" for d in wide["repa_minus_irepa"]]

@@ -183,6 +183,7 @@ def table_html(df: pd.DataFrame) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
                    for row in df.itertuples(index=False, name=None))
     return ('<div class="sp-table" style="max-width:100%;overflow-x:auto">'
+            "<style>.sp-table td{overflow-wrap:anywhere;max-width:40em}</style>"
             '<table style="font-size:12px;border-collapse:collapse">'
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
@@ -330,6 +331,14 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if isinstance(enc, dict) and enc.get("weights_id"):
             add("checksums & protocols", f"weights {enc.get('name', '?')}", enc["weights_id"], src)
     out = pd.DataFrame(list(rows.values()))
+    plan = ctx.records.get("plan.json") or {}
+    whose = []
+    for item, srcs in zip(out["item"], out["sources"]):
+        m = re.match(r"^([^:]+): ", str(item))
+        encs = {m.group(1)} if m else {e for e in (_encoder_of_source(x, plan) for x in srcs) if e}
+        whose.append(next(iter(encs)) if len(encs) == 1 else
+                     ("(shared by several encoders and runs)" if encs else "(the run)"))
+    out["encoder"] = whose
     short = [[_short(x) for x in s] for s in out["sources"]]
     out["sources"] = [", ".join(s[:3]) + (f" (+{len(s) - 3})" if len(s) > 3 else "") for s in short]
     order = {"options": 0, "inputs": 1, "versions": 2, "checksums & protocols": 3}
@@ -877,7 +886,7 @@ def _encoder_of_source(src: str, plan: dict) -> str:
     if len(parts) >= 3 and parts[0] == "nodes":
         for n in plan.get("nodes", []):
             if n.get("kind") == parts[1] and n.get("key") == parts[2]:
-                return n.get("encoder") or ("(study)" if n.get("kind") in ("table", "correlate") else "none")
+                return n.get("encoder") or ("(the results table and correlations)" if n.get("kind") in ("table", "correlate") else "none")
     return ""
 
 
@@ -889,17 +898,6 @@ def appendix(ctx: Context):
     prov = provenance(ctx)
     if isinstance(prov, Absent):
         return prov
-    plan = ctx.records.get("plan.json") or {}
-    enc = []
-    for src, item in zip(prov["sources"], prov["item"]):
-        who = ""
-        m = re.match(r"^([^:]+): ", str(item))
-        if m:
-            who = m.group(1)
-        for one in str(src).split(", "):
-            who = who or _encoder_of_source(one, plan)
-        enc.append(who or "(the run)")
-    prov = prov.assign(encoder=enc)
     out: list[Any] = []
     for who, g in prov.groupby("encoder", sort=True):
         out += [Markdown(f"**{who}**"), g.drop(columns=["encoder"])]
