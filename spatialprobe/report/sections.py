@@ -886,7 +886,9 @@ def _encoder_of_source(src: str, plan: dict) -> str:
     if len(parts) >= 3 and parts[0] == "nodes":
         for n in plan.get("nodes", []):
             if n.get("kind") == parts[1] and n.get("key") == parts[2]:
-                return n.get("encoder") or ("(the results table and correlations)" if n.get("kind") in ("table", "correlate") else "none")
+                if n.get("encoder"):
+                    return n["encoder"]
+                return "(the results table and correlations)" if n.get("kind") in ("table", "correlate") else "none"
     return ""
 
 
