@@ -371,9 +371,12 @@ def test_small_n_prints_r_without_an_interval():
 
 def test_best_predictor_per_method_and_repa_vs_irepa():
     stats = pd.DataFrame([
-        {"x": "lp_acc", "y": "fd_digits_repa", "n": 8, "pearson_r": -0.2, "pearson_ci_low": -0.7, "pearson_ci_high": 0.4},
-        {"x": "lds", "y": "fd_digits_repa", "n": 8, "pearson_r": -0.8, "pearson_ci_low": -0.95, "pearson_ci_high": -0.3},
-        {"x": "lds", "y": "fd_digits_irepa", "n": 3, "pearson_r": 0.9, "pearson_ci_low": 0.1, "pearson_ci_high": 1.0}])
+        {"x": "lp_acc", "y": "fd_digits_repa", "n": 8, "pearson_r": -0.2, "pearson_ci_low": -0.7,
+         "pearson_ci_high": 0.4},
+        {"x": "lds", "y": "fd_digits_repa", "n": 8, "pearson_r": -0.8, "pearson_ci_low": -0.95,
+         "pearson_ci_high": -0.3},
+        {"x": "lds", "y": "fd_digits_irepa", "n": 3, "pearson_r": 0.9, "pearson_ci_low": 0.1,
+         "pearson_ci_high": 1.0}])
     best = F.best_predictors(stats)
     assert list(best.method) == ["REPA", "iREPA"] and list(best.x) == ["lds", "lds"]
     assert "better fd_digits" in best.direction[0] and "worse fd_digits" in best.direction[1]
@@ -471,8 +474,8 @@ def test_study_run_ends_with_the_results_and_the_finding(tmp_path, capsys):
     (root / "correlate" / "fd_digits_repa").mkdir(parents=True)
     pd.DataFrame([{"encoder": "hog", "method": "repa", "seed": 0, "lds": 0.1, "fd_digits": 3.0}]).to_csv(
         root / "results.csv", index=False)
-    pd.DataFrame({"encoder": ["hog"], "family": ["C"], "lds": [0.1], "fd_digits_repa": [3.0], "fd_digits_repa_sd": [np.nan],
-                  "fd_digits_repa_n": [1]}).to_csv(root / "correlate" / "table.csv", index=False)
+    pd.DataFrame({"encoder": ["hog"], "family": ["C"], "lds": [0.1], "fd_digits_repa": [3.0],
+                  "fd_digits_repa_sd": [np.nan], "fd_digits_repa_n": [1]}).to_csv(root / "correlate" / "table.csv", index=False)
     pd.DataFrame([{"x": "lds", "y": "fd_digits_repa", "n": 3, "pearson_r": -0.9}]).to_csv(
         root / "correlate" / "fd_digits_repa" / "correlations.csv", index=False)
     _print_results(root)

@@ -780,9 +780,10 @@ def findings(ctx: Context):
         out.append(Absent(_no_correlations(ctx)))
     else:
         best = F.best_predictors(stats)
-        lines = [f"- **{b['method']}**: **{b['x']}** predicts "
-                 f"{'the REPA − iREPA gap' if b['method'] == 'REPA − iREPA' else F.quality_of(str(b['y']))} best — "
-                 f"{b['text']}; {b['direction']}." for _, b in best.iterrows()]
+        lines = []
+        for _, b in best.iterrows():
+            target = "the REPA − iREPA gap" if b["method"] == "REPA − iREPA" else F.quality_of(str(b["y"]))
+            lines.append(f"- **{b['method']}**: **{b['x']}** predicts {target} best — {b['text']}; {b['direction']}.")
         small = best["n"].lt(F.MIN_N_FOR_CI).any() if len(best) else False
         if small:
             lines.append(f"- With fewer than {F.MIN_N_FOR_CI} encoders a bootstrap CI and a permutation p say "

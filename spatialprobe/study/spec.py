@@ -444,7 +444,8 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     s.correlate = CorrelateSpec(**c)
     _check_scalars(s.correlate, "correlate", skip=("x", "y"))
     if not 0 < s.correlate.confidence < 1:
-        raise ConfigError(f"study spec: correlate.confidence must lie in (0, 1), e.g. 0.95; got {s.correlate.confidence}.")
+        raise ConfigError(f"study spec: correlate.confidence must lie in (0, 1), e.g. 0.95; "
+                          f"got {s.correlate.confidence}.")
     s.correlate.x = _str_list(s.correlate.x, "correlate.x")
     if s.correlate.y is not None:
         s.correlate.y = _str_list(s.correlate.y, "correlate.y")
