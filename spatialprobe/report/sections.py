@@ -183,7 +183,7 @@ def table_html(df: pd.DataFrame) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
                    for row in df.itertuples(index=False, name=None))
     return ('<div class="sp-table" style="max-width:100%;overflow-x:auto">'
-            "<style>.sp-table td{overflow-wrap:anywhere;max-width:40em}</style>"
+            "<style>.sp-table td{overflow-wrap:break-word;max-width:40em}</style>"
             '<table style="font-size:12px;border-collapse:collapse">'
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
@@ -768,12 +768,20 @@ def findings(ctx: Context):
     stats = _stats_table(ctx)
     if ctx.kind == "predict":
         pred = _read_csv(ctx.dir / "predictions.csv")
+        notes = predict_notes(ctx.dir, pred, ctx.records.get("config.json"))
+        outside = {t.split(" = ")[0] for k, t in notes if k == "extrapolation"}  # "encoder: property"
+        level = ((ctx.records.get("config.json") or {}).get("config") or {}).get("confidence", 0.95)
         lines = []
         for enc, g in pred.groupby("encoder", sort=False):
-            best = g.sort_values("rank").iloc[0]
-            lines.append(f"- **{enc}**: predicted {best.get('pred_gfid', float('nan')):.3g} gFID from {best['x']} "
-                         f"(interval [{best['pi_low']:.3g}, {best['pi_high']:.3g}]), rank {int(best['rank'])} of "
-                         f"{int(best['n_ref']) + 1 if 'n_ref' in best else '?'}")
+            # the property whose reference line fits best (largest |r|) gives the headline prediction
+            best = g.assign(_r=pd.to_numeric(g["ref_r"], errors="coerce").abs()).sort_values(
+                "_r", ascending=False, kind="stable").iloc[0]
+            extra = (" — **extrapolated**: its value lies outside the reference range"
+                     if f"{enc}: {best['x']}" in outside else "")
+            lines.append(f"- **{enc}**: predicted gFID {best['pred_gfid']:.3g} from {best['x']} (the best-fitting "
+                         f"reference line, r = {best['ref_r']:.2f}; {100 * float(level):g} % interval "
+                         f"[{best['pi_low']:.3g}, {best['pi_high']:.3g}]), rank {int(best['rank'])} among "
+                         f"{int(best['n_ref'])} reference encoders{extra}.")
         out.append(Markdown("\n".join(lines) if lines else "No predictions in `predictions.csv`."))
         return out
     if stats is None:
