@@ -412,7 +412,9 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
                 raise ConfigError("study spec: training.fid.ref is required with protocol adm "
                                   "(e.g. VIRTUAL_imagenet256_labeled.npz).")
     s.known_gfid = data.get("known_gfid")
-    s.known_gfid_col = str(data.get("known_gfid_col", "gfid"))
+    s.known_gfid_col = data.get("known_gfid_col", "gfid")
+    if not isinstance(s.known_gfid_col, str):
+        raise ConfigError(f"study spec: known_gfid_col must be a column name (a string); got {s.known_gfid_col!r}.")
     s.known_gfid_random_init = data.get("known_gfid_random_init", False)
     if s.known_gfid is not None and not isinstance(s.known_gfid, str):
         raise ConfigError(f"study spec: known_gfid must be a packaged reference name or a CSV path; "
