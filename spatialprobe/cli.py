@@ -15,7 +15,8 @@ import typer
 from typer.core import TyperCommand
 
 from . import __version__
-from .commands import HelpDefaultsCommand
+from .commands import HelpDefaultsCommand, cli_errors, error_text
+from .errors import SpatialProbeError
 
 #: help is laid out at least this wide, so option names and defaults are never cut (rich's default is 80)
 HELP_WIDTH = 120
@@ -76,6 +77,18 @@ def _register_all() -> None:
     _escape_help(app)
     _escape_help(ls_app)
     _help_defaults(app)
+    _errors_everywhere(app)
+
+
+def _errors_everywhere(typer_app: typer.Typer) -> None:
+    """Every command turns a spatialprobe error into one ``error: ...`` line and exit code 2, whether or
+    not its module remembered to (``cli_errors`` leaves an already wrapped command as it is)."""
+    for cmd in typer_app.registered_commands:
+        if cmd.callback is not None:
+            cmd.callback = cli_errors(cmd.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _errors_everywhere(group.typer_instance)
 
 
 def _help_defaults(typer_app: typer.Typer) -> None:
@@ -111,8 +124,13 @@ _register_all()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="spatialprobe")
+    """Console-script entry point. A spatialprobe error raised outside a command (while parsing an option,
+    in a callback) is still one ``error: ...`` line and exit code 2."""
+    try:
+        app(prog_name="spatialprobe")
+    except SpatialProbeError as exc:
+        typer.secho(f"error: {error_text(exc)}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

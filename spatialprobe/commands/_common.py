@@ -29,12 +29,15 @@ _OUTPUT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.ER
 def cli_errors(fn: Callable) -> Callable:
     """Turn a :class:`SpatialProbeError` into one ``error: ...`` line and exit code 2 (no traceback)."""
 
+    if getattr(fn, "_spatialprobe_errors", False):
+        return fn
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SpatialProbeError as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            typer.secho(f"error: {error_text(exc)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
         except OSError as exc:  # full disk, read-only folder, ... met while writing: one line, no traceback
             if exc.errno not in _OUTPUT_ERRNOS:
@@ -44,7 +47,20 @@ def cli_errors(fn: Callable) -> Callable:
             typer.secho(f"error: {os_error_message(exc)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
+    wrapper._spatialprobe_errors = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def error_text(exc: BaseException) -> str:
+    """The message of ``exc``; a message that itself fails to format still gives one line, never a traceback."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the error behind a second one
+        try:
+            args = ", ".join(repr(a) for a in exc.args)
+        except Exception:  # noqa: BLE001
+            args = ""
+        return f"{type(exc).__name__}({args})"
 
 
 def split_list(value: str | None) -> list[str] | None:

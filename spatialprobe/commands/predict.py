@@ -18,7 +18,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     def predict_cmd(
         table: Path = typer.Option(..., "--table", "-t",
                                    help="New encoders: a CSV/parquet with an 'encoder' column and some of "
-                                        "lp_acc,lds,cds,srss,rmsc, or a `spatialprobe metrics` output folder."),
+                                        "lp_acc,lds,cds,srss,rmsc, a `spatialprobe metrics` output folder or a "
+                                        "study folder (its correlate/table.csv: one row per encoder)."),
         reference: Optional[str] = typer.Option(None, "--reference", "-r",
                                                 help=help_default(CONFIG, "reference", "Packaged table (see `spatialprobe ls references`) "
                                                                   "or your own CSV with the properties and gfid")),
@@ -46,6 +47,15 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         """
         from ..predict import predict
 
+        if table.is_dir() and (table / "study.yaml").is_file():
+            # a study's results.csv has a row per encoder x method x seed; its wide table has one per encoder
+            wide = table / "correlate" / "table.csv"
+            if not wide.is_file():
+                from ..errors import InputFileError
+
+                raise InputFileError(f"study folder {str(table)!r} has no correlate/table.csv (one row per encoder) "
+                                     f"yet; finish the study (`spatialprobe study status {table}`) first.")
+            table = wide
         res = predict(config=config, table=str(table), reference=reference, x=split_list(x), y=y,
                       confidence=confidence, n_boot=n_boot, seed=seed, out=str(out),
                       figure=False if no_figure else None)

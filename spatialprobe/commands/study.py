@@ -21,6 +21,29 @@ def _print_status(df) -> None:
     typer.echo("\n" + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+def _print_results(out: Path) -> None:
+    """The results (one row per encoder, quality per method averaged over seeds) and the headline
+    correlations, as the report's first section states them."""
+    import pandas as pd
+
+    from ..report.findings import headline_lines
+
+    wide_path = out / "correlate" / "table.csv"
+    res = pd.read_csv(out / "results.csv")
+    if wide_path.is_file():
+        wide = pd.read_csv(wide_path)
+        wide = wide[[c for c in wide.columns if not c.endswith(("_sd", "_n", "_nan"))]]
+    else:
+        wide = res[[c for c in res.columns if not c.startswith("fp_") and not c.endswith("_nan")]]
+    typer.echo("\nresults (mean over seeds):")
+    typer.echo(wide.to_string(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}"))
+    frames = [pd.read_csv(p) for p in sorted((out / "correlate").glob("*/correlations.csv"))]
+    stats = pd.concat(frames, ignore_index=True) if frames else None
+    typer.echo("\nwhat was found:")
+    for line in headline_lines(stats, res):
+        typer.echo(f"  {line}")
+
+
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     app.add_typer(study_app, name="study")
 
@@ -39,8 +62,15 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         from ..errors import ConfigError
         from ..study.spec import TEMPLATE
 
+        from ..errors import OutputError
+
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder; give a file name, e.g. {path / 'study.yaml'}.")
         if path.exists() and not force:
             raise ConfigError(f"{path} exists; pass --force to overwrite it.")
+        if not path.parent.is_dir():
+            raise OutputError(f"folder {str(path.parent)!r} does not exist; create it first (mkdir -p "
+                              f"{path.parent}) or give a path in an existing folder.")
         path.write_text(TEMPLATE, encoding="utf-8")
         typer.echo(f"wrote {path}")
 
@@ -81,7 +111,11 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
             typer.echo("\nall weights present (or not needed)")
             return
         if (out / "results.csv").is_file():
-            typer.echo(f"wrote {out / 'results.csv'} (+ .parquet), {out / 'summary.json'}, {out / 'correlate'}/")
+            _print_results(out)
+            typer.echo(f"\nwrote {out / 'results.csv'} (+ .parquet), {out / 'summary.json'}, {out / 'correlate'}/")
+        for w in res.withdrawn:
+            typer.secho(f"withdrew {w['path']} (moved under {out / 'withdrawn'}/): {w['reason']}", err=True,
+                        fg=typer.colors.YELLOW)
         if res.failed:
             typer.secho(f"{len(res.failed)} node(s) failed or blocked: {', '.join(res.failed[:6])}"
                         f"{' ...' if len(res.failed) > 6 else ''} (spatialprobe study status {out})",

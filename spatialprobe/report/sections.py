@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, InputFileError
+from .findings import MIN_N_FOR_CI
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,13 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "viz": ("similarity_maps.npz",),
 }
 #: section titles, in report order (the HTML test checks each one is there)
-SECTIONS = ("What was run", "Results", "Correlations", "REPA − iREPA per encoder", "Injection curves",
-            "Similarity maps", "Outliers and leave-one-family-out")
+SECTIONS = ("What was found", "What was run", "Results", "Correlations", "REPA − iREPA per encoder",
+            "Injection curves", "Similarity maps", "Outliers and leave-one-family-out",
+            "Appendix: checksums and fingerprints")
+#: what a missing value prints as in every report table
+MISSING = "–"
+#: folders of a result folder that hold no current results (outputs moved aside by ``study run``)
+WITHDRAWN_DIR = "withdrawn"
 PROPERTIES = ("lp_acc", "lds", "cds", "srss", "rmsc")
 QUALITY = ("gfid", "fd_digits", "sfid", "is", "precision", "recall")
 FIGURES_DIR = "figures"
@@ -60,6 +66,11 @@ def detect_kind(path: str | Path) -> str:
     for kind in KINDS:
         if all((d / f).is_file() for f in MARKERS[kind]):
             return kind
+    if (d / "study.yaml").is_file() and (d / "plan.json").is_file():
+        withdrawn = " (its earlier results were withdrawn: see withdrawn/)" if (d / "withdrawn").is_dir() else ""
+        raise DataError(f"{str(d)!r} is an unfinished study: it has no results.csv yet{withdrawn}. Run "
+                        f"`spatialprobe study status {d}` to see which nodes are missing or failed, and rerun "
+                        "`spatialprobe study run SPEC --out DIR` to resume.")
     expected = "; ".join(f"{k}: {' + '.join(v)}" for k, v in MARKERS.items())
     raise DataError(f"{str(d)!r} is not a spatialprobe result folder: none of the known files is there "
                     f"({expected}). Point `spatialprobe report` at the --out folder of one of those commands.")
@@ -139,7 +150,8 @@ def _walk_json(d: Path, depth: int = 5) -> Iterable[Path]:
             yield p
     if depth:
         for sub in sorted(d.iterdir()):
-            if sub.is_dir() and sub.name != FIGURES_DIR and not sub.name.startswith("."):
+            if sub.is_dir() and sub.name not in (FIGURES_DIR, WITHDRAWN_DIR) and not sub.name.startswith(".") \
+                    and not sub.name.endswith(".partial"):
                 yield from _walk_json(sub, depth - 1)
 
 
@@ -154,12 +166,48 @@ def _display_png(fig, dpi: int):
     return Image(data=buf.getvalue(), format="png")
 
 
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT:
+        return MISSING
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.4g}"
+    return str(v)
+
+
+def table_html(df: pd.DataFrame) -> str:
+    """A table as the report shows it: no index column, ``–`` for a missing value, numbers to 4 significant
+    digits, long cells wrapped and a wide table scrolled sideways inside the page (never cut at its edge)."""
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False, name=None))
+    return ('<div class="sp-table" style="max-width:100%;overflow-x:auto">'
+            "<style>.sp-table td{overflow-wrap:break-word;max-width:40em}</style>"
+            '<table style="font-size:12px;border-collapse:collapse">'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
+class Table:
+    """A DataFrame displayed by :func:`table_html` (the frame itself stays in ``.df``)."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df = df
+
+    def _repr_html_(self) -> str:
+        return table_html(self.df)
+
+    def __repr__(self) -> str:
+        return self.df.to_string(index=False, na_rep=MISSING)
+
+
 def render(parts) -> None:
-    """Display a section's result: one object or a list of them (tables, figures, notes)."""
+    """Display a section's result: one object or a list of them (tables, figures, notes); a DataFrame is
+    shown without its index, with ``–`` for missing values, inside a sideways-scrolling box."""
     from IPython.display import display
 
     for part in parts if isinstance(parts, list) else [parts]:
-        display(part)
+        display(Table(part) if isinstance(part, pd.DataFrame) else part)
 
 
 def show(ctx: Context, fig, name: str):
@@ -283,6 +331,14 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if isinstance(enc, dict) and enc.get("weights_id"):
             add("checksums & protocols", f"weights {enc.get('name', '?')}", enc["weights_id"], src)
     out = pd.DataFrame(list(rows.values()))
+    plan = ctx.records.get("plan.json") or {}
+    whose = []
+    for item, srcs in zip(out["item"], out["sources"]):
+        m = re.match(r"^([^:]+): ", str(item))
+        encs = {m.group(1)} if m else {e for e in (_encoder_of_source(x, plan) for x in srcs) if e}
+        whose.append(next(iter(encs)) if len(encs) == 1 else
+                     ("(shared by several encoders and runs)" if encs else "(the run)"))
+    out["encoder"] = whose
     short = [[_short(x) for x in s] for s in out["sources"]]
     out["sources"] = [", ".join(s[:3]) + (f" (+{len(s) - 3})" if len(s) > 3 else "") for s in short]
     order = {"options": 0, "inputs": 1, "versions": 2, "checksums & protocols": 3}
@@ -307,6 +363,9 @@ def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.Data
         from .. import reference
 
         return reference.load(inp["reference"]), family_col, f"packaged reference {inp['reference']!r}"
+    if inp.get("official") and (folder / "official_table.csv").is_file():  # correlate --official
+        return (_read_csv(folder / "official_table.csv"), family_col or "family",
+                f"the official collection {inp['official']!r} (official_table.csv)")
     table = inp.get("table")
     if table and table != "<DataFrame>":
         p = _find_table(Path(table), folder)
@@ -399,8 +458,12 @@ def results(ctx: Context):
     if k == "inject":
         return [Markdown("`injection.csv` (one row per α):"), _read_csv(d / "injection.csv").round(4)]
     if k == "predict":
+        pred = _read_csv(d / "predictions.csv")
         out = [Markdown("`predictions.csv` (per new encoder and property: OLS prediction, 95 % interval, rank):"),
-               _read_csv(d / "predictions.csv").round(3)]
+               pred.round(3)]
+        notes = predict_notes(d, pred, ctx.records.get("config.json"))
+        if notes:
+            out.append(Markdown("\n".join(f"- **{kind}:** {text}" for kind, text in notes)))
         if (d / "prediction_panel.png").is_file():
             out.append(_copy_figure(ctx, d / "prediction_panel", "prediction_panel"))
         return out
@@ -412,6 +475,44 @@ def results(ctx: Context):
                               "raw_min": m.raw.min(), "raw_max": m.raw.max(), "normed_min": m.normed.min(),
                               "normed_max": m.normed.max()} for m in maps]).round(4)
     raise DataError(f"unknown report kind {k!r}")  # pragma: no cover - load() checks the kind
+
+
+def predict_notes(folder: Path, pred: pd.DataFrame, rec: dict | None = None) -> list[tuple[str, str]]:
+    """The caveats ``predict`` printed (protocol differences from the reference) and an extrapolation
+    notice for every prediction whose property lies outside the reference points' range."""
+    if rec is None and (folder / "config.json").is_file():
+        rec = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    rec = rec or {}
+    notes = [("caveat", f"the protocol differs from the reference's or was not recorded, so the x-axes may not be "
+                        f"comparable: {c}") for c in rec.get("caveats") or []]
+    ref_in = rec.get("reference_input") or {}
+    ref = None
+    try:
+        if ref_in.get("reference"):
+            from .. import reference
+
+            ref = reference.load(ref_in["reference"])
+        elif ref_in.get("table") and Path(ref_in["table"]).is_file():
+            from ..correlation import read_table
+
+            ref = read_table(ref_in["table"])
+    except Exception as exc:  # noqa: BLE001 - the notice is extra; say why it is missing
+        notes.append(("note", f"the reference could not be read to check for extrapolation ({exc})."))
+    if ref is None:
+        if not ref_in:
+            notes.append(("note", "config.json does not name the reference, so extrapolation was not checked."))
+        return notes
+    for _, r in pred.iterrows():
+        col = r.get("x")
+        if col not in ref.columns:
+            continue
+        xr = pd.to_numeric(ref[col], errors="coerce").dropna()
+        v = pd.to_numeric(pd.Series([r.get("value")]), errors="coerce").iloc[0]
+        if len(xr) and pd.notna(v) and not xr.min() <= v <= xr.max():
+            notes.append(("extrapolation", f"{r['encoder']}: {col} = {v:.4g} lies outside the reference range "
+                                           f"[{xr.min():.4g}, {xr.max():.4g}]; its prediction extends the line "
+                                           "beyond the data."))
+    return notes
 
 
 # ------------------------------------------------------------------------------------------ correlations
@@ -504,7 +605,7 @@ def injection(ctx: Context):
     """LP accuracy and spatial metrics against the injection strength α."""
     from ..figures import injection_curves
 
-    files = [ctx.dir / "injection.csv"] if ctx.kind == "inject" else sorted(ctx.dir.glob("**/injection.csv"))
+    files = [ctx.dir / "injection.csv"] if ctx.kind == "inject" else _current(ctx, ctx.dir.glob("**/injection.csv"))
     if not files:
         return Absent(f"no injection curves: no injection.csv in this {ctx.kind} folder "
                       "(run `spatialprobe inject --encoder ENC --images DIR --labels L --out DIR`).")
@@ -513,6 +614,22 @@ def injection(ctx: Context):
 
 
 # ------------------------------------------------------------------------------------------ similarity
+
+
+def _current(ctx: Context, paths: Iterable[Path]) -> list[Path]:
+    """``paths`` without withdrawn or unfinished outputs; in a study, only node folders of its current plan
+    that are done (a node of an encoder the spec dropped is not a current result)."""
+    plan = ctx.records.get("plan.json") if ctx.kind == "study" else None
+    done = {f"nodes/{n['kind']}/{n['key']}" for n in (plan or {}).get("nodes", []) if n.get("state") == "done"}
+    out = []
+    for p in sorted(paths):
+        parts = p.relative_to(ctx.dir).parts
+        if WITHDRAWN_DIR in parts or any(q.endswith(".partial") for q in parts):
+            continue
+        if plan is not None and parts[0] == "nodes" and "/".join(parts[:3]) not in done:
+            continue
+        out.append(p)
+    return out
 
 
 def _maps_files(ctx: Context) -> list[Path]:
@@ -588,3 +705,211 @@ def robustness(ctx: Context):
     tab = pd.DataFrame(rows)
     fig = show(ctx, robustness_figure(stats), "robustness")
     return [fig, tab.round(3)]
+
+
+# ------------------------------------------------------------------------------------------ the finding
+
+
+def _stats_table(ctx: Context) -> pd.DataFrame | None:
+    stats = _all_stats(ctx)
+    return stats if stats is not None and len(stats) else None
+
+
+def study_notes(ctx: Context) -> list[str]:
+    """What a reader must know before trusting a study's numbers: nodes that failed or were blocked,
+    outputs withdrawn because the current plan no longer backs them, random-init rows joined to published
+    numbers."""
+    if ctx.kind != "study":
+        return []
+    notes = []
+    plan = ctx.records.get("plan.json") or {}
+    bad = [n for n in plan.get("nodes", []) if n.get("state") in ("failed", "blocked")]
+    if bad:
+        errs = []
+        for n in bad[:8]:
+            err = {}
+            ep = ctx.dir / "nodes" / n["kind"] / f"{n['key']}.error.json"
+            if ep.is_file():
+                try:
+                    err = json.loads(ep.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    err = {}
+            errs.append(f"`{n['name']}` {n['state']}" + (f" ({err['error'][:160]})" if err.get("error") else ""))
+        notes.append(f"**{len(bad)} node(s) failed or were blocked**, so their numbers are missing below: "
+                     + "; ".join(errs) + (" …" if len(bad) > 8 else "") + f". `spatialprobe study status {ctx.dir}`.")
+    wd = ctx.dir / WITHDRAWN_DIR
+    if wd.is_dir():
+        for rec_path in sorted(wd.glob("*/withdrawn.json")):
+            try:
+                rec = json.loads(rec_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            items = "; ".join(f"`{r['path']}` ({r['reason']})" for r in rec.get("withdrawn", []))
+            notes.append(f"**Withdrawn on {rec.get('time', '?')}** (moved to `{rec_path.parent.relative_to(ctx.dir)}/`,"
+                         f" not shown here): {items}")
+    res = _read_csv(ctx.dir / "results.csv") if (ctx.dir / "results.csv").is_file() else None
+    if res is not None and "quality_note" in res.columns and res["quality_note"].notna().any():
+        for _, r in res[res["quality_note"].notna()].iterrows():
+            notes.append(f"**{r['encoder']}:** {r['quality_note']}")
+    return notes
+
+
+def findings(ctx: Context):
+    """The first section: which property predicts quality best under each method (r with its CI, or the
+    small-n note) and REPA against iREPA per teacher, with any failure or withdrawal said first."""
+    from IPython.display import Markdown
+
+    from . import findings as F
+
+    out: list[Any] = []
+    notes = study_notes(ctx)
+    if notes:
+        out.append(Markdown("\n".join(f"- ⚠ {n}" for n in notes)))
+    stats = _stats_table(ctx)
+    if ctx.kind == "predict":
+        pred = _read_csv(ctx.dir / "predictions.csv")
+        notes = predict_notes(ctx.dir, pred, ctx.records.get("config.json"))
+        outside = {t.split(" = ")[0] for k, t in notes if k == "extrapolation"}  # "encoder: property"
+        level = ((ctx.records.get("config.json") or {}).get("config") or {}).get("confidence", 0.95)
+        lines = []
+        for enc, g in pred.groupby("encoder", sort=False):
+            # the property whose reference line fits best (largest |r|) gives the headline prediction
+            best = g.assign(_r=pd.to_numeric(g["ref_r"], errors="coerce").abs()).sort_values(
+                "_r", ascending=False, kind="stable").iloc[0]
+            extra = (" — **extrapolated**: its value lies outside the reference range"
+                     if f"{enc}: {best['x']}" in outside else "")
+            lines.append(f"- **{enc}**: predicted gFID {best['pred_gfid']:.3g} from {best['x']} (the best-fitting "
+                         f"reference line, r = {best['ref_r']:.2f}; {100 * float(level):g} % interval "
+                         f"[{best['pi_low']:.3g}, {best['pi_high']:.3g}]), rank {int(best['rank'])} among "
+                         f"{int(best['n_ref'])} reference encoders{extra}.")
+        out.append(Markdown("\n".join(lines) if lines else "No predictions in `predictions.csv`."))
+        return out
+    if stats is None:
+        out.append(Absent(_no_correlations(ctx)))
+    else:
+        best = F.best_predictors(stats)
+        lines = []
+        for _, b in best.iterrows():
+            target = "the REPA − iREPA gap" if b["method"] == "REPA − iREPA" else F.quality_of(str(b["y"]))
+            lines.append(f"- **{b['method']}**: **{b['x']}** predicts {target} best — {b['text']}; {b['direction']}.")
+        small = best["n"].lt(F.MIN_N_FOR_CI).any() if len(best) else False
+        if small:
+            lines.append(f"- With fewer than {F.MIN_N_FOR_CI} encoders a bootstrap CI and a permutation p say "
+                         "nothing reliable, so none is shown; add encoders (a full, not `--smoke`, run) for intervals.")
+        out.append(Markdown("\n".join(lines) if lines else "No correlation could be computed."))
+    if ctx.kind == "study":
+        res = _read_csv(ctx.dir / "results.csv")
+        cmp_ = F.repa_vs_irepa(res)
+        if cmp_ is not None and len(cmp_):
+            q = cmp_.attrs["quality"]
+            n_i = int((cmp_["better"] == "iREPA").sum())
+            out.append(Markdown(f"**REPA vs iREPA per teacher** ({q}, mean over seeds; iREPA better with {n_i} of "
+                                f"{len(cmp_)}):"))
+            out.append(cmp_.round(3))
+    return out
+
+
+def _words_list(v: Any) -> str:
+    return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def _images_count(ctx: Context) -> str:
+    plan = ctx.records.get("plan.json") or {}
+    ns = set()
+    for n in plan.get("nodes", []):
+        if n.get("kind") == "extract":
+            done = ctx.records.get(f"nodes/extract/{n['key']}/done.json")
+            if done is None:
+                p = ctx.dir / "nodes" / "extract" / n["key"] / "done.json"
+                if p.is_file():
+                    done = json.loads(p.read_text(encoding="utf-8"))
+            if done and (done.get("summary") or {}).get("n_images") is not None:
+                ns.add(int(done["summary"]["n_images"]))
+    return "/".join(map(str, sorted(ns))) if ns else "?"
+
+
+def what_was_run(ctx: Context):
+    """The run in plain words: for a study, from its resolved ``study.yaml`` (encoders, images and their
+    count, model, steps, batch, seeds, smoke or full, quality protocol); otherwise the command's options."""
+    from IPython.display import Markdown
+
+    if ctx.kind != "study":
+        rec = ctx.records.get("config.json") or {}
+        cfg = rec.get("config") or {}
+        if not cfg:
+            return Absent("no config.json in this folder, so the options of the run are unknown.")
+        parts = [f"`{k}` = {_fmt(v)}" for k, v in cfg.items() if v not in (None, "", [], {})]
+        notes = rec.get("notes") or []
+        text = f"A **{ctx.kind}** run with " + ", ".join(parts) + "."
+        if notes:
+            text += "\n\n" + "\n".join(f"- {n}" for n in notes)
+        return Markdown(text)
+    import yaml
+
+    spec = yaml.safe_load((ctx.dir / "study.yaml").read_text(encoding="utf-8")) or {}
+    plan = ctx.records.get("plan.json") or {}
+    smoke = plan.get("smoke")
+    encs = spec.get("encoders") or []
+    enc_words = ", ".join(f"{e.get('id')}" + (" (random init)" if e.get("random_init") else "") for e in encs
+                          if isinstance(e, dict))
+    p = spec.get("properties") or {}
+    lines = [f"Study **{spec.get('name', '?')}**, "
+             + {True: "a **smoke** run (`--smoke`: the spec's quick overrides; numbers are for checking the "
+                      "pipeline, not for conclusions)",
+                False: "a **full** run (no `--smoke`)", None: "smoke or full not recorded"}[smoke] + ".",
+             f"- **Encoders ({len(encs)}):** {enc_words}.",
+             f"- **Properties** measured on `{p.get('images')}`, {_images_count(ctx)} images"
+             + (f" (the first {p['limit']})" if p.get("limit") else "") + f" at {p.get('resolution')} px: "
+             + ", ".join(k for k in ("metrics", "probe", "inject") if p.get(k) is not None) + "."]
+    t = spec.get("training")
+    if t:
+        fid = t.get("fid") or {}
+        proto = fid.get("protocol", "digits")
+        qual = ("the toy digits FD (`fd_digits`, a Fréchet distance on a small digits CNN; not gFID)"
+                if proto == "digits" else f"gFID against the ADM reference `{fid.get('ref')}`")
+        res_path = ctx.dir / "results.csv"
+        if res_path.is_file():
+            res = _read_csv(res_path)
+            if "protocol" in res.columns and res["protocol"].notna().any():
+                qual += f"; protocol `{_words_list(sorted(res['protocol'].dropna().astype(str).unique()))}`"
+        base = (f" + the no-alignment baseline (seeds {_words_list(t.get('baseline_seeds') or t.get('seeds'))})"
+                if t.get("baseline") else "")
+        lines += [f"- **Training:** model `{t.get('model')}`, methods {_words_list(t.get('methods'))}{base}; "
+                  f"{t.get('steps')} steps, batch {t.get('batch_size') or 'default'}, seeds "
+                  f"{_words_list(t.get('seeds'))}, on `{t.get('images')}`"
+                  + (f" (options: {_fmt(t.get('options'))})" if t.get("options") else "") + ".",
+                  f"- **Samples:** {_fmt(t.get('sample'))}; **quality:** {qual}."]
+    elif spec.get("known_gfid"):
+        lines.append(f"- **Quality:** published numbers from `{spec['known_gfid']}` (column "
+                     f"`{spec.get('known_gfid_col', 'gfid')}`); nothing was trained.")
+    c = spec.get("correlate") or {}
+    lines.append(f"- **Correlations:** {_words_list(c.get('x'))} against each quality column; Pearson r with a "
+                 f"{100 * float(c.get('confidence', 0.95)):g} % bootstrap CI ({c.get('n_resamples')} resamples; "
+                 f"none below n = {MIN_N_FOR_CI}).")
+    lines.append(f"- **Where:** device `{spec.get('device')}`, launcher `{spec.get('launcher')}`.")
+    return Markdown("\n".join(lines))
+
+
+def _encoder_of_source(src: str, plan: dict) -> str:
+    parts = Path(src).parts
+    if len(parts) >= 3 and parts[0] == "nodes":
+        for n in plan.get("nodes", []):
+            if n.get("kind") == parts[1] and n.get("key") == parts[2]:
+                if n.get("encoder"):
+                    return n["encoder"]
+                return "(the results table and correlations)" if n.get("kind") in ("table", "correlate") else "none"
+    return ""
+
+
+def appendix(ctx: Context):
+    """Checksums, fingerprints, versions and options, grouped by encoder (a study's node folders say whose
+    they are; other records are the run's own)."""
+    from IPython.display import Markdown
+
+    prov = provenance(ctx)
+    if isinstance(prov, Absent):
+        return prov
+    out: list[Any] = []
+    for who, g in prov.groupby("encoder", sort=True):
+        out += [Markdown(f"**{who}**"), g.drop(columns=["encoder"])]
+    return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spec import EncoderEntry, StudySpec, repa_differences
+from .spec import PATH_KEYS, EncoderEntry, StudySpec, canonical_id, repa_differences
 
 PLAN_VERSION = 1
 KINDS = ("extract", "metrics", "probe", "inject", "train", "sample", "fid", "table", "correlate")
@@ -42,24 +42,6 @@ class Node:
         return f"{self.kind}/{self.key}"
 
 
-def canonical_id(name: str) -> str:
-    """The canonical id of an encoder or variant (aliases resolved; variants in their fixed order)."""
-    from .. import encoders as E
-
-    if "@" in name:
-        parse = getattr(E, "parse_variant", None)
-        if parse is None:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"encoder {name!r}: variants (ID@transform=value) need spatialprobe.encoders."
-                              "parse_variant, which this installation lacks.")
-        return parse(name).id
-    try:
-        return E.spec(name).id
-    except Exception:  # noqa: BLE001 - unknown ids fail later with did-you-mean, in their node
-        return name
-
-
 def slug(name: str) -> str:
     return name.replace("/", "_").replace(os.sep, "_")
 
@@ -78,8 +60,56 @@ def register_defined(spec: StudySpec) -> None:
             E.add_encoder(e.id, **e.define)
 
 
+
+
+def content_digest(path: str | Path) -> str | None:
+    """sha256 of a file's bytes, or of a folder's files (relative path + bytes, sorted); None when missing.
+
+    The bytes are read once: digests are kept in the content-hash cache by (path, inode, size, mtime), so a
+    rerun costs one ``stat`` per file."""
+    from ..data.sources import content_hash_cache
+
+    p = Path(path)
+    if p.is_file():
+        return content_hash_cache().digests([p], progress=False)[0]
+    if not p.is_dir():
+        return None
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not any(q.startswith(".") for q in
+                                                                       f.relative_to(p).parts))
+    h = hashlib.sha256()
+    for f, d in zip(files, content_hash_cache().digests(files)):
+        h.update(f"{f.relative_to(p).as_posix()}\0{d}\0".encode())
+    return h.hexdigest()
+
+
+def source_fingerprint(images: str, resolution: int = 256, limit: int | None = None) -> str:
+    """The fingerprint of an image source (ids, labels and every image file's bytes; ``data.sources``), as
+    ``extract`` records it in its store; an unreadable source gives its error (its node then fails with it).
+    Files are re-read only when their (inode, size, mtime, ctime) changed: see ``content_digest``."""
+    from ..data import open_source
+    from ..errors import SpatialProbeError
+
+    try:
+        src = open_source(images, resolution=resolution)
+        if limit is not None:
+            src = src.subset(limit)
+        return src.fingerprint()
+    except (SpatialProbeError, OSError) as exc:
+        return f"unreadable: {exc}"
+
+
+def options_content(opts: dict[str, Any] | None) -> dict[str, str]:
+    """Digest of each input file or folder an option mapping names (masks, labels, references, ...)."""
+    out = {}
+    for k, v in (opts or {}).items():
+        if k in PATH_KEYS and isinstance(v, str) and not v.startswith("builtin") and Path(v).exists():
+            out[k] = content_digest(v) or "missing"
+    return out
+
+
 def _weights_identity(e: EncoderEntry, cid: str, weights_dir: str | None) -> dict[str, Any]:
-    """What identifies the weights cheaply (path, size, mtime): a new checkpoint changes the fingerprint."""
+    """What identifies the weights: the checkpoint's path and the sha256 of its bytes (a checkpoint
+    replaced in place, even with the same size and time, changes the fingerprint)."""
     if e.random_init:
         return {"random_init": True, "seed": e.seed}
     try:
@@ -94,8 +124,7 @@ def _weights_identity(e: EncoderEntry, cid: str, weights_dir: str | None) -> dic
         return {"unknown": True}
     if loc.path is None:
         return {"missing": True}
-    st = loc.path.stat()
-    return {"path": str(loc.path), "size": st.st_size, "mtime": int(st.st_mtime)}
+    return {"path": str(Path(loc.path).resolve()), "sha256": content_digest(loc.path)}
 
 
 def family_of(e: EncoderEntry, cid: str) -> str:
@@ -124,17 +153,19 @@ def build_plan(spec: StudySpec) -> list[Node]:
     p = spec.properties
     quality_deps: list[str] = []
     enc_rows = []
+    images_fp = source_fingerprint(p.images, p.resolution, p.limit)
     for e in spec.encoders:
         cid = canonical_id(e.id)
         k = slug(cid)
         enc_rows.append((e, cid, k))
         ident = {"encoder": cid, "define": e.define, "weights": _weights_identity(e, cid, spec.weights_dir)}
         ex = Node("extract", k, {**ident, "images": p.images, "limit": p.limit, "resolution": p.resolution,
-                                 "dtype": p.dtype}, encoder=cid)
+                                 "dtype": p.dtype, "images_content": images_fp}, encoder=cid)
         nodes.append(ex)
         for kind, opts in (("metrics", p.metrics), ("probe", p.probe), ("inject", p.inject)):
             if opts is not None:
-                nodes.append(Node(kind, k, {"options": opts}, deps=[ex.name], encoder=cid))
+                extra = {"content": c} if (c := options_content(opts)) else {}
+                nodes.append(Node(kind, k, {"options": opts, **extra}, deps=[ex.name], encoder=cid))
                 quality_deps.append(f"{kind}/{k}")
     t = spec.training
     if t is not None:
@@ -146,24 +177,28 @@ def build_plan(spec: StudySpec) -> list[Node]:
         if t.baseline:
             for s in (t.baseline_seeds or t.seeds):
                 runs.append((None, None, "none", s))
+        train_fp = source_fingerprint(t.images)
+        train_content = options_content(t.options)
+        sample_content, fid_content = options_content(t.sample), options_content(t.fid)
         for e, cid, m, s in runs:
             k = f"{slug(cid) if cid else 'none'}.{m}.s{s}"
             teacher = None if e is None else {"encoder": cid, "define": e.define,
                                               "weights": _weights_identity(e, cid, spec.weights_dir)}
             tr = Node("train", k, {"model": t.model, "method": m, "teacher": teacher, "steps": t.steps,
                                    "batch_size": t.batch_size, "seed": s, "images": t.images,
-                                   "options": t.options}, encoder=cid)
-            sa = Node("sample", k, {"options": t.sample}, deps=[tr.name], encoder=cid)
-            fi = Node("fid", k, {"options": t.fid}, deps=[sa.name], encoder=cid)
+                                   "options": t.options, "images_content": train_fp,
+                                   **({"content": train_content} if train_content else {})}, encoder=cid)
+            sa = Node("sample", k, {"options": t.sample, **({"content": sample_content} if sample_content else {})},
+                      deps=[tr.name], encoder=cid)
+            fi = Node("fid", k, {"options": t.fid, **({"content": fid_content} if fid_content else {})},
+                      deps=[sa.name], encoder=cid)
             nodes += [tr, sa, fi]
             quality_deps.append(fi.name)
     known = None
     if spec.known_gfid is not None:
         known = {"known_gfid": spec.known_gfid, "col": spec.known_gfid_col}
         if Path(spec.known_gfid).is_file():
-            from ..config import sha256_file
-
-            known["sha256"] = sha256_file(spec.known_gfid)
+            known["sha256"] = content_digest(spec.known_gfid)
     table = Node("table", "results", {"known": known, "encoders": [
         {"encoder": cid, "family": family_of(e, cid)} for e, cid, _ in enc_rows],
         "quality": spec.quality_col}, deps=list(quality_deps))

@@ -97,11 +97,16 @@ def build_tables(spec: StudySpec, node: Node, work: Path, out: Path, by_name: di
             rows.append(r)
     else:
         known = _known_table(spec) if spec.known_gfid else {}
-        for cid, _ in encs:
+        for cid, e in encs:
             r = {"encoder": cid, "family": fam[cid], "method": None, "seed": None, **props[cid]}
             if spec.known_gfid:
                 r[q] = known.get(cid, np.nan)
                 r["protocol"] = f"known:{spec.known_gfid}"
+                if e.random_init and e.define is None and cid in known:  # opted in (spec.py refuses it otherwise)
+                    r["quality_note"] = (f"random-init {cid} joined to the published {q} of the pretrained {cid} "
+                                         "(known_gfid_random_init: true)")
+                    log.warning("%s: random-init encoder joined to the published %s of the pretrained one "
+                                "(known_gfid_random_init: true); its row is marked in quality_note", cid, q)
             r.update(fps[cid])
             rows.append(r)
     df = pd.DataFrame(rows)

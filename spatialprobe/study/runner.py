@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_device, prepare_out_dir
 from ..config import resolve
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError, OutputError
 from .launchers import LAUNCHERS
 from .plan import Node, build_plan, canonical_id, register_defined
-from .spec import StudySpec, load_spec
+from .spec import StudySpec, absolute_paths, check_device_name, load_spec
 from .state import (error_file, load_resolved, node_dir, node_state, plan_record, read_json, write_json_atomic,
                     write_resolved)
 
@@ -42,6 +43,7 @@ class StudyResult:
     states: dict[str, str]
     missing_weights: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    withdrawn: list[dict[str, str]] = field(default_factory=list)  #: outputs moved to OUT/withdrawn/ (path, reason)
 
     @property
     def failed(self) -> list[str]:
@@ -102,6 +104,69 @@ def status_table(out: Path, nodes: list[Node]) -> "Any":
     return pd.DataFrame(rows)
 
 
+TABLE_FILES = ("results.csv", "results.parquet", "summary.json")
+WITHDRAWN = "withdrawn"
+
+
+def _node_reason(out: Path, node: Node | None, state: str | None) -> str:
+    if node is None:
+        return "the current plan no longer produces it (the spec changed)"
+    if state in ("failed", "blocked"):
+        err = read_json(error_file(out, node)) or {}
+        return f"its node {node.name} {state} in this run: {(err.get('error') or '?')[:300]}"
+    done = read_json(node_dir(out, node) / "done.json") or {}
+    skipped = (done.get("summary") or {}).get("skipped")
+    if skipped:
+        return f"its node {node.name} was skipped in this run: {skipped}"
+    return f"its node {node.name} is {state or 'not done'}"
+
+
+def withdraw(out: Path, nodes: list[Node], states: dict[str, str]) -> list[dict[str, str]]:
+    """Move aside every published output that the current plan does not back with a done node: the
+    results table when the table node is not done, ``correlate/<y>/`` of a y that is no longer planned,
+    failed, blocked or skipped. They go to ``OUT/withdrawn/<time>/`` with ``withdrawn.json`` and a
+    ``README.txt`` saying why; nothing stale stays where a reader (or ``report``) would take it as current."""
+    by = {n.name: n for n in nodes}
+    table = by.get("table/results")
+    moves: list[tuple[Path, str]] = []
+    if table is None or states.get(table.name) != "done":
+        why = _node_reason(out, table, states.get("table/results"))
+        moves += [(out / f, why) for f in TABLE_FILES if (out / f).is_file()]
+        if (out / "correlate" / "table.csv").is_file():
+            moves.append((out / "correlate" / "table.csv", why))
+    cdir = out / "correlate"
+    if cdir.is_dir():
+        for d in sorted(p for p in cdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            n = by.get(f"correlate/{d.name}")
+            st = states.get(n.name) if n is not None else None
+            ok = n is not None and st == "done" and (node_dir(out, n) / "correlations.csv").is_file()
+            if not ok:
+                moves.append((d, _node_reason(out, n, st)))
+    if not moves:
+        return []
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = out / WITHDRAWN / stamp
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = out / WITHDRAWN / f"{stamp}-{k}"
+    dest.mkdir(parents=True)
+    record = []
+    for src, why in moves:
+        rel = src.relative_to(out)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dest / rel))
+        record.append({"path": rel.as_posix(), "reason": why})
+        log.warning("withdrew %s (moved to %s): %s", rel, dest / rel, why)
+    meta = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "withdrawn": record}
+    write_json_atomic(dest / "withdrawn.json", meta)
+    (dest / "README.txt").write_text(
+        "These outputs were published by an earlier run of this study and are no longer backed by the current "
+        "spec and inputs, so they were moved here instead of being shown as current:\n\n"
+        + "\n".join(f"- {r['path']}: {r['reason']}" for r in record) + "\n", encoding="utf-8")
+    return record
+
+
 def _publish(out: Path, nodes: list[Node], states: dict[str, str]) -> None:
     """Copy the table node's results.csv/.parquet to OUT/ and each correlate node to OUT/correlate/<y>/."""
     for n in nodes:
@@ -127,7 +192,23 @@ def _publish(out: Path, nodes: list[Node], states: dict[str, str]) -> None:
             tmp.replace(dst)
 
 
+def check_devices(spec: StudySpec) -> None:
+    """The spec's device exists here before any node runs (``cuda`` on a CPU machine fails in a second, not
+    after the extractions). Jobs on a SLURM cluster run elsewhere: only the spelling is checked then."""
+    check_device_name(spec.device)
+    if spec.launcher == "submitit" and spec.executor.cluster == "slurm":
+        return
+    try:
+        check_device(spec.device, "device")
+    except ConfigError as exc:
+        raise ConfigError(f"study spec / --device: {exc}") from None
+
+
 def prepare(config: StudyConfig) -> tuple[StudySpec, list[Node], Path]:
+    out = Path(config.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {str(out)!r} is a file; a study writes a folder (it is created when missing), "
+                          "so choose another path.")
     spec = load_spec(config.spec, smoke=config.smoke)
     if config.launcher:
         if config.launcher not in ("local", "submitit"):
@@ -137,8 +218,10 @@ def prepare(config: StudyConfig) -> tuple[StudySpec, list[Node], Path]:
         spec.executor.cluster = config.cluster
     if config.device:
         spec.device = config.device
+    check_devices(spec)
+    absolute_paths(spec)
     nodes = build_plan(spec)
-    return spec, nodes, Path(config.out)
+    return spec, nodes, out.resolve()
 
 
 def disk_estimate(spec: StudySpec, nodes: list[Node]) -> Any:
@@ -170,15 +253,17 @@ def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
         return StudyResult(out, nodes, states, miss)
     if miss:
         raise InputFileError(format_missing(miss) + "\n(`--dry-run` lists the plan without running.)")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out)
     write_resolved(spec, out)
-    write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
+    run_info = {"smoke": bool(cfg.smoke), "spec_source": str(cfg.spec)}  # what the report says was run
+    write_json_atomic(out / "plan.json", {**plan_record(spec, nodes, out), **run_info})
     t0 = time.time()
     log.info("study %s: %d nodes, launcher %s, output %s", spec.name, len(nodes), spec.launcher, out)
     states = LAUNCHERS[spec.launcher](spec, nodes, out)
     _publish(out, nodes, states)
-    write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
-    res = StudyResult(out, nodes, states, miss, time.time() - t0)
+    withdrawn = withdraw(out, nodes, states)
+    write_json_atomic(out / "plan.json", {**plan_record(spec, nodes, out), **run_info})
+    res = StudyResult(out, nodes, states, miss, time.time() - t0, withdrawn)
     n_done = sum(v == "done" for v in states.values())
     log.info("study %s: %d/%d nodes done, %d failed or blocked, %.0f s", spec.name, n_done, len(nodes),
              len(res.failed), res.seconds)

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import comma_list
-from ..errors import ConfigError, InputFileError
+from ..config import check_types, comma_list
+from ..errors import ConfigError, InputFileError, SpatialProbeError
 
 PACKAGED = ("mini",)
 LAUNCHERS = ("local", "submitit")
 CLUSTERS = ("slurm", "local", "debug")
 FID_PROTOCOLS = ("digits", "adm")
 QUALITY_COL = {"digits": "fd_digits", "adm": "gfid"}
+DTYPES = ("fp16", "bf16", "fp32")
+#: option keys whose values name input files or folders: made absolute, and their bytes fingerprinted
+PATH_KEYS = ("masks", "labels", "val_labels", "images", "ref", "inception_weights", "vae", "latents_dir",
+             "weights", "weights_dir", "known_gfid")
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
 @dataclass
@@ -113,6 +119,9 @@ class StudySpec:
     device: str = "auto"
     threads: int | None = None  #: torch CPU threads of every node (1 avoids oversubscription on shared CPUs)
     weights_dir: str | None = None
+    #: join known_gfid's published numbers (of the pretrained encoders) to random-init encoders anyway;
+    #: the rows are then marked in results.csv (quality_note) and in the report
+    known_gfid_random_init: bool = False
     launcher: str = "local"
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     smoke: dict[str, Any] | None = None  #: overrides applied by ``--smoke`` (same layout as the spec)
@@ -142,12 +151,97 @@ def _check_keys(data: dict, cls, where: str) -> None:
                           f"valid{' in ' + where if where else ''}: {', '.join(sorted(_fields(cls)))}.")
 
 
+_SCALARS = {bool: "true or false (not quoted)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _scalar_type(t: Any) -> tuple[type | None, bool]:
+    """(the scalar type of annotation ``t`` or None, whether None is allowed)."""
+    args = typing.get_args(t)
+    if typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 and rest[0] in _SCALARS else None), type(None) in args
+    return (t if t in _SCALARS else None), False
+
+
+def _check_scalars(obj: Any, where: str, skip: tuple[str, ...] = ()) -> None:
+    """Every scalar field of the dataclass ``obj`` has its declared type, strictly: a quoted ``"false"`` is
+    not a boolean, ``many`` is not an integer, ``5`` is not a model name. The error names the field."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        t, optional = _scalar_type(hints[f.name])
+        v = getattr(obj, f.name)
+        if t is None or (v is None and optional):
+            continue
+        ok = isinstance(v, t) and (t is bool or not isinstance(v, bool))
+        if t is float and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+        if not ok:
+            name = f"{where}.{f.name}" if where else f.name
+            hint = " (write true or false without quotes)" if t is bool and isinstance(v, str) else ""
+            raise ConfigError(f"study spec: {name} must be {_SCALARS[t]}{' or null' if optional else ''}; "
+                              f"got {v!r}{hint}.")
+
+
+def _check_enum(v: Any, valid: tuple[str, ...] | list[str], where: str) -> None:
+    if v not in valid:
+        raise ConfigError(f"study spec: {where} {v!r} is not valid; use one of {', '.join(valid)}.")
+
+
+def _check_options_types(opts: dict | None, cls, where: str) -> None:
+    """The option values of a stage's config (``properties.probe``, ``training.options``, ...) have the
+    types of its dataclass fields (checked the way ``config.resolve`` checks them at run time)."""
+    if not opts:
+        return
+    try:
+        check_types(cls, opts)
+    except ConfigError as exc:
+        raise ConfigError(f"study spec: {where}: {exc}") from None
+
+
+def check_device_name(device: str, where: str = "device") -> None:
+    """``device`` is spelled as a device (auto, cpu, cuda, cuda:N, mps); availability is checked by the runner."""
+    d = device.strip().lower()
+    base, _, idx = d.partition(":")
+    if d in ("auto", "cpu", "cuda", "mps") or (base == "cuda" and idx.isdigit()):
+        return
+    raise ConfigError(f"study spec: {where} {device!r} is not a device; use {DEVICE_HELP}.")
+
+
+def canonical_id(name: str) -> str:
+    """The canonical id of an encoder or variant (aliases resolved; variants in their fixed order)."""
+    from .. import encoders as E
+
+    if "@" in name:
+        parse = getattr(E, "parse_variant", None)
+        if parse is None:
+            raise ConfigError(f"encoder {name!r}: variants (ID@transform=value) need spatialprobe.encoders."
+                              "parse_variant, which this installation lacks.")
+        return parse(name).id
+    try:
+        return E.spec(name).id
+    except Exception:  # noqa: BLE001 - unknown ids fail later with did-you-mean, in their node
+        return name
+
+
+def _dups(values: list) -> list:
+    return sorted({v for v in values if values.count(v) > 1}, key=str)
+
+
+def _unique(values: list, where: str) -> list:
+    dup = _dups(values)
+    if dup:
+        raise ConfigError(f"study spec: {where} lists {', '.join(map(str, dup))} more than once; give each once.")
+    return values
+
+
 def _int_list(v: Any, where: str) -> list[int]:
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, list) or not v or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
         raise ConfigError(f"study spec: {where} must be a non-empty list of integers, e.g. [0, 1]; got {v!r}.")
-    return list(v)
+    return _unique(list(v), where)
 
 
 def _str_list(v: Any, where: str) -> list[str]:
@@ -155,7 +249,7 @@ def _str_list(v: Any, where: str) -> list[str]:
         v = comma_list(v)
     if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
         raise ConfigError(f"study spec: {where} must be a non-empty list of names; got {v!r}.")
-    return list(v)
+    return _unique(list(v), where)
 
 
 def _pos_int(v: Any, where: str, allow_none: bool = False) -> Any:
@@ -193,6 +287,7 @@ def _encoder(v: Any, i: int) -> EncoderEntry:
     e = EncoderEntry(**v)
     if not isinstance(e.id, str) or not e.id.strip():
         raise ConfigError(f"study spec: {where}.id must be a non-empty string.")
+    _check_scalars(e, where)
     if e.seeds is not None:
         e.seeds = _int_list(e.seeds, f"{where}.seeds")
     if e.define is not None and not isinstance(e.define, dict):
@@ -231,6 +326,16 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ConfigError(f"study spec: encoders lists {', '.join(dup)} more than once.")
+    canon: dict[str, str] = {}
+    for e in s.encoders:  # one teacher spelled two ways (pixels@mix_mean=0.75 and =.75) is one teacher
+        try:
+            cid = canonical_id(e.id)
+        except SpatialProbeError:  # a malformed variant fails in its node, with its own message
+            cid = e.id
+        if cid in canon:
+            raise ConfigError(f"study spec: encoders {canon[cid]!r} and {e.id!r} are one encoder (canonical id "
+                              f"{cid!r}); list it once.")
+        canon[cid] = e.id
 
     from ..extract import ExtractConfig  # noqa: F401 - validated at run time
     from ..inject import InjectConfig
@@ -242,6 +347,10 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     _check_keys(p, PropertiesSpec, "properties")
     s.properties = PropertiesSpec(**p)
     pp = s.properties
+    _check_scalars(pp, "properties")
+    _check_enum(pp.dtype, DTYPES, "properties.dtype")
+    if isinstance(pp.batch_size, int) and pp.batch_size < 0:
+        raise ConfigError(f"study spec: properties.batch_size must be >= 0 (0 = automatic); got {pp.batch_size}.")
     pp.limit = _pos_int(pp.limit, "properties.limit", allow_none=True)
     pp.resolution = _pos_int(pp.resolution, "properties.resolution")
     if not isinstance(pp.decode_cache, bool):
@@ -249,6 +358,9 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     pp.metrics = _options(pp.metrics, "properties.metrics", MetricsConfig)
     pp.probe = _options(pp.probe, "properties.probe", ProbeConfig)
     pp.inject = _options(pp.inject, "properties.inject", InjectConfig)
+    for where, opts, cls in (("metrics", pp.metrics, MetricsConfig), ("probe", pp.probe, ProbeConfig),
+                             ("inject", pp.inject, InjectConfig)):
+        _check_options_types(opts, cls, f"properties.{where}")
     for where, opts, owned in (("metrics", pp.metrics, ("features", "out", "device")),
                                ("probe", pp.probe, ("features", "out", "device")),
                                ("inject", pp.inject, ("features", "encoder", "images", "out", "device"))):
@@ -264,9 +376,16 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
             _check_keys(t, TrainingSpec, "training")
             s.training = TrainingSpec(**t)
             tr = s.training
+            _check_scalars(tr, "training")
             tr.methods = _str_list(tr.methods, "training.methods")
+            from ..train import models as train_models
             from ..train import presets
 
+            try:
+                train_models.canonical(tr.model)
+            except SpatialProbeError:
+                raise ConfigError(f"study spec: training.model {tr.model!r} is not a model; use one of "
+                                  f"{', '.join(train_models.names())}.") from None
             fam = "jit" if tr.model.startswith("jit") else "sit"
             for m in tr.methods:
                 try:
@@ -283,15 +402,20 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
             if tr.baseline_seeds is not None:
                 tr.baseline_seeds = _int_list(tr.baseline_seeds, "training.baseline_seeds")
             tr.options = _options(tr.options, "training.options", TrainConfig, allow_none=False)
+            _check_options_types(tr.options, TrainConfig, "training.options")
             clash = sorted(set(tr.options) & {"model", "method", "teacher", "images", "out", "steps", "seed",
                                               "batch_size", "resume", "device"})
             if clash:
                 raise ConfigError(f"study spec: training.options.{clash[0]} is a training field of its own or "
                                   "is set by the study; move it up to training: or remove it.")
             tr.sample = _options(tr.sample, "training.sample", SampleConfig, allow_none=False)
+            _check_options_types(tr.sample, SampleConfig, "training.sample")
             clash = sorted(set(tr.sample) & {"run", "out", "device"})
             if clash:
                 raise ConfigError(f"study spec: training.sample.{clash[0]} is set by the study; remove it.")
+            if tr.fid is not None and not isinstance(tr.fid, dict):
+                raise ConfigError(f"study spec: training.fid must be a mapping, e.g. {{protocol: digits}}; "
+                                  f"got {tr.fid!r}.")
             tr.fid = dict(tr.fid or {})
             proto = tr.fid.get("protocol", "digits")
             if proto not in FID_PROTOCOLS:
@@ -301,7 +425,16 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
                 raise ConfigError("study spec: training.fid.ref is required with protocol adm "
                                   "(e.g. VIRTUAL_imagenet256_labeled.npz).")
     s.known_gfid = data.get("known_gfid")
-    s.known_gfid_col = str(data.get("known_gfid_col", "gfid"))
+    s.known_gfid_col = data.get("known_gfid_col", "gfid")
+    if not isinstance(s.known_gfid_col, str):
+        raise ConfigError(f"study spec: known_gfid_col must be a column name (a string); got {s.known_gfid_col!r}.")
+    s.known_gfid_random_init = data.get("known_gfid_random_init", False)
+    if s.known_gfid is not None and not isinstance(s.known_gfid, str):
+        raise ConfigError(f"study spec: known_gfid must be a packaged reference name or a CSV path; "
+                          f"got {s.known_gfid!r}.")
+    if not isinstance(s.known_gfid_random_init, bool):
+        raise ConfigError(f"study spec: known_gfid_random_init must be true or false (not quoted); "
+                          f"got {s.known_gfid_random_init!r}.")
     if s.known_gfid is not None and s.training is not None:
         raise ConfigError("study spec: give either training (train and score runs) or known_gfid "
                           "(published gFIDs), not both.")
@@ -311,25 +444,44 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
         if s.known_gfid not in reference.names() and not Path(s.known_gfid).is_file():
             raise InputFileError(f"study spec: known_gfid {s.known_gfid!r} is neither a packaged reference "
                                  f"({', '.join(reference.names())}) nor an existing CSV file.")
+        # a zoo id names the pretrained encoder, whose published numbers the table holds; an encoder the spec
+        # defines itself (define:) is the user's own id, numbers and all
+        rand = [e.id for e in s.encoders if e.random_init and e.define is None]
+        if rand and not s.known_gfid_random_init:
+            raise ConfigError(f"study spec: {', '.join(rand)} {'has' if len(rand) == 1 else 'have'} random_init: "
+                              f"true, but known_gfid {s.known_gfid!r} holds published numbers of the pretrained "
+                              "encoder(s); joining them would label a random network with a trained one's gFID. "
+                              "Drop random_init, or set known_gfid_random_init: true to join them anyway "
+                              "(the rows are marked in results.csv and the report).")
 
     c = data.get("correlate", {}) or {}
     _check_keys(c, CorrelateSpec, "correlate")
     s.correlate = CorrelateSpec(**c)
+    _check_scalars(s.correlate, "correlate", skip=("x", "y"))
+    if not 0 < s.correlate.confidence < 1:
+        raise ConfigError(f"study spec: correlate.confidence must lie in (0, 1), e.g. 0.95; "
+                          f"got {s.correlate.confidence}.")
     s.correlate.x = _str_list(s.correlate.x, "correlate.x")
     if s.correlate.y is not None:
         s.correlate.y = _str_list(s.correlate.y, "correlate.y")
     if s.correlate.n_resamples < 1000:
         raise ConfigError(f"study spec: correlate.n_resamples {s.correlate.n_resamples} is too few; use >= 1000.")
 
-    s.device = str(data.get("device", "auto"))
+    s.device = data.get("device", "auto")
+    if not isinstance(s.device, str):
+        raise ConfigError(f"study spec: device must be a string ({DEVICE_HELP}); got {s.device!r}.")
+    check_device_name(s.device)
     s.threads = _pos_int(data.get("threads"), "threads", allow_none=True)
     s.weights_dir = data.get("weights_dir")
-    s.launcher = str(data.get("launcher", "local"))
+    if s.weights_dir is not None and not isinstance(s.weights_dir, str):
+        raise ConfigError(f"study spec: weights_dir must be a folder path; got {s.weights_dir!r}.")
+    s.launcher = data.get("launcher", "local")
     if s.launcher not in LAUNCHERS:
         raise ConfigError(f"study spec: launcher {s.launcher!r}: use one of {', '.join(LAUNCHERS)}.")
     ex = data.get("executor", {}) or {}
     _check_keys(ex, ExecutorSpec, "executor")
     s.executor = ExecutorSpec(**ex)
+    _check_scalars(s.executor, "executor")
     if s.executor.cluster not in CLUSTERS:
         raise ConfigError(f"study spec: executor.cluster {s.executor.cluster!r}: use one of {', '.join(CLUSTERS)}.")
     _pos_int(s.executor.gpus_per_node, "executor.gpus_per_node")
@@ -338,6 +490,39 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     if s.training is None and s.known_gfid is None:
         pass  # properties only, no y: the table is written, correlate is skipped
     return s
+
+
+def _abs(v: Any) -> Any:
+    """A relative path that exists, made absolute (other values as they are)."""
+    if isinstance(v, str) and v and not v.startswith("builtin") and ":" not in v.split("/")[0] \
+            and not Path(v).is_absolute() and Path(v).exists():
+        return str(Path(v).resolve())
+    return v
+
+
+def absolute_paths(spec: StudySpec) -> StudySpec:
+    """Every input path of ``spec`` that exists relative to the current folder, made absolute, so the
+    resolved ``study.yaml``, the node settings and each stage's ``config.json`` name the same files from any
+    folder (a cluster job, ``report`` run elsewhere). Returns ``spec`` (changed in place)."""
+    p = spec.properties
+    p.images = _abs(p.images)
+    for opts in (p.metrics, p.probe, p.inject):
+        for k in list(opts or {}):
+            if k in PATH_KEYS:
+                opts[k] = _abs(opts[k])
+    if spec.training is not None:
+        t = spec.training
+        t.images = _abs(t.images)
+        for opts in (t.options, t.sample, t.fid):
+            for k in list(opts or {}):
+                if k in PATH_KEYS:
+                    opts[k] = _abs(opts[k])
+    if spec.known_gfid is not None and Path(spec.known_gfid).is_file():
+        spec.known_gfid = str(Path(spec.known_gfid).resolve())
+    spec.weights_dir = _abs(spec.weights_dir)
+    if spec.executor.folder:
+        spec.executor.folder = str(Path(spec.executor.folder).resolve())
+    return spec
 
 
 def packaged_path(name: str) -> Path:
