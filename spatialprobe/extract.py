@@ -31,16 +31,18 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import runtime
 from . import store as _store
 from .data import PREPROCESS_ID, BadImageError, ImageSource, open_source
 from .errors import ConfigError, StoreError
+from .io import read_json
+from .runtime import decode_workers  # also re-exported here (the benchmark and the study import it)
 
 log = logging.getLogger("spatialprobe.extract")
 
@@ -98,14 +100,14 @@ class ExtractResult:
 
 def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank); initialises the default process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = runtime.world_size()
     if world <= 1:
         return 0, 1, 0
     import torch
     import torch.distributed as dist
 
     global _OWN_GROUP
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = runtime.local_rank()
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)  # NCCL collectives run on this rank's own GPU
@@ -136,15 +138,8 @@ def _barrier(world: int) -> None:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> str:
-    import torch
-
-    if device == "auto":
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and torch.cuda.is_available():
-        return f"cuda:{local_rank}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is available; use --device cpu.")
-    return device
+    """:func:`spatialprobe.runtime.resolve_device` as a string (``auto``/``cuda`` -> ``cuda:<local_rank>``)."""
+    return str(runtime.resolve_device(device, local_rank))
 
 
 # ----------------------------------------------------------------------------- data loading
@@ -166,11 +161,6 @@ class _Items:
             return pos, None, exc.reason
         except Exception as exc:  # noqa: BLE001 - any failure of one image is recorded, not fatal
             return pos, None, f"{type(exc).__name__}: {exc}"
-
-
-def decode_workers(n: int) -> int:
-    """DataLoader workers for ``num_workers = n`` (-1 = min(8, CPU count))."""
-    return n if n >= 0 else min(8, os.cpu_count() or 1)
 
 
 def _collate(items):
@@ -317,16 +307,9 @@ class _Job:
     finished: bool = False  # reused or failed before the pass
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _plan_job(job: _Job, cfg: ExtractConfig) -> None:
     """Decide (read-only) what this encoder needs: reuse, refusal, or which folder to build in."""
-    m = _read_json(job.final / _store.MANIFEST) if (job.final / _store.MANIFEST).is_file() else {}
+    m = read_json(job.final / _store.MANIFEST, {}) if (job.final / _store.MANIFEST).is_file() else {}
     job.others = [p for p in _store.find_stores(job.root) if p.resolve() != job.final.resolve()] \
         if job.root.is_dir() else []
     if m.get("complete") and m.get("fingerprint") == job.fp and (cfg.force or not job.others):
@@ -335,7 +318,7 @@ def _plan_job(job: _Job, cfg: ExtractConfig) -> None:
         job.finished = True
         return
     if job.others and not cfg.force:
-        old_rec = _read_json(job.others[0] / _store.MANIFEST).get("fingerprint_inputs", {})
+        old_rec = read_json(job.others[0] / _store.MANIFEST, {}).get("fingerprint_inputs", {})
         diff = fingerprint_diff(old_rec, job.fp_rec) if old_rec else ["unknown"]
         staged = _store.partial_dir(job.root, job.fp)
         note = (f" An interrupted --force build of the new fingerprint is kept at {str(staged)!r}; --force resumes it."

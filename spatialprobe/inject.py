@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .runtime import resolve_device
 from .probe import (DEFAULT_LRS, DEFAULT_WDS, check_labels, contiguous_labels, fit_heads, join_labels, load_labels,
                     stratified_split)
 
@@ -137,9 +138,8 @@ def _encoder_chunks(cfg: InjectConfig, src, masks_for) -> tuple[Iterator, tuple[
     from tqdm.auto import tqdm
 
     from .encoders import get
-    from .probe import _device
 
-    dev = str(_device(cfg.device))
+    dev = str(resolve_device(cfg.device))
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
     enc = get(cfg.encoder, weights_dir=cfg.weights_dir, device=dev, pretrained=not cfg.random_init)

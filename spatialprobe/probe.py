@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError, InputFileError, StoreError
+from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +109,6 @@ class ProbeResult:
 
 
 # --------------------------------------------------------------------------------------------- core
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but no CUDA device is visible; use --device cpu.")
-    return dev
 
 
 def _as_tensor(x, dtype):
@@ -216,7 +206,7 @@ def fit_heads(x_train, y_train, x_val, y_val, *, lrs: Sequence[float] = DEFAULT_
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    dev = _device(device)
+    dev = resolve_device(device)
     xtr = _as_tensor(x_train, torch.float32)
     xva = _as_tensor(x_val, torch.float32)
     ytr_np, yva_np = np.asarray(y_train), np.asarray(y_val)

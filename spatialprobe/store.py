@@ -27,25 +27,23 @@ streams ``chunk_size`` rows at a time, so metrics and linear probes run on store
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import DataError, InputFileError, StoreError
+from .io import (LOCK_NAME, FileLock, atomic_write_bytes, atomic_write_json, clean_temp_files, fsync_dir,
+                 read_json)
 
 log = logging.getLogger("spatialprobe.store")
 
 MANIFEST = "manifest.json"
-LOCK_NAME = ".lock"
 PARTIAL_PREFIX = ".partial-"
 TRASH_PREFIX = ".trash-"
 FORMAT_VERSION = 1
@@ -93,37 +91,6 @@ def store_dirname(encoder_id: str) -> str:
     return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-# ----------------------------------------------------------------------------- atomic writes
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp name in the same folder, fsync, rename over ``path``, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with builtins.open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
-
-
 def write_shard(folder: Path, k: int, ids: Sequence[str], tensors: dict[str, Any],
                 bad: Sequence[tuple[str, str]] = (), extra: dict | None = None) -> dict:
     """Durably write shard ``k`` (tensors keyed 'patch'/'pooled'/'prefix', rows aligned with ``ids``),
@@ -149,90 +116,16 @@ def read_marker(folder: Path, k: int) -> dict | None:
     m, s = folder / done_name(k), folder / shard_name(k)
     if not (m.is_file() and s.is_file()):
         return None
-    try:
-        rec = json.loads(m.read_text())
-    except (OSError, ValueError):
+    rec = read_json(m)
+    if not isinstance(rec, dict):
         return None
     return rec if rec.get("bytes") == s.stat().st_size else None
 
 
-def clean_temp_files(folder: Path) -> None:
-    """Remove temp files a killed writer left behind."""
-    for p in Path(folder).glob(".*.tmp-*"):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-
-
 # ----------------------------------------------------------------------------- locking and swapping
 
-class StoreLock:
-    """An exclusive, non-blocking lock on an encoder folder (``<root>/<encoder-id>/.lock``).
-
-    Held for the whole extraction, so a second process on the same ``--out`` and encoder (a duplicate
-    run, or a concurrent ``--force``) fails at once with a :class:`StoreError` naming the holder,
-    instead of duplicating work or deleting files under the first. Uses ``fcntl.flock``: the kernel
-    drops the lock when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun.
-    Usable as a context manager. ``blocking=True`` waits for the holder instead (a one-time build that
-    concurrent jobs share: the first builds, the others wait and then find it done).
-    """
-
-    def __init__(self, folder: str | Path, *, blocking: bool = False) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
-        self.blocking = blocking
-        self._fh = None
-
-    def acquire(self) -> "StoreLock":
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX platforms: no inter-process lock
-            log.warning("no fcntl on this platform: %s is not locked against concurrent writers", self.folder)
-            return self
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fh = builtins.open(self.path, "a+")
-        except OSError as exc:
-            raise StoreError(f"Cannot create the lock file {str(self.path)!r} ({exc.strerror or exc}); "
-                             "make the output folder writable or choose another --out.") from None
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip()
-            fh.close()
-            try:
-                who = json.loads(holder)
-                who = f"pid {who['pid']} on {who['host']}, since {who['since']}"
-            except (ValueError, KeyError, TypeError):
-                who = "another process"
-            raise StoreError(f"{str(self.folder)!r} is being written by another extraction ({who}). Wait for it "
-                             "to finish and run the command again (an identical command then reuses its store), "
-                             "or choose another --out.") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            import fcntl
-
-            try:
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            finally:
-                self._fh.close()
-                self._fh = None
-
-    def __enter__(self) -> "StoreLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+#: the encoder-folder lock (:class:`spatialprobe.io.FileLock`)
+StoreLock = FileLock
 
 
 def partial_dir(enc_root: str | Path, fp: str) -> Path:
@@ -246,7 +139,7 @@ def promote(staged: Path, final: Path, replaced: Sequence[Path]) -> None:
     complete, visible store; leftovers are hidden and removed by :func:`clean_leftovers`."""
     staged, final = Path(staged), Path(final)
     os.replace(staged, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     promote_over(final, replaced)
 
 
@@ -259,7 +152,7 @@ def promote_over(final: Path, replaced: Sequence[Path]) -> None:
             continue
         trash = old.with_name(f"{TRASH_PREFIX}{old.name}-{os.getpid()}")
         os.replace(old, trash)
-        _fsync_dir(old.parent)
+        fsync_dir(old.parent)
         log.warning("replaced store %s by %s (--force)", old, final)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -487,6 +380,6 @@ def write_store(path: str | Path, ids: Sequence[str], *, patch=None, pooled=None
         trash = final.with_name(f"{TRASH_PREFIX}{final.name}-{os.getpid()}")
         os.replace(final, trash)
         os.replace(folder, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         shutil.rmtree(trash, ignore_errors=True)
     return final

@@ -18,6 +18,7 @@ import torch
 
 from ..config import comma_list, resolve, write_config
 from ..errors import ConfigError, DataError, InputFileError
+from ..runtime import resolve_device
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
 from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
 
@@ -270,7 +271,7 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
         want.remove("srss")
         log.info("no --masks: SRSS is skipped")
     files = mask_files(cfg.masks) if cfg.masks is not None else None
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     rows: list[pd.DataFrame] = []
     summary: list[dict[str, Any]] = []
     inputs: list[dict[str, Any]] = []

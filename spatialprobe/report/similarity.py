@@ -27,6 +27,7 @@ import numpy as np
 
 from ..config import comma_list
 from ..errors import ConfigError, DataError, InputFileError
+from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def viz(config: str | Path | VizConfig | None = None, **options) -> list[Similar
     from ..config import resolve, write_config
 
     cfg = resolve(VizConfig, config, **options)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = str(resolve_device(cfg.device))
     image_id, img = load_image(cfg.image, cfg.resolution)
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     results, weights = [], {}

@@ -20,7 +20,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from ..errors import DataError, InputFileError
+from ..runtime import is_rank0, resolve_device
 from .plan import (Node, error_file, node_dir, partial_dir, read_json, register_defined, write_json_atomic)
 from .spec import StudySpec
 
@@ -107,14 +109,8 @@ def cached_teacher(enc, cache_key: str, budget_mb: int):
 # ------------------------------------------------------------------------------------ helpers
 
 def _device(spec: StudySpec) -> str:
-    import torch
-
-    d = spec.device
-    if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        d = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return d
+    """The spec's device; under torchrun a bare ``cuda`` is this rank's GPU."""
+    return str(resolve_device(spec.device, runtime.local_rank() if runtime.world_size() > 1 else None))
 
 
 def build_encoder(spec: StudySpec, settings: dict[str, Any], device: str):
@@ -297,10 +293,6 @@ RUNNERS = {"extract": _run_extract, "metrics": _run_metrics, "probe": _run_probe
 
 
 # ------------------------------------------------------------------------------------ execution
-
-def is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
 
 def apply_threads(spec: StudySpec) -> None:
     if spec.threads:

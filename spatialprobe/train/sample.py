@@ -187,8 +187,9 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     from tqdm.auto import tqdm
 
     from ..config import resolve, write_config
+    from ..runtime import resolve_device
     from .config import SampleConfig
-    from .loop import load_run, resolve_device
+    from .loop import load_run
     from .vae import decode, to_uint8
 
     if config is None:
