@@ -10,7 +10,8 @@ import pandas as pd
 
 from . import reference as _reference
 from .config import comma_list, resolve, sha256_file, write_config
-from .errors import ColumnError, ConfigError, DataError, InputFileError
+from .errors import ColumnError, ConfigError, DataError
+from .io import read_table  # noqa: F401 - re-exported: the table reader lives in spatialprobe.io
 from .stats import correlation_table
 
 log = logging.getLogger(__name__)
@@ -65,22 +66,6 @@ def check_duplicates(df: pd.DataFrame, id_col: str | None, *, allow: bool = Fals
     if not allow:
         raise DataError(msg + ". Remove the repeats (or average them), or pass --allow-duplicates.")
     log.warning("%s (--allow-duplicates).", msg)
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a results table (.csv, .tsv or .parquet) with a clear error when it is missing or unreadable."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputFileError(f"Table file {str(p)!r} does not exist.")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(p)
-        if suffix in (".tsv", ".tab"):
-            return pd.read_csv(p, sep="\t")
-        return pd.read_csv(p)
-    except Exception as exc:  # noqa: BLE001 - surface any parser error as the user's input problem
-        raise DataError(f"Table file {str(p)!r} could not be read as {suffix or 'CSV'}: {exc}") from exc
 
 
 def _pick(df: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...]) -> str | None:

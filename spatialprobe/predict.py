@@ -31,6 +31,7 @@ import pandas as pd
 from . import reference as _reference
 from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError, InputFileError
+from .io import read_table
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,6 @@ def rank_among(ref_y: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- inputs and protocols
 
-def _read_any(path: Path) -> pd.DataFrame:
-    from .correlation import read_table
-
-    return read_table(path)
-
-
 def _radii_of(row: pd.Series | dict) -> str | None:
     keys = ("lds_near", "lds_far", "cds_dmax", "srss_pos", "srss_neg")
     if not all(k in row and pd.notna(row[k]) for k in keys):
@@ -245,7 +240,7 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
     if p.is_dir():
         for name in ("results.csv", "official_table.csv", "summary.csv"):
             if (p / name).is_file():
-                df = _read_any(p / name)
+                df = read_table(p / name)
                 proto = metrics_protocol(p, df)
                 source = {"folder": str(p), "file": name, "sha256": sha256_file(p / name)}
                 break
@@ -261,7 +256,7 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
             log.info("%s: using the 'default' radius setting of the sweep", p)
             df = default
     else:
-        df = _read_any(p)
+        df = read_table(p)
         source = {"table": str(p), "sha256": sha256_file(p)}
         side = p.with_name("config.json")
         if side.is_file():  # a table written next to its metrics config
@@ -287,7 +282,7 @@ def load_reference(name: str) -> tuple[pd.DataFrame, dict[str, str | None], dict
         if p.is_dir():
             df, proto, source = load_new(p)
             return df, proto, source
-        df = _read_any(p)
+        df = read_table(p)
         proto = {k: None for k in PROTOCOL_FIELDS}
         if p.with_name("config.json").is_file():
             proto = metrics_protocol(p.parent, df)

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import DataError, InputFileError, StoreError
-from .io import (LOCK_NAME, FileLock, atomic_write_bytes, atomic_write_json, clean_temp_files, fsync_dir,
-                 read_json)
+from .io import (LOCK_NAME, FileLock, atomic_write_bytes, atomic_write_json, clean_temp_files,  # noqa: F401 - re-exported
+                 fsync_dir, read_json)
 
 log = logging.getLogger("spatialprobe.store")
 

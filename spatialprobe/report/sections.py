@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, InputFileError
+from ..io import read_table
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +312,6 @@ def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.Data
     if table and table != "<DataFrame>":
         p = _find_table(Path(table), folder)
         if p is not None:
-            from ..correlation import read_table
-
             return read_table(p), family_col, f"table {str(p)!r}"
         return None, family_col, f"the input table {table!r} is no longer on disk"
     return None, family_col, "config.json does not name the input table"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_json, read_json  # noqa: F401 - read_json re-exported for the study modules
 from .spec import EncoderEntry, StudySpec
 
 PLAN_VERSION = 1
@@ -209,13 +210,6 @@ def error_file(out: Path, node: Node) -> Path:
     return Path(out) / "nodes" / node.kind / f"{node.key}.error.json"
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def node_state(out: Path, node: Node) -> str:
     """done | stale (done with another fingerprint) | partial | failed | blocked | missing."""
     done = read_json(node_dir(out, node) / "done.json")
@@ -246,9 +240,4 @@ def plan_record(spec: StudySpec, nodes: list[Node], out: Path | None = None) -> 
 def write_json_atomic(path: Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj, indent=2, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2, default=str)

@@ -37,7 +37,7 @@ def _known_table(spec: StudySpec):
     import pandas as pd
 
     from .. import reference
-    from ..correlation import read_table
+    from ..io import read_table
 
     src = spec.known_gfid
     df = reference.load(src) if src in reference.names() else read_table(src)

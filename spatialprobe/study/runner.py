@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputFileError
+from ..io import atomic_write, atomic_write_bytes
 from .plan import Node, build_plan, node_dir, node_state, plan_record, read_json, write_json_atomic
 from .spec import StudySpec, load_spec, parse_spec
 
@@ -62,9 +63,7 @@ def write_resolved(spec: StudySpec, out: Path) -> None:
     d.pop("smoke", None)
     text = "# resolved study spec (defaults filled in); `spatialprobe study run` reads it back\n" + \
         yaml.safe_dump(d, sort_keys=False)
-    tmp = out / ".study.yaml.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out / "study.yaml")
+    atomic_write_bytes(out / "study.yaml", text.encode("utf-8"))
 
 
 def missing_weights(spec: StudySpec) -> list[dict[str, Any]]:
@@ -131,8 +130,7 @@ def _publish(out: Path, nodes: list[Node], states: dict[str, str]) -> None:
         if n.kind == "table":
             for f in ("results.csv", "results.parquet", "summary.json"):
                 if (src / f).is_file():
-                    shutil.copy2(src / f, out / f".{f}.tmp")
-                    (out / f".{f}.tmp").replace(out / f)
+                    atomic_write(out / f, lambda tmp: shutil.copy2(src / f, tmp))
             if (src / "wide.csv").is_file():
                 (out / "correlate").mkdir(exist_ok=True)
                 shutil.copy2(src / "wide.csv", out / "correlate" / "table.csv")
