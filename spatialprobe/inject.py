@@ -86,7 +86,7 @@ class InjectConfig:
 
 def mix_tokens(patch, cls, alpha: float, form: str, mix: str):
     """Mixed tokens for one α (``mix`` is "cls" or "mean")."""
-    from .encoders.transforms import mix_cls, mix_mean
+    from .tokens import mix_cls, mix_mean  # torch-heavy: imported on use
 
     return mix_cls(patch, cls, alpha, form=form) if mix == "cls" else mix_mean(patch, alpha, form=form)
 

@@ -137,7 +137,7 @@ def maps_for_tokens(tokens, grid: tuple[int, int], refs: Sequence[tuple[int, int
     """:class:`SimilarityMaps` from ready tokens ``[T, D]`` / ``[1, T, D]`` (e.g. a feature-store row)."""
     import torch
 
-    from ..metrics import spatial_norm
+    from ..tokens import spatial_norm
 
     t = torch.as_tensor(tokens).float()
     t = t[None] if t.ndim == 2 else t
