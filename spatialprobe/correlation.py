@@ -11,13 +11,14 @@ import pandas as pd
 from . import reference as _reference
 from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError
+from .schema import CONFIG_JSON, CORRELATIONS_CSV, GFID, PROPERTIES
 from .io import read_table  # noqa: F401 - re-exported: the table reader lives in spatialprobe.io
 from .stats import correlation_table
 
 log = logging.getLogger(__name__)
 
-DEFAULT_X = ("lp_acc", "lds", "cds", "srss", "rmsc")
-DEFAULT_Y = ("gfid",)
+DEFAULT_X = PROPERTIES
+DEFAULT_Y = (GFID,)
 
 
 @dataclass
@@ -111,7 +112,7 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
                                confidence=cfg.confidence, seed=cfg.seed)
     if cfg.out:
         out = Path(cfg.out)
-        result.to_csv(out / "correlations.csv", index=False)
+        result.to_csv(out / CORRELATIONS_CSV, index=False)
         extra = {"input": source, "family_col": family_col, "rows_in_input": len(df)}
         if cfg.figure:
             from .report.figures import correlation_panel
@@ -121,6 +122,6 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
                 paths = correlation_panel(df, cfg.x, yname, result[result["y"] == yname],
                                           family_col=family_col, out=out / stem)
                 extra.setdefault("figures", []).extend(str(p) for p in paths)
-        write_config(out / "config.json", cfg, **extra)
+        write_config(out / CONFIG_JSON, cfg, **extra)
         log.info("wrote %s", out)
     return result

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .schema import CONFIG_JSON, INJECTION_CSV, RESULT_JSON, SPATIAL_METRICS
 from .runtime import resolve_device
 from .probe import (DEFAULT_LRS, DEFAULT_WDS, check_labels, contiguous_labels, fit_heads, join_labels, load_labels,
                     stratified_split)
@@ -29,7 +30,7 @@ from .probe import (DEFAULT_LRS, DEFAULT_WDS, check_labels, contiguous_labels, f
 log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-METRICS = ("lds", "cds", "srss", "rmsc")
+METRICS = SPATIAL_METRICS
 
 
 @dataclass
@@ -236,13 +237,13 @@ def inject(config: str | Path | InjectConfig | None = None, **overrides: Any):
     table["random_init"] = bool(cfg.random_init) or bool(st is not None and _store_random_init(st))
     if cfg.out:
         out = Path(cfg.out)
-        table.to_csv(out / "injection.csv", index=False)
-        (out / "result.json").write_text(json.dumps({
+        table.to_csv(out / INJECTION_CSV, index=False)
+        (out / RESULT_JSON).write_text(json.dumps({
             "encoder": enc_name, "mix": used, "form": cfg.form, "grid": list(grid), "n_images": len(ids),
             "rows": json.loads(table.to_json(orient="records")),
             "note": "one extraction; tokens mixed per alpha in memory; LP = batched probe on mean-pooled mixed tokens"},
             indent=2) + "\n", encoding="utf-8")
-        write_config(out / "config.json", cfg)
+        write_config(out / CONFIG_JSON, cfg)
         if cfg.figure:
             injection_figure(table, out / "injection")
     return table

@@ -37,11 +37,11 @@ import torch
 
 from .config import comma_list
 from .errors import ColumnError, ConfigError, DataError, InputFileError, UnknownNameError, did_you_mean
+from .schema import CONFIG_JSON, OFFICIAL_TABLE_CSV, PER_IMAGE_CSV, PER_IMAGE_PARQUET, PROPERTIES, SPATIAL_METRICS, SUMMARY_CSV
 
 log = logging.getLogger(__name__)
 
 PREFIX = "official:"
-PROPERTIES = ("lp_acc", "lds", "cds", "srss", "rmsc")
 MODELS = ("sit-xl-2", "sit-l-2", "sit-b-2")
 AUTO_FID_NAME = "{model}-sdvae-{enc}-enc8-coeff0.5-loss-cosine-projlayer-mlp-100000-v1_cfg1.0-seed0-modesde-steps250.csv"
 #: the FID file the official script should have read for SpatialPE-L under SiT-XL/2 (its neighbours' pattern)
@@ -263,7 +263,7 @@ def _radii_label(s: dict[str, int]) -> str:
 
 
 def encoder_metrics(col: Collection, encoder: str, *, settings: list[dict[str, int]] | None = None,
-                    metrics: tuple[str, ...] = ("lds", "cds", "srss", "rmsc"), join: str = "id",
+                    metrics: tuple[str, ...] = SPATIAL_METRICS, join: str = "id",
                     rule: str = "any", min_fraction: float = 0.25, chunk_size: int = 256,
                     device: str = "cpu", features: torch.Tensor | None = None) -> dict[str, Any]:
     """Per-image metrics of one encoder on the images kept by the official filter.
@@ -370,10 +370,10 @@ def official_metrics(cfg) -> Any:
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        per_image.to_csv(out / "per_image.csv", index=False)
-        per_image.to_parquet(out / "per_image.parquet", index=False)
-        summary_df.to_csv(out / "summary.csv", index=False)
-        write_config(out / "config.json", cfg, inputs=inputs, metrics_computed=list(cfg.metrics),
+        per_image.to_csv(out / PER_IMAGE_CSV, index=False)
+        per_image.to_parquet(out / PER_IMAGE_PARQUET, index=False)
+        summary_df.to_csv(out / SUMMARY_CSV, index=False)
+        write_config(out / CONFIG_JSON, cfg, inputs=inputs, metrics_computed=list(cfg.metrics),
                      settings=[_label(o) for o in sweeps], protocol=protocol,
                      join="by image id: feature row i = image i = masks/<i>.png; official >= 64/64 patch filter")
     return MetricsResult(per_image=per_image, summary=summary_df)
@@ -414,7 +414,7 @@ def collection_table(cfg: OfficialConfig, *, join: str = "id", collection: Colle
     col = collection if collection is not None else Collection(cfg.official)
     encs = col.select(cfg.encoders)
     fams = encoder_families()
-    metrics = tuple(m for m in ("lds", "cds", "srss", "rmsc") if m in cfg.x)
+    metrics = tuple(m for m in SPATIAL_METRICS if m in cfg.x)
     from tqdm.auto import tqdm
 
     rows = []
@@ -511,10 +511,10 @@ def correlate_official(*, out: str | Path | None = None, n_resamples: int = 10_0
     if out:
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        table.to_csv(o / "official_table.csv", index=False)
+        table.to_csv(o / OFFICIAL_TABLE_CSV, index=False)
         positional.to_csv(o / "positional_join.csv", index=False)
         values.to_csv(o / "positional_values.csv", index=False)
-        cfg_path = o / "config.json"
+        cfg_path = o / CONFIG_JSON
         rec = json.loads(cfg_path.read_text(encoding="utf-8"))
         from .config import _jsonable
 

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError, InputFileError, StoreError
+from .schema import CONFIG_JSON, GRID_CSV, RESULT_JSON
 from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -505,11 +506,11 @@ def write_result(res: ProbeResult, out: str | Path, cfg: Any = None) -> Path:
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "result.json").write_text(json.dumps(res.to_dict(), indent=2) + "\n", encoding="utf-8")
-    with open(d / "grid.csv", "w", newline="", encoding="utf-8") as fh:
+    (d / RESULT_JSON).write_text(json.dumps(res.to_dict(), indent=2) + "\n", encoding="utf-8")
+    with open(d / GRID_CSV, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(res.grid[0]))
         w.writeheader()
         w.writerows(res.grid)
     if cfg is not None:
-        write_config(d / "config.json", cfg)
-    return d / "result.json"
+        write_config(d / CONFIG_JSON, cfg)
+    return d / RESULT_JSON

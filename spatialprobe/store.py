@@ -40,10 +40,11 @@ from typing import Any, Iterator, Sequence
 from .errors import DataError, InputFileError, StoreError
 from .io import (LOCK_NAME, FileLock, atomic_write_bytes, atomic_write_json, clean_temp_files,  # noqa: F401 - re-exported
                  fsync_dir, read_json)
+from .schema import MANIFEST_JSON
 
 log = logging.getLogger("spatialprobe.store")
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_JSON
 PARTIAL_PREFIX = ".partial-"
 TRASH_PREFIX = ".trash-"
 FORMAT_VERSION = 1

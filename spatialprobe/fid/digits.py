@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..schema import CONFIG_JSON, FD_DIGITS
 from ..io import atomic_write_bytes, atomic_write_json, sha256_file
 from ..io import cache_dir as default_cache_dir  # the cache-folder rule
 from . import metrics as M
@@ -54,7 +55,7 @@ HOLDOUT_EVERY = 5
 EPOCHS = 10
 BATCH = 64
 LR = 2e-3
-COLUMN = "fd_digits"  #: the results-table column; this is not gFID
+COLUMN = FD_DIGITS  #: the results-table column; this is not gFID
 
 
 class DigitsCNN(nn.Module):
@@ -271,7 +272,7 @@ def evaluate_digits(samples: Any, *, out: str | os.PathLike | None = None, confi
         o = Path(out).expanduser()
         o.mkdir(parents=True, exist_ok=True)
         (o / "fd_digits.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        write_config(o / "config.json", dataclasses.asdict(cfg),
+        write_config(o / CONFIG_JSON, dataclasses.asdict(cfg),
                      samples=str(samples) if isinstance(samples, (str, Path)) else "tensor")
         record["out"] = str(o)
     return record

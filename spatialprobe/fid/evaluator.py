@@ -25,6 +25,7 @@ import torch
 
 from ..config import comma_list, resolve, sha256_file, write_config
 from ..errors import ConfigError, DataError, InputFileError
+from ..schema import CONFIG_JSON, FID_JSON, FID_METRICS
 from ..io import atomic_path
 from ..runtime import resolve_device
 from . import metrics as M
@@ -33,7 +34,7 @@ from .inception import LOGITS_DIM, POOL_DIM, SPATIAL_DIM, InceptionFeatures, bui
 
 log = logging.getLogger(__name__)
 
-ALL_METRICS = ("fid", "sfid", "is", "precision", "recall")
+ALL_METRICS = FID_METRICS
 #: Images kept in a reference's ``arr_0`` for precision/recall (ADM: 10k).
 REF_PR_IMAGES = 10_000
 _META_KEY = "spatialprobe_meta"
@@ -536,9 +537,9 @@ def evaluate(samples: Any, ref: str | os.PathLike, *, out: str | os.PathLike | N
     if out is not None:
         o = Path(out).expanduser()
         o.mkdir(parents=True, exist_ok=True)
-        (o / "fid.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (o / FID_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         cfg_dump = dataclasses.replace(cfg, fd_encoder=ename) if encoder is not None else cfg
-        write_config(o / "config.json", cfg_dump, samples=str(samples) if isinstance(samples, (str, Path)) else "tensor",
+        write_config(o / CONFIG_JSON, cfg_dump, samples=str(samples) if isinstance(samples, (str, Path)) else "tensor",
                      ref=str(reference.path))
         record["out"] = str(o)
     return record

@@ -18,6 +18,7 @@ import torch
 
 from ..config import comma_list, resolve, write_config
 from ..errors import ConfigError, DataError, InputFileError
+from ..schema import CONFIG_JSON, PER_IMAGE_CSV, PER_IMAGE_PARQUET, SUMMARY_CSV
 from ..runtime import resolve_device
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
 from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
@@ -355,13 +356,13 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
     summary_df = pd.DataFrame(summary)
     if cfg.out:
         out = Path(cfg.out)
-        per_image.to_csv(out / "per_image.csv", index=False)
+        per_image.to_csv(out / PER_IMAGE_CSV, index=False)
         try:
-            per_image.to_parquet(out / "per_image.parquet", index=False)
+            per_image.to_parquet(out / PER_IMAGE_PARQUET, index=False)
         except ImportError:  # pragma: no cover - pyarrow is a dependency
             log.warning("pyarrow missing: per_image.parquet not written")
-        summary_df.to_csv(out / "summary.csv", index=False)
-        write_config(out / "config.json", cfg, inputs=inputs, metrics_computed=want,
+        summary_df.to_csv(out / SUMMARY_CSV, index=False)
+        write_config(out / CONFIG_JSON, cfg, inputs=inputs, metrics_computed=want,
                      settings=[_label(o) for o in sweeps])
         log.info("wrote %s", out)
     return MetricsResult(per_image=per_image, summary=summary_df)

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..schema import SPATIAL_METRICS
 from ..tokens import SPNORM_EPS, spatial_norm  # noqa: F401 - re-exported (the one definition lives in tokens)
 
 log = logging.getLogger(__name__)
 
-METRICS = ("lds", "cds", "srss", "rmsc")
+METRICS = SPATIAL_METRICS
 #: the official settings (``spatial_metrics_comparison.py``); also the keyword defaults below
 OFFICIAL_RADII = {"lds_near": 1, "lds_far": 6, "cds_dmax": 8, "srss_pos": 1, "srss_neg": 6}
 RADII = tuple(OFFICIAL_RADII)

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..config import comma_list
 from ..errors import ConfigError, DataError, InputFileError
+from ..schema import CONFIG_JSON, SIMILARITY_MAPS_NPZ
 from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ OFFICIAL_N_REFS = 4
 OFFICIAL_SEED = 42
 OFFICIAL_MIN_SEP = 0.15
 DEFAULT_GAMMA = 0.6  #: the official ``--zscore_alpha`` default (the LDM recipe's γ)
-MAPS_FILE = "similarity_maps.npz"
+MAPS_FILE = SIMILARITY_MAPS_NPZ
 FIGURE_STEM = "similarity"
 
 
@@ -230,7 +231,7 @@ def viz(config: str | Path | VizConfig | None = None, **options) -> list[Similar
         out_dir.mkdir(parents=True, exist_ok=True)
         save_maps(results, out_dir / MAPS_FILE)
         paths = similarity_figure(results, out=out_dir / FIGURE_STEM, dpi=cfg.dpi)
-        write_config(out_dir / "config.json", cfg, image_id=image_id, weights=weights,
+        write_config(out_dir / CONFIG_JSON, cfg, image_id=image_id, weights=weights,
                      protocol={"viz": "irepa-viz-spatialnorm-v1", "preprocess": "adm-center-crop-v1"},
                      outputs=[str(p) for p in paths] + [str(out_dir / MAPS_FILE)])
     return results

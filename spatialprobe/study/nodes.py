@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import runtime
 from ..errors import DataError, InputFileError
+from ..schema import DONE_JSON, FD_DIGITS, FID_JSON, GFID, SAMPLES_NPZ, SPATIAL_METRICS
 from ..runtime import is_rank0, resolve_device
 from .plan import (Node, error_file, node_dir, partial_dir, read_json, register_defined, write_json_atomic)
 from .spec import StudySpec
@@ -184,14 +185,14 @@ def _run_metrics(spec, node, work, out, by_name):
     props: dict[str, Any] = {}
     many = len(summ) > 1
     for _, row in summ.iterrows():
-        for m in ("lds", "cds", "srss", "rmsc"):
+        for m in SPATIAL_METRICS:
             if m in row:
                 col = m if not many else f"{m}[{row['setting']}]"
                 props[col] = _num(row[m])
                 props[f"{col}_nan"] = int(row[f"{m}_nan"])
     if many:  # the first setting is also the plain column
         first = summ.iloc[0]
-        for m in ("lds", "cds", "srss", "rmsc"):
+        for m in SPATIAL_METRICS:
             if m in first:
                 props[m], props[f"{m}_nan"] = _num(first[m]), int(first[f"{m}_nan"])
     return {"properties": props}
@@ -218,7 +219,7 @@ def _run_inject(spec, node, work, out, by_name):
     for _, row in table.iterrows():
         a = f"{float(row['alpha']):g}"
         props[f"lp_acc[alpha={a}]"] = 100.0 * float(row["lp_acc"])
-        for m in ("lds", "cds", "srss", "rmsc"):
+        for m in SPATIAL_METRICS:
             props[f"{m}[alpha={a}]"] = _num(row[m])
     return {"properties": props}
 
@@ -250,7 +251,7 @@ def _run_sample(spec, node, work, out, by_name):
     path = sample(run=str(_dep_dir(out, by_name, node, "train")), out=str(work), device=spec.device, **opts)
     import numpy as np
 
-    with np.load(path / "samples.npz") as z:
+    with np.load(path / SAMPLES_NPZ) as z:
         n = int(z["arr_0"].shape[0])
     return {"n_samples": n}
 
@@ -258,20 +259,20 @@ def _run_sample(spec, node, work, out, by_name):
 def _run_fid(spec, node, work, out, by_name):
     opts = dict(node.settings["options"])
     proto = opts.pop("protocol", "digits")
-    samples = _dep_dir(out, by_name, node, "sample") / "samples.npz"
+    samples = _dep_dir(out, by_name, node, "sample") / SAMPLES_NPZ
     if proto == "digits":
         from ..fid.digits import digits_fd
 
         r = digits_fd(str(samples), **opts)
-        (work / "fid.json").write_text(json.dumps(r, indent=2, default=str) + "\n", encoding="utf-8")
-        return {"quality": {"fd_digits": float(r["fd"])}, "protocol": r["protocol"], "n_samples": r["n_samples"],
+        (work / FID_JSON).write_text(json.dumps(r, indent=2, default=str) + "\n", encoding="utf-8")
+        return {"quality": {FD_DIGITS: float(r["fd"])}, "protocol": r["protocol"], "n_samples": r["n_samples"],
                 "classifier_acc": r.get("classifier_acc"), "classifier_sha256": r.get("classifier_sha256")}
     from ..fid.evaluator import evaluate
 
     ref = opts.pop("ref")
     opts.setdefault("device", spec.device)
     r = evaluate(str(samples), ref, out=str(work), **opts)
-    q = {("gfid" if k == "fid" else k): float(v) for k, v in r["metrics"].items()}
+    q = {(GFID if k == "fid" else k): float(v) for k, v in r["metrics"].items()}
     return {"quality": q, "protocol": r["protocol"], "n_samples": r.get("num_samples")}
 
 
@@ -326,7 +327,7 @@ def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -
               "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "settings": node.settings, "deps": {d: by_name[d].fingerprint for d in node.deps},
               "summary": summary}
-    write_json_atomic(work / "done.json", record)
+    write_json_atomic(work / DONE_JSON, record)
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)
@@ -344,7 +345,7 @@ def record_failure(out: Path, node: Node, exc: BaseException | str, *, blocked: 
 
 
 def done_summary(out: Path, node: Node) -> dict[str, Any] | None:
-    d = read_json(node_dir(out, node) / "done.json")
+    d = read_json(node_dir(out, node) / DONE_JSON)
     return d.get("summary") if d and d.get("fingerprint") == node.fingerprint else None
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json, read_json  # noqa: F401 - read_json re-exported for the study modules
+from ..schema import DONE_JSON
 from .spec import EncoderEntry, StudySpec
 
 PLAN_VERSION = 1
@@ -212,7 +213,7 @@ def error_file(out: Path, node: Node) -> Path:
 
 def node_state(out: Path, node: Node) -> str:
     """done | stale (done with another fingerprint) | partial | failed | blocked | missing."""
-    done = read_json(node_dir(out, node) / "done.json")
+    done = read_json(node_dir(out, node) / DONE_JSON)
     if done is not None and done.get("fingerprint") == node.fingerprint:
         return "done"
     err = read_json(error_file(out, node))

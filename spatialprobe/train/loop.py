@@ -24,6 +24,7 @@ import torch.nn as nn
 from .. import runtime
 from ..config import comma_list
 from ..errors import ConfigError, DataError
+from ..schema import CONFIG_JSON
 from ..io import atomic_write
 from ..runtime import resolve_device  # also re-exported here (train.sample imports it)
 from . import presets, repa
@@ -394,7 +395,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
 
     log_path = out / "log.jsonl"
     if rank == 0:
-        write_config(out / "config.json", cfg, model_args=model_args, latent=latent_info,
+        write_config(out / CONFIG_JSON, cfg, model_args=model_args, latent=latent_info,
                      teachers=[{"name": getattr(t, "name", type(t).__name__),
                                 "weights_id": getattr(t, "weights_id", None)} for t in teachers],
                      world_size=world, num_images=len(indices))
