@@ -95,19 +95,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temp name in the same folder, fsync, rename over ``path``, fsync the folder."""
-    path = Path(path)
-    tmp = temp_name(path)
-    try:
-        with builtins.open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp, builtins.open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 1, default: Callable | None = None) -> None:
