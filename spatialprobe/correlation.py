@@ -11,8 +11,8 @@ import pandas as pd
 from . import reference as _reference
 from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError
-from .schema import CONFIG_JSON, CORRELATIONS_CSV, GFID, PROPERTIES
 from .io import read_table  # noqa: F401 - re-exported: the table reader lives in spatialprobe.io
+from .schema import CONFIG_JSON, CORRELATIONS_CSV, GFID, PROPERTIES
 from .stats import correlation_table
 
 log = logging.getLogger(__name__)

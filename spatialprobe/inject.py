@@ -22,10 +22,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .schema import CONFIG_JSON, INJECTION_CSV, RESULT_JSON, SPATIAL_METRICS
-from .runtime import resolve_device
 from .probe import (DEFAULT_LRS, DEFAULT_WDS, check_labels, contiguous_labels, fit_heads, join_labels, load_labels,
                     stratified_split)
+from .runtime import resolve_device
+from .schema import CONFIG_JSON, INJECTION_CSV, RESULT_JSON, SPATIAL_METRICS
 
 log = logging.getLogger(__name__)
 

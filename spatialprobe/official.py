@@ -37,7 +37,8 @@ import torch
 
 from .config import comma_list
 from .errors import ColumnError, ConfigError, DataError, InputFileError, UnknownNameError, did_you_mean
-from .schema import CONFIG_JSON, OFFICIAL_TABLE_CSV, PER_IMAGE_CSV, PER_IMAGE_PARQUET, PROPERTIES, SPATIAL_METRICS, SUMMARY_CSV
+from .schema import (CONFIG_JSON, OFFICIAL_TABLE_CSV, PER_IMAGE_CSV, PER_IMAGE_PARQUET, PROPERTIES, SPATIAL_METRICS,
+                     SUMMARY_CSV)
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,9 @@ import pandas as pd
 from . import reference as _reference
 from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError, InputFileError
-from .schema import CONFIG_JSON, MANIFEST_JSON, OFFICIAL_TABLE_CSV, PREDICTIONS_CSV, PROPERTIES, RESULTS_CSV, SUMMARY_CSV
 from .io import read_table
+from .schema import (CONFIG_JSON, MANIFEST_JSON, OFFICIAL_TABLE_CSV, PREDICTIONS_CSV, PROPERTIES, RESULTS_CSV,
+                     SUMMARY_CSV)
 
 log = logging.getLogger(__name__)
 

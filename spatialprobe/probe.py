@@ -29,8 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError, InputFileError, StoreError
-from .schema import CONFIG_JSON, GRID_CSV, RESULT_JSON
 from .runtime import resolve_device
+from .schema import CONFIG_JSON, GRID_CSV, RESULT_JSON
 
 log = logging.getLogger(__name__)
 

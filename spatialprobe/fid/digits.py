@@ -41,9 +41,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from ..schema import CONFIG_JSON, FD_DIGITS
 from ..io import atomic_write_bytes, atomic_write_json, sha256_file
 from ..io import cache_dir as default_cache_dir  # the cache-folder rule
+from ..schema import CONFIG_JSON, FD_DIGITS
 from . import metrics as M
 
 log = logging.getLogger(__name__)

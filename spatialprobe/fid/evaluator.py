@@ -25,9 +25,9 @@ import torch
 
 from ..config import comma_list, resolve, sha256_file, write_config
 from ..errors import ConfigError, DataError, InputFileError
-from ..schema import CONFIG_JSON, FID_JSON, FID_METRICS
 from ..io import atomic_path
 from ..runtime import resolve_device
+from ..schema import CONFIG_JSON, FID_JSON, FID_METRICS
 from . import metrics as M
 from .images import NpzImages, open_reference_images, open_samples
 from .inception import LOGITS_DIM, POOL_DIM, SPATIAL_DIM, InceptionFeatures, build_inception

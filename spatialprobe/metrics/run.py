@@ -18,8 +18,8 @@ import torch
 
 from ..config import comma_list, resolve, write_config
 from ..errors import ConfigError, DataError, InputFileError
-from ..schema import CONFIG_JSON, PER_IMAGE_CSV, PER_IMAGE_PARQUET, SUMMARY_CSV
 from ..runtime import resolve_device
+from ..schema import CONFIG_JSON, PER_IMAGE_CSV, PER_IMAGE_PARQUET, SUMMARY_CSV
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
 from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
 

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, InputFileError
+from ..io import read_table
 from ..schema import (CONFIG_JSON, CORRELATIONS_CSV, FID_JSON, GRID_CSV, INJECTION_CSV, MANIFEST_JSON, PER_IMAGE_CSV,
                       PLAN_JSON, PREDICTIONS_CSV, PROPERTIES, QUALITY, RESULT_JSON, RESULTS_CSV, SIMILARITY_MAPS_NPZ,
                       STUDY_YAML, SUMMARY_CSV)
-from ..io import read_table
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..config import comma_list
 from ..errors import ConfigError, DataError, InputFileError
-from ..schema import CONFIG_JSON, SIMILARITY_MAPS_NPZ
 from ..runtime import resolve_device
+from ..schema import CONFIG_JSON, SIMILARITY_MAPS_NPZ
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .. import runtime
 from ..errors import DataError, InputFileError
+from ..runtime import is_rank0, local_rank, resolve_device, world_size
 from ..schema import DONE_JSON, FD_DIGITS, FID_JSON, GFID, SAMPLES_NPZ, SPATIAL_METRICS
-from ..runtime import is_rank0, resolve_device
 from .plan import (Node, error_file, node_dir, partial_dir, read_json, register_defined, write_json_atomic)
 from .spec import StudySpec
 
@@ -111,7 +110,7 @@ def cached_teacher(enc, cache_key: str, budget_mb: int):
 
 def _device(spec: StudySpec) -> str:
     """The spec's device; under torchrun a bare ``cuda`` is this rank's GPU."""
-    return str(resolve_device(spec.device, runtime.local_rank() if runtime.world_size() > 1 else None))
+    return str(resolve_device(spec.device, local_rank() if world_size() > 1 else None))
 
 
 def build_encoder(spec: StudySpec, settings: dict[str, Any], device: str):

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputFileError
-from ..schema import CORRELATIONS_CSV, DONE_JSON, LAUNCHERS, PLAN_JSON, RESULTS_CSV, RESULTS_PARQUET, STUDY_YAML, WIDE_CSV
 from ..io import atomic_write, atomic_write_bytes
+from ..schema import (CORRELATIONS_CSV, DONE_JSON, LAUNCHERS, PLAN_JSON, RESULTS_CSV, RESULTS_PARQUET, STUDY_YAML,
+                      WIDE_CSV)
 from .plan import Node, build_plan, node_dir, node_state, plan_record, read_json, write_json_atomic
 from .spec import StudySpec, load_spec, parse_spec
 

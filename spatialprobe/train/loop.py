@@ -24,9 +24,9 @@ import torch.nn as nn
 from .. import runtime
 from ..config import comma_list
 from ..errors import ConfigError, DataError
-from ..schema import CONFIG_JSON
 from ..io import atomic_write
-from ..runtime import resolve_device  # also re-exported here (train.sample imports it)
+from ..runtime import resolve_device  # (train.loop.resolve_device stays importable)
+from ..schema import CONFIG_JSON
 from . import presets, repa
 from .config import TrainConfig, check_resume, finalize
 from .models import build as build_model
