@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..schema import RESULTS_CSV
 from ._common import cli_errors
 
 study_app = typer.Typer(help="Run a whole study from one spec: properties x teachers x REPA/iREPA runs -> "
@@ -80,8 +81,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                 raise typer.Exit(1)
             typer.echo("\nall weights present (or not needed)")
             return
-        if (out / "results.csv").is_file():
-            typer.echo(f"wrote {out / 'results.csv'} (+ .parquet), {out / 'summary.json'}, {out / 'correlate'}/")
+        if (out / RESULTS_CSV).is_file():
+            typer.echo(f"wrote {out / RESULTS_CSV} (+ .parquet), {out / 'summary.json'}, {out / 'correlate'}/")
         if res.failed:
             typer.secho(f"{len(res.failed)} node(s) failed or blocked: {', '.join(res.failed[:6])}"
                         f"{' ...' if len(res.failed) > 6 else ''} (spatialprobe study status {out})",

@@ -26,25 +26,27 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, InputFileError
+from ..io import read_table
+from ..schema import (CONFIG_JSON, CORRELATIONS_CSV, FID_JSON, GRID_CSV, INJECTION_CSV, MANIFEST_JSON, PER_IMAGE_CSV,
+                      PLAN_JSON, PREDICTIONS_CSV, PROPERTIES, QUALITY, RESULT_JSON, RESULTS_CSV, SIMILARITY_MAPS_NPZ,
+                      STUDY_YAML, SUMMARY_CSV)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("study", "predict", "correlate", "inject", "metrics", "probe", "viz")
 #: the files that mark each kind, in detection order
 MARKERS: dict[str, tuple[str, ...]] = {
-    "study": ("study.yaml", "results.csv"),
-    "predict": ("predictions.csv",),
-    "correlate": ("correlations.csv",),
-    "inject": ("injection.csv",),
-    "metrics": ("summary.csv", "per_image.csv"),
-    "probe": ("result.json", "grid.csv"),
-    "viz": ("similarity_maps.npz",),
+    "study": (STUDY_YAML, RESULTS_CSV),
+    "predict": (PREDICTIONS_CSV,),
+    "correlate": (CORRELATIONS_CSV,),
+    "inject": (INJECTION_CSV,),
+    "metrics": (SUMMARY_CSV, PER_IMAGE_CSV),
+    "probe": (RESULT_JSON, GRID_CSV),
+    "viz": (SIMILARITY_MAPS_NPZ,),
 }
 #: section titles, in report order (the HTML test checks each one is there)
 SECTIONS = ("What was run", "Results", "Correlations", "REPA − iREPA per encoder", "Injection curves",
             "Similarity maps", "Outliers and leave-one-family-out")
-PROPERTIES = ("lp_acc", "lds", "cds", "srss", "rmsc")
-QUALITY = ("gfid", "fd_digits", "sfid", "is", "precision", "recall")
 FIGURES_DIR = "figures"
 MAX_JSON_FILES = 200
 
@@ -120,8 +122,8 @@ def load(path: str | Path, *, kind: str = "auto", dpi: int = 110) -> Context:
     for rec in list(ctx.records.values()):
         for inp in rec.get("inputs") or []:
             path = Path(inp["path"]) if isinstance(inp, dict) and inp.get("path") else None
-            if path is not None and (path / "manifest.json").is_file():
-                _read_record(ctx, path / "manifest.json", str(path / "manifest.json"))
+            if path is not None and (path / MANIFEST_JSON).is_file():
+                _read_record(ctx, path / MANIFEST_JSON, str(path / MANIFEST_JSON))
     return ctx
 
 
@@ -133,7 +135,7 @@ def _read_record(ctx: Context, p: Path, key: str) -> None:
 
 
 def _walk_json(d: Path, depth: int = 5) -> Iterable[Path]:
-    for name in ("config.json", "manifest.json", "plan.json", "result.json", "fid.json"):
+    for name in (CONFIG_JSON, MANIFEST_JSON, PLAN_JSON, RESULT_JSON, FID_JSON):
         p = d / name
         if p.is_file():
             yield p
@@ -258,9 +260,9 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if source not in r["sources"]:
             r["sources"].append(source)
 
-    top = ctx.records.get("config.json") or ctx.records.get("study.json") or {}
+    top = ctx.records.get(CONFIG_JSON) or ctx.records.get("study.json") or {}
     for k, v in _flatten(top.get("config", {})):
-        add("options", k, v, "config.json")
+        add("options", k, v, CONFIG_JSON)
     for src, rec in ctx.records.items():
         env = rec.get("environment") or {}
         for k in _ENV_KEYS:
@@ -269,7 +271,7 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if isinstance(inp, dict):
             for k, v in inp.items():
                 add("inputs", k, v, src)
-        who = f"{rec['encoder']}: " if isinstance(rec.get("encoder"), str) and src.endswith("manifest.json") else ""
+        who = f"{rec['encoder']}: " if isinstance(rec.get("encoder"), str) and src.endswith(MANIFEST_JSON) else ""
         for k, v in _flatten({kk: vv for kk, vv in rec.items() if kk not in ("config", "environment", "ids", "shards",
                                                                              "rows", "grid_results", "labels")}):
             leaf = k.rsplit(".", 1)[-1]
@@ -277,7 +279,7 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
                 add("checksums & protocols", who + k, v, src)
         for k, v in _flatten(rec.get("config", {})):
             leaf = k.rsplit(".", 1)[-1]
-            if _PROV_KEY.search(leaf) and src != "config.json":
+            if _PROV_KEY.search(leaf) and src != CONFIG_JSON:
                 add("checksums & protocols", k, v, src)
         enc = rec.get("encoder")
         if isinstance(enc, dict) and enc.get("weights_id"):
@@ -296,8 +298,8 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
 def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.DataFrame | None, str | None, str]:
     """The points behind a correlate folder, from its ``config.json``: the packaged reference or the
     input table. Returns (points or None, family column, a note on where they came from)."""
-    cfg_path = folder / "config.json"
-    rec = (records or {}).get("config.json") if records is not None else None
+    cfg_path = folder / CONFIG_JSON
+    rec = (records or {}).get(CONFIG_JSON) if records is not None else None
     if rec is None and cfg_path.is_file():
         rec = json.loads(cfg_path.read_text(encoding="utf-8"))
     rec = rec or {}
@@ -311,8 +313,6 @@ def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.Data
     if table and table != "<DataFrame>":
         p = _find_table(Path(table), folder)
         if p is not None:
-            from ..correlation import read_table
-
             return read_table(p), family_col, f"table {str(p)!r}"
         return None, family_col, f"the input table {table!r} is no longer on disk"
     return None, family_col, "config.json does not name the input table"
@@ -340,7 +340,7 @@ def _correlate_folders(ctx: Context) -> dict[str, Path]:
         return {"": ctx.dir}
     base = ctx.dir / "correlate"
     if ctx.kind == "study" and base.is_dir():
-        return {p.name: p for p in sorted(base.iterdir()) if (p / "correlations.csv").is_file()}
+        return {p.name: p for p in sorted(base.iterdir()) if (p / CORRELATIONS_CSV).is_file()}
     return {}
 
 
@@ -353,7 +353,7 @@ def _no_correlations(ctx: Context) -> str:
 
 
 def _all_stats(ctx: Context) -> pd.DataFrame | None:
-    frames = [_read_csv(p / "correlations.csv") for p in _correlate_folders(ctx).values()]
+    frames = [_read_csv(p / CORRELATIONS_CSV) for p in _correlate_folders(ctx).values()]
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -371,7 +371,7 @@ def results(ctx: Context):
 
     k, d = ctx.kind, ctx.dir
     if k == "study":
-        df = _read_csv(d / "results.csv")
+        df = _read_csv(d / RESULTS_CSV)
         keys = [c for c in ("encoder", "family", "method") if c in df.columns]
         num = [c for c in (*PROPERTIES, *QUALITY) if c in df.columns]
         agg = df.groupby(keys, dropna=False, sort=False)[num].mean(numeric_only=True).reset_index() if keys else df
@@ -379,7 +379,7 @@ def results(ctx: Context):
             agg.insert(len(keys), "n_seeds", df.groupby(keys, dropna=False, sort=False)["seed"].nunique().to_numpy())
         return [Markdown(f"`results.csv`: {len(df)} rows (encoder × method × seed); mean over seeds:"), agg.round(4)]
     if k == "correlate":
-        stats = _read_csv(d / "correlations.csv")
+        stats = _read_csv(d / CORRELATIONS_CSV)
         pts, _, note = correlate_points(d, ctx.records)
         out = [Markdown("`correlations.csv`:"), stats.round(3)]
         if pts is not None:
@@ -388,26 +388,26 @@ def results(ctx: Context):
             out.append(Absent(f"the points behind the correlations: {note}."))
         return out
     if k == "metrics":
-        return [Markdown("`summary.csv` (per encoder and radius setting):"), _read_csv(d / "summary.csv").round(4)]
+        return [Markdown("`summary.csv` (per encoder and radius setting):"), _read_csv(d / SUMMARY_CSV).round(4)]
     if k == "probe":
-        res = json.loads((d / "result.json").read_text(encoding="utf-8"))
+        res = json.loads((d / RESULT_JSON).read_text(encoding="utf-8"))
         best = {kk: v for kk, v in res.items() if not isinstance(v, (list, dict))}
         best.update({f"best.{kk}": v for kk, v in (res.get("best") or {}).items()})
-        grid = _read_csv(d / "grid.csv")
+        grid = _read_csv(d / GRID_CSV)
         return [pd.DataFrame({"item": list(best), "value": [_fmt(v) for v in best.values()]}),
                 Markdown("`grid.csv` (every head of the grid):"), grid.round(4)]
     if k == "inject":
-        return [Markdown("`injection.csv` (one row per α):"), _read_csv(d / "injection.csv").round(4)]
+        return [Markdown("`injection.csv` (one row per α):"), _read_csv(d / INJECTION_CSV).round(4)]
     if k == "predict":
         out = [Markdown("`predictions.csv` (per new encoder and property: OLS prediction, 95 % interval, rank):"),
-               _read_csv(d / "predictions.csv").round(3)]
+               _read_csv(d / PREDICTIONS_CSV).round(3)]
         if (d / "prediction_panel.png").is_file():
             out.append(_copy_figure(ctx, d / "prediction_panel", "prediction_panel"))
         return out
     if k == "viz":
         from ..viz import load_maps
 
-        maps = load_maps(d / "similarity_maps.npz")
+        maps = load_maps(d / SIMILARITY_MAPS_NPZ)
         return pd.DataFrame([{"encoder": m.encoder, "refs": " ".join(f"{r}:{c}" for r, c in m.refs), "gamma": m.gamma,
                               "raw_min": m.raw.min(), "raw_max": m.raw.max(), "normed_min": m.normed.min(),
                               "normed_max": m.normed.max()} for m in maps]).round(4)
@@ -437,7 +437,7 @@ def correlations(ctx: Context):
     stats: dict[str, pd.DataFrame] = {}
     missing, family = [], "family"
     for name, folder in folders.items():
-        st = _read_csv(folder / "correlations.csv")
+        st = _read_csv(folder / CORRELATIONS_CSV)
         pts, fam, note = correlate_points(folder, ctx.records if folder == ctx.dir else None)
         family = fam or family
         if pts is None:
@@ -471,7 +471,7 @@ def repa_minus_irepa(ctx: Context):
 
     df = None
     if ctx.kind == "study":
-        res = _read_csv(ctx.dir / "results.csv")
+        res = _read_csv(ctx.dir / RESULTS_CSV)
         q = _quality_col(res)
         if q and "method" in res.columns and {"repa", "irepa"} <= set(res["method"].astype(str)):
             keys = ["encoder"] + (["family"] if "family" in res.columns else [])
@@ -504,7 +504,7 @@ def injection(ctx: Context):
     """LP accuracy and spatial metrics against the injection strength α."""
     from ..figures import injection_curves
 
-    files = [ctx.dir / "injection.csv"] if ctx.kind == "inject" else sorted(ctx.dir.glob("**/injection.csv"))
+    files = [ctx.dir / INJECTION_CSV] if ctx.kind == "inject" else sorted(ctx.dir.glob(f"**/{INJECTION_CSV}"))
     if not files:
         return Absent(f"no injection curves: no injection.csv in this {ctx.kind} folder "
                       "(run `spatialprobe inject --encoder ENC --images DIR --labels L --out DIR`).")
@@ -570,7 +570,7 @@ def robustness(ctx: Context):
         return Absent("no outlier or leave-one-family-out checks: " + _no_correlations(ctx).split(": ", 1)[1])
     rows = []
     for folder in _correlate_folders(ctx).values():
-        st = _read_csv(folder / "correlations.csv")
+        st = _read_csv(folder / CORRELATIONS_CSV)
         pts, _, _ = correlate_points(folder, ctx.records if folder == ctx.dir else None)
         id_col = None
         if pts is not None:

@@ -15,12 +15,12 @@ from typing import Any
 
 from ..config import comma_list
 from ..errors import ConfigError, InputFileError
+from ..schema import FD_DIGITS, GFID, LAUNCHERS, PROPERTIES
 
 PACKAGED = ("mini",)
-LAUNCHERS = ("local", "submitit")
 CLUSTERS = ("slurm", "local", "debug")
 FID_PROTOCOLS = ("digits", "adm")
-QUALITY_COL = {"digits": "fd_digits", "adm": "gfid"}
+QUALITY_COL = {"digits": FD_DIGITS, "adm": GFID}
 
 
 @dataclass
@@ -92,7 +92,7 @@ def repa_differences(methods: list[str]) -> list[str]:
 
 @dataclass
 class CorrelateSpec:
-    x: list[str] = field(default_factory=lambda: ["lp_acc", "lds", "cds", "srss", "rmsc"])
+    x: list[str] = field(default_factory=lambda: list(PROPERTIES))
     y: list[str] | None = None  #: default: one per method, plus REPA − iREPA (or the known column)
     family_col: str = "family"
     control: str | None = None

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,12 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from .. import runtime
 from ..config import comma_list
 from ..errors import ConfigError, DataError
+from ..io import atomic_write
+from ..runtime import resolve_device  # (train.loop.resolve_device stays importable)
+from ..schema import CONFIG_JSON
 from . import pixelrepa, presets, repa
 from .config import TrainConfig, check_resume, finalize
 from .models import build as build_model
@@ -48,12 +51,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -164,10 +161,8 @@ def newest_intact_checkpoint(out: str | Path, map_location: str | torch.device =
 def _atomic_save(obj: Any, path: Path) -> None:
     from ..checks import writing
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with writing(path, tmp, what="checkpoint"):
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+    with writing(path, what="checkpoint"):  # atomic_write removes its temporary file on a failure
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _num_classes(source) -> int:
@@ -298,15 +293,15 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     # distributed (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world = runtime.world_size()
+    rank = runtime.rank()
     device = resolve_device(config.device)
     own_group = False
     if world > 1:
         import torch.distributed as dist
 
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            device = torch.device("cuda", runtime.local_rank())
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -416,7 +411,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
 
     log_path = out / "log.jsonl"
     if rank == 0:
-        write_config(out / "config.json", cfg, model_args=model_args, latent=latent_info,
+        write_config(out / CONFIG_JSON, cfg, model_args=model_args, latent=latent_info,
                      teachers=[{"name": getattr(t, "name", type(t).__name__),
                                 "weights_id": getattr(t, "weights_id", None)} for t in teachers],
                      world_size=world, num_images=len(indices))
