@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import hashlib
 import json
 import platform
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError, InputFileError
+from .io import sha256_file  # noqa: F401 - re-exported: the one file-hash rule lives in spatialprobe.io
 
 T = TypeVar("T")
 
@@ -166,14 +166,6 @@ def jsonable(v: Any) -> Any:
 def comma_list(value: str) -> list[str]:
     """``"a,b, c"`` -> ``["a", "b", "c"]`` (empty pieces dropped): list options given as one string."""
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def git_revision() -> str | None:

@@ -10,13 +10,15 @@ import pandas as pd
 
 from . import reference as _reference
 from .config import comma_list, resolve, sha256_file, write_config
-from .errors import ColumnError, ConfigError, DataError, InputFileError
+from .errors import ColumnError, ConfigError, DataError
+from .io import read_table  # noqa: F401 - re-exported: the table reader lives in spatialprobe.io
+from .schema import CONFIG_JSON, CORRELATIONS_CSV, GFID, PROPERTIES
 from .stats import correlation_table
 
 log = logging.getLogger(__name__)
 
-DEFAULT_X = ("lp_acc", "lds", "cds", "srss", "rmsc")
-DEFAULT_Y = ("gfid",)
+DEFAULT_X = PROPERTIES
+DEFAULT_Y = (GFID,)
 
 
 @dataclass
@@ -67,22 +69,6 @@ def check_duplicates(df: pd.DataFrame, id_col: str | None, *, allow: bool = Fals
     log.warning("%s (--allow-duplicates).", msg)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a results table (.csv, .tsv or .parquet) with a clear error when it is missing or unreadable."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputFileError(f"Table file {str(p)!r} does not exist.")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(p)
-        if suffix in (".tsv", ".tab"):
-            return pd.read_csv(p, sep="\t")
-        return pd.read_csv(p)
-    except Exception as exc:  # noqa: BLE001 - surface any parser error as the user's input problem
-        raise DataError(f"Table file {str(p)!r} could not be read as {suffix or 'CSV'}: {exc}") from exc
-
-
 def _pick(df: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...]) -> str | None:
     if wanted:
         return wanted
@@ -126,7 +112,7 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
                                confidence=cfg.confidence, seed=cfg.seed)
     if cfg.out:
         out = Path(cfg.out)
-        result.to_csv(out / "correlations.csv", index=False)
+        result.to_csv(out / CORRELATIONS_CSV, index=False)
         extra = {"input": source, "family_col": family_col, "rows_in_input": len(df)}
         if cfg.figure:
             from .figures import correlation_panel
@@ -136,6 +122,6 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
                 paths = correlation_panel(df, cfg.x, yname, result[result["y"] == yname],
                                           family_col=family_col, out=out / stem)
                 extra.setdefault("figures", []).extend(str(p) for p in paths)
-        write_config(out / "config.json", cfg, **extra)
+        write_config(out / CONFIG_JSON, cfg, **extra)
         log.info("wrote %s", out)
     return result

@@ -34,16 +34,17 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import runtime
 from .data import PREPROCESS_ID, ImageSource, open_source
-from .data.loading import SourceItems, collate_items, decode_workers
+from .data.loading import SourceItems, collate_items
 from .errors import ConfigError, StoreError
+from .runtime import decode_workers  # also re-exported here (benchmarks/bench_extract.py imports it)
 from .store import DTYPES, FORMAT_VERSION, FeatureStore, StoreWriter, fingerprint, torch_dtype
 from .store import open as open_store
 
@@ -103,14 +104,14 @@ class ExtractResult:
 
 def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank); initialises the default process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = runtime.world_size()
     if world <= 1:
         return 0, 1, 0
     import torch
     import torch.distributed as dist
 
     global _OWN_GROUP
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = runtime.local_rank()
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)  # NCCL collectives run on this rank's own GPU
@@ -141,15 +142,8 @@ def _barrier(world: int) -> None:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> str:
-    import torch
-
-    if device == "auto":
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and torch.cuda.is_available():
-        return f"cuda:{local_rank}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is available; use --device cpu.")
-    return device
+    """:func:`spatialprobe.runtime.resolve_device` as a string (``auto``/``cuda`` -> ``cuda:<local_rank>``)."""
+    return str(runtime.resolve_device(device, local_rank))
 
 
 # ----------------------------------------------------------------------------- data loading

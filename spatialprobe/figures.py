@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .schema import PROPERTIES
 
 STYLE = str(resources.files(__package__).joinpath("spatialprobe.mplstyle"))
 
@@ -246,7 +247,7 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, *, label_col: str = "enc
         return _save(fig, out, formats, dpi)
 
 
-def injection_curves(table: pd.DataFrame, *, metrics: tuple[str, ...] = ("lp_acc", "lds", "cds", "srss", "rmsc"),
+def injection_curves(table: pd.DataFrame, *, metrics: tuple[str, ...] = PROPERTIES,
                      out: str | Path | None = None, formats: tuple[str, ...] = ("png", "pdf"), dpi: int | None = None):
     """LP accuracy and each spatial metric against the injection strength α, one line per encoder."""
     import matplotlib.pyplot as plt

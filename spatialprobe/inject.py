@@ -24,11 +24,13 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .probe import (DEFAULT_LRS, DEFAULT_WDS, check_labels, contiguous_labels, fit_heads, join_labels, load_labels,
                     stratified_split)
+from .runtime import resolve_device
+from .schema import CONFIG_JSON, INJECTION_CSV, RESULT_JSON, SPATIAL_METRICS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-METRICS = ("lds", "cds", "srss", "rmsc")
+METRICS = SPATIAL_METRICS
 
 
 @dataclass
@@ -85,7 +87,7 @@ class InjectConfig:
 
 def mix_tokens(patch, cls, alpha: float, form: str, mix: str):
     """Mixed tokens for one α (``mix`` is "cls" or "mean")."""
-    from .encoders.transforms import mix_cls, mix_mean
+    from .tokens import mix_cls, mix_mean  # torch-heavy: imported on use
 
     return mix_cls(patch, cls, alpha, form=form) if mix == "cls" else mix_mean(patch, alpha, form=form)
 
@@ -137,9 +139,8 @@ def _encoder_chunks(cfg: InjectConfig, src, masks_for) -> tuple[Iterator, tuple[
     from tqdm.auto import tqdm
 
     from .encoders import get
-    from .probe import _device
 
-    dev = str(_device(cfg.device))
+    dev = str(resolve_device(cfg.device))
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
     enc = get(cfg.encoder, weights_dir=cfg.weights_dir, device=dev, pretrained=not cfg.random_init)
@@ -236,13 +237,13 @@ def inject(config: str | Path | InjectConfig | None = None, **overrides: Any):
     table["random_init"] = bool(cfg.random_init) or bool(st is not None and _store_random_init(st))
     if cfg.out:
         out = Path(cfg.out)
-        table.to_csv(out / "injection.csv", index=False)
-        (out / "result.json").write_text(json.dumps({
+        table.to_csv(out / INJECTION_CSV, index=False)
+        (out / RESULT_JSON).write_text(json.dumps({
             "encoder": enc_name, "mix": used, "form": cfg.form, "grid": list(grid), "n_images": len(ids),
             "rows": json.loads(table.to_json(orient="records")),
             "note": "one extraction; tokens mixed per alpha in memory; LP = batched probe on mean-pooled mixed tokens"},
             indent=2) + "\n", encoding="utf-8")
-        write_config(out / "config.json", cfg)
+        write_config(out / CONFIG_JSON, cfg)
         if cfg.figure:
             injection_figure(table, out / "injection")
     return table

@@ -31,10 +31,12 @@ import pandas as pd
 from . import reference as _reference
 from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError, InputFileError
+from .io import read_table
+from .schema import (CONFIG_JSON, MANIFEST_JSON, OFFICIAL_TABLE_CSV, PREDICTIONS_CSV, PROPERTIES, RESULTS_CSV,
+                     SUMMARY_CSV)
 
 log = logging.getLogger(__name__)
 
-PROPERTIES = ("lp_acc", "lds", "cds", "srss", "rmsc")
 COLUMNS = ("encoder", "x", "value", "pred_gfid", "pi_low", "pi_high", "rank")
 EXTRA_COLUMNS = ("boot_low", "boot_high", "n_ref", "ref_r")
 PROTOCOL_FIELDS = ("images", "resolution", "radii", "masks")
@@ -161,12 +163,6 @@ def rank_among(ref_y: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- inputs and protocols
 
-def _read_any(path: Path) -> pd.DataFrame:
-    from .correlation import read_table
-
-    return read_table(path)
-
-
 def _radii_of(row: pd.Series | dict) -> str | None:
     keys = ("lds_near", "lds_far", "cds_dmax", "srss_pos", "srss_neg")
     if not all(k in row and pd.notna(row[k]) for k in keys):
@@ -177,7 +173,7 @@ def _radii_of(row: pd.Series | dict) -> str | None:
 def _store_protocol(path: str) -> dict[str, str | None]:
     """Images and resolution of a feature store, from its manifest (None when it is gone)."""
     p = Path(path)
-    manifest = p / "manifest.json"
+    manifest = p / MANIFEST_JSON
     if not manifest.is_file():
         found = sorted(p.glob("*/manifest.json")) if p.is_dir() else []
         if len(found) != 1:
@@ -206,7 +202,7 @@ def metrics_protocol(folder: str | Path, summary: pd.DataFrame | None = None) ->
     themselves the field lists every value, separated by ``|``.
     """
     folder = Path(folder)
-    cfg_path = folder / "config.json"
+    cfg_path = folder / CONFIG_JSON
     rec = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     cfg = rec.get("config", {})
     proto: dict[str, str | None] = {k: None for k in PROTOCOL_FIELDS}
@@ -243,9 +239,9 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
                              "'encoder' column or a `spatialprobe metrics` output folder.")
     proto: dict[str, str | None] = {k: None for k in PROTOCOL_FIELDS}
     if p.is_dir():
-        for name in ("results.csv", "official_table.csv", "summary.csv"):
+        for name in (RESULTS_CSV, OFFICIAL_TABLE_CSV, SUMMARY_CSV):
             if (p / name).is_file():
-                df = _read_any(p / name)
+                df = read_table(p / name)
                 proto = metrics_protocol(p, df)
                 source = {"folder": str(p), "file": name, "sha256": sha256_file(p / name)}
                 break
@@ -261,9 +257,9 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
             log.info("%s: using the 'default' radius setting of the sweep", p)
             df = default
     else:
-        df = _read_any(p)
+        df = read_table(p)
         source = {"table": str(p), "sha256": sha256_file(p)}
-        side = p.with_name("config.json")
+        side = p.with_name(CONFIG_JSON)
         if side.is_file():  # a table written next to its metrics config
             proto = metrics_protocol(p.parent, df)
         else:
@@ -287,9 +283,9 @@ def load_reference(name: str) -> tuple[pd.DataFrame, dict[str, str | None], dict
         if p.is_dir():
             df, proto, source = load_new(p)
             return df, proto, source
-        df = _read_any(p)
+        df = read_table(p)
         proto = {k: None for k in PROTOCOL_FIELDS}
-        if p.with_name("config.json").is_file():
+        if p.with_name(CONFIG_JSON).is_file():
             proto = metrics_protocol(p.parent, df)
         return df, proto, {"table": str(p), "sha256": sha256_file(p)}
     from .errors import UnknownNameError, did_you_mean
@@ -412,7 +408,7 @@ def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Pat
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        pred.to_csv(out / "predictions.csv", index=False)
+        pred.to_csv(out / PREDICTIONS_CSV, index=False)
         extra: dict[str, Any] = {"input": source, "reference_input": ref_source, "protocol_new": proto_new,
                                  "protocol_reference": proto_ref, "caveats": caveats,
                                  "fits": result.fits.to_dict(orient="records")}
@@ -423,7 +419,7 @@ def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Pat
             paths = prediction_panel(ref, list(cfg.x), cfg.y, pred, confidence=cfg.confidence, family_col=fam,
                                      out=out / "prediction_panel")
             extra["figures"] = [str(p) for p in paths]
-        write_config(out / "config.json", cfg, **extra)
+        write_config(out / CONFIG_JSON, cfg, **extra)
         log.info("wrote %s", out)
     return result
 

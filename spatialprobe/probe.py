@@ -29,6 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError, InputFileError, StoreError
+from .runtime import resolve_device
+from .schema import CONFIG_JSON, GRID_CSV, RESULT_JSON
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +110,6 @@ class ProbeResult:
 
 
 # --------------------------------------------------------------------------------------------- core
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but no CUDA device is visible; use --device cpu.")
-    return dev
 
 
 def _as_tensor(x, dtype):
@@ -216,7 +207,7 @@ def fit_heads(x_train, y_train, x_val, y_val, *, lrs: Sequence[float] = DEFAULT_
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    dev = _device(device)
+    dev = resolve_device(device)
     xtr = _as_tensor(x_train, torch.float32)
     xva = _as_tensor(x_val, torch.float32)
     ytr_np, yva_np = np.asarray(y_train), np.asarray(y_val)
@@ -515,11 +506,11 @@ def write_result(res: ProbeResult, out: str | Path, cfg: Any = None) -> Path:
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "result.json").write_text(json.dumps(res.to_dict(), indent=2) + "\n", encoding="utf-8")
-    with open(d / "grid.csv", "w", newline="", encoding="utf-8") as fh:
+    (d / RESULT_JSON).write_text(json.dumps(res.to_dict(), indent=2) + "\n", encoding="utf-8")
+    with open(d / GRID_CSV, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(res.grid[0]))
         w.writeheader()
         w.writerows(res.grid)
     if cfg is not None:
-        write_config(d / "config.json", cfg)
-    return d / "result.json"
+        write_config(d / CONFIG_JSON, cfg)
+    return d / RESULT_JSON

@@ -28,6 +28,8 @@ import numpy as np
 from .config import comma_list, resolve, write_config
 from .errors import ConfigError, DataError, InputFileError, did_you_mean
 from .figures import similarity_figure
+from .runtime import resolve_device
+from .schema import CONFIG_JSON, SIMILARITY_MAPS_NPZ
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ OFFICIAL_N_REFS = 4
 OFFICIAL_SEED = 42
 OFFICIAL_MIN_SEP = 0.15
 DEFAULT_GAMMA = 0.6  #: the official ``--zscore_alpha`` default (the LDM recipe's γ)
-MAPS_FILE = "similarity_maps.npz"
+MAPS_FILE = SIMILARITY_MAPS_NPZ
 FIGURE_STEM = "similarity"
 
 
@@ -137,7 +139,7 @@ def maps_for_tokens(tokens, grid: tuple[int, int], refs: Sequence[tuple[int, int
     """:class:`SimilarityMaps` from ready tokens ``[T, D]`` / ``[1, T, D]`` (e.g. a feature-store row)."""
     import torch
 
-    from .metrics import spatial_norm
+    from .tokens import spatial_norm
 
     t = torch.as_tensor(tokens).float()
     t = t[None] if t.ndim == 2 else t
@@ -205,7 +207,7 @@ def viz(config: str | Path | VizConfig | None = None, **options) -> list[Similar
     from . import encoders as E
 
     cfg = resolve(VizConfig, config, **options)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = str(resolve_device(cfg.device))
     image_id, img = load_image(cfg.image, cfg.resolution)
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     results, weights = [], {}
@@ -225,7 +227,7 @@ def viz(config: str | Path | VizConfig | None = None, **options) -> list[Similar
         out_dir.mkdir(parents=True, exist_ok=True)
         save_maps(results, out_dir / MAPS_FILE)
         paths = similarity_figure(results, out=out_dir / FIGURE_STEM, dpi=cfg.dpi)
-        write_config(out_dir / "config.json", cfg, image_id=image_id, weights=weights,
+        write_config(out_dir / CONFIG_JSON, cfg, image_id=image_id, weights=weights,
                      protocol={"viz": "irepa-viz-spatialnorm-v1", "preprocess": "adm-center-crop-v1"},
                      outputs=[str(p) for p in paths] + [str(out_dir / MAPS_FILE)])
     return results

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import spatialprobe.encoders as E
-from spatialprobe.encoders.transforms import mix_cls, mix_mean
+from spatialprobe.tokens import mix_cls, mix_mean
 from spatialprobe.errors import ConfigError, DataError, UnknownNameError
 
 PAPER_27 = (

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import spatialprobe.encoders as E
 from spatialprobe.cli import app
-from spatialprobe.encoders.transforms import mix_cls, mix_mean
+from spatialprobe.tokens import mix_cls, mix_mean
 from spatialprobe.errors import ConfigError, UnknownNameError
 from spatialprobe.metrics import spatial_norm
 

@@ -22,7 +22,7 @@ def _isolated_caches(tmp_path, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("SPATIALPROBE_WEIGHTS", raising=False)
-    monkeypatch.setattr(W, "_SHA_CACHE", tmp_path / "sha.json")
+    monkeypatch.setenv("SPATIALPROBE_CACHE", str(tmp_path / "sp-cache"))  # the sha256 cache lives there
 
 
 @pytest.fixture(scope="module")

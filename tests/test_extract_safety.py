@@ -18,6 +18,7 @@ from PIL import Image
 import spatialprobe.store as store
 from spatialprobe.data import open_source
 from spatialprobe.data import sources as S
+import spatialprobe.io as sp_io
 from spatialprobe.errors import StoreError
 from spatialprobe.extract import extract
 
@@ -130,15 +131,15 @@ def test_content_hashes_are_read_once_and_cached_by_stat(tmp_path, monkeypatch):
     for k in range(4):
         _write_ppm(imgs / f"im{k}.ppm", k)
     reads: list[str] = []
-    real = S.sha256_of_file
-    monkeypatch.setattr(S, "sha256_of_file", lambda p, *a, **k: reads.append(os.path.basename(p)) or real(p))
-    monkeypatch.setattr(S, "_CACHES", {})
+    real = sp_io.sha256_file
+    monkeypatch.setattr(sp_io, "sha256_file", lambda p, *a, **k: reads.append(os.path.basename(p)) or real(p))
+    sp_io.forget_hashes()
     monkeypatch.setenv("SPATIALPROBE_CACHE", str(tmp_path / "cache"))
     fp = open_source(imgs).fingerprint()
     assert sorted(reads) == [f"im{k}.ppm" for k in range(4)]
     reads.clear()
     assert open_source(imgs).fingerprint() == fp and reads == []  # unchanged tree: stat only
-    monkeypatch.setattr(S, "_CACHES", {})  # a new process: the SQLite cache answers
+    sp_io.forget_hashes()  # a new process: the SQLite cache answers
     assert open_source(imgs).fingerprint() == fp and reads == []
     assert (tmp_path / "cache" / "file-hashes.sqlite").is_file()
     st = (imgs / "im2.ppm").stat()

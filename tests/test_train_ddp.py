@@ -42,7 +42,7 @@ def test_two_rank_gloo_run_prints_once_and_resumes_to_the_same_weights(tmp_path)
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert _steps(run) == [1, 2, 3, 4]  # one log line per step: rank 0 alone writes
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000002.pt", "0000004.pt"]
-    assert not list(run.rglob("*.tmp"))
+    assert not list(run.rglob("*.tmp*"))
     full = torch.load(run / "checkpoints" / "0000004.pt", map_location="cpu", weights_only=True)
 
     # a crash after step 2: the step-4 checkpoint and log lines are gone; --resume continues from step 2

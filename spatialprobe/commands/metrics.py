@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..schema import SPATIAL_METRICS
 from ._common import cli_errors, split_list, config_option, help_default
 
 CONFIG = "spatialprobe.metrics.run:MetricsConfig"
@@ -72,7 +73,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                   mask_resolution=mask_resolution, mask_channel=mask_channel,
                   allow_missing=allow_missing, encoder=encoder, chunk_size=chunk_size, device=device)
         s = res.summary
-        cols = ["encoder", "setting", "n_images"] + [c for m in ("lds", "cds", "srss", "rmsc") if m in s
+        cols = ["encoder", "setting", "n_images"] + [c for m in SPATIAL_METRICS if m in s
                                                      for c in (m, f"{m}_nan")]
         typer.echo(s[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         typer.echo(f"\nwrote {out / 'per_image.csv'} (+ .parquet), {out / 'summary.csv'}, {out / 'config.json'}")

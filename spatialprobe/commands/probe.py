@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..schema import PROPERTIES
 from ._common import cli_errors, split_list, config_option, device_option, help_default, show_value
 
 PROBE = "spatialprobe.probe:ProbeConfig"
@@ -118,7 +119,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                        batch_size=batch_size, device=device, weights_dir=weights_dir,
                        random_init=random_init or None, epochs=epochs, seed=seed, out=str(out),
                        figure=False if no_figure else None)
-        cols = ["alpha", "lp_acc", "lds", "cds", "srss", "rmsc"]
+        cols = ["alpha", *PROPERTIES]
         typer.echo(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
         typer.echo(f"\nwrote {out / 'injection.csv'}, {out / 'result.json'}"
                    + ("" if no_figure else f", {out / 'injection.png'} (+ .pdf)"))

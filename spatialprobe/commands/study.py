@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..schema import RESULTS_CSV
 from ._common import cli_errors
 
 study_app = typer.Typer(help="Run a whole study from one spec: properties x teachers x REPA/iREPA runs -> "
@@ -29,7 +30,7 @@ def _print_results(out: Path) -> None:
     from ..report.findings import headline_lines
 
     wide_path = out / "correlate" / "table.csv"
-    res = pd.read_csv(out / "results.csv")
+    res = pd.read_csv(out / RESULTS_CSV)
     if wide_path.is_file():
         wide = pd.read_csv(wide_path)
         wide = wide[[c for c in wide.columns if not c.endswith(("_sd", "_n", "_nan"))]]
@@ -110,9 +111,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                 raise typer.Exit(1)
             typer.echo("\nall weights present (or not needed)")
             return
-        if (out / "results.csv").is_file():
+        if (out / RESULTS_CSV).is_file():
             _print_results(out)
-            typer.echo(f"\nwrote {out / 'results.csv'} (+ .parquet), {out / 'summary.json'}, {out / 'correlate'}/")
+            typer.echo(f"\nwrote {out / RESULTS_CSV} (+ .parquet), {out / 'summary.json'}, {out / 'correlate'}/")
         for w in res.withdrawn:
             typer.secho(f"withdrew {w['path']} (moved under {out / 'withdrawn'}/): {w['reason']}", err=True,
                         fg=typer.colors.YELLOW)

@@ -163,11 +163,11 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     ) -> None:
         from ..config import load_config_file
         import logging
-        import os
 
+        from ..runtime import is_rank0
         from ..train.loop import train
 
-        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the other ranks report only warnings and errors
+        if not is_rank0():  # torchrun: the other ranks report only warnings and errors
             logging.getLogger("spatialprobe").setLevel(logging.WARNING)
 
         cfg_file = config

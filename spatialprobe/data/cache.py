@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..store import StoreLock
-from .loading import SourceItems, collate_items, decode_workers
+from ..io import FileLock, atomic_path, atomic_write_json
+from ..runtime import decode_workers
+from .loading import SourceItems, collate_items
 from .preprocess import BadImageError, array_to_pil
 from .sources import ImageSource
 
@@ -81,7 +81,7 @@ class DecodedCache(ImageSource):
         if self._bad is not None:
             return self.path
         if not (self.path.is_file() and self.bad_path.is_file()):
-            with StoreLock(self.path.parent, blocking=True):
+            with FileLock(self.path.parent, blocking=True):
                 if not (self.path.is_file() and self.bad_path.is_file()):
                     self._build()
         self._bad = {int(k): v for k, v in json.loads(self.bad_path.read_text(encoding="utf-8")).items()}
@@ -92,22 +92,19 @@ class DecodedCache(ImageSource):
         from tqdm.auto import tqdm
 
         n, r = len(self.base), self.base.resolution
-        tmp = self.path.with_name(f"{self.path.stem}.partial-{uuid.uuid4().hex[:12]}.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, r, r))
         loader = torch.utils.data.DataLoader(SourceItems(self.base, range(n)), batch_size=64, collate_fn=collate_items,
                                              num_workers=decode_workers(self.num_workers))
         bad: dict[int, str] = {}
-        with tqdm(total=n, desc="decode + crop (cached once)", unit="img", leave=False) as bar:
-            for pos, imgs, failed in loader:
-                if imgs is not None:
-                    arr[pos] = imgs.numpy()
-                bad.update({p: why for p, why in failed})
-                bar.update(len(pos) + len(failed))
-        arr.flush()
-        del arr
-        bad_tmp = tmp.with_suffix(".bad.json")
-        bad_tmp.write_text(json.dumps(bad), encoding="utf-8")
-        os.replace(tmp, self.path)  # the array first: the bad list is what marks the cache complete
-        os.replace(bad_tmp, self.bad_path)
+        with atomic_path(self.path) as tmp:  # the array first: the bad list is what marks the cache complete
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, r, r))
+            with tqdm(total=n, desc="decode + crop (cached once)", unit="img", leave=False) as bar:
+                for pos, imgs, failed in loader:
+                    if imgs is not None:
+                        arr[pos] = imgs.numpy()
+                    bad.update({p: why for p, why in failed})
+                    bar.update(len(pos) + len(failed))
+            arr.flush()
+            del arr
+        atomic_write_json(self.bad_path, bad, indent=None)
         self.decoded = n
         log.info("decoded and cropped %d images once into %s (%d undecodable)", n, self.path, len(bad))

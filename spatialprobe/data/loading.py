@@ -1,15 +1,16 @@
 """Feeding a DataLoader from an image source: one item per source position, undecodable images recorded.
 
 :class:`SourceItems` is the dataset, :func:`collate_items` its collate function (good images stacked,
-bad ones listed with their reason), :func:`decode_workers` the one rule for the number of decode
-workers. Extraction and the decoded-image cache both read images through them.
+bad ones listed with their reason); :func:`decode_workers` (the number of decode workers) is
+re-exported from :mod:`spatialprobe.runtime`. Extraction and the decoded-image cache both read images
+through them.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
+from ..runtime import decode_workers  # noqa: F401 - re-exported (the one rule lives in runtime)
 from .preprocess import BadImageError
 from .sources import ImageSource
 
@@ -31,11 +32,6 @@ class SourceItems:
             return pos, None, exc.reason
         except Exception as exc:  # noqa: BLE001 - any failure of one image is recorded, not fatal
             return pos, None, f"{type(exc).__name__}: {exc}"
-
-
-def decode_workers(n: int) -> int:
-    """DataLoader workers for ``num_workers = n`` (-1 = min(8, CPU count))."""
-    return n if n >= 0 else min(8, os.cpu_count() or 1)
 
 
 def collate_items(items):

@@ -109,18 +109,29 @@ def array_to_pil(arr: np.ndarray) -> "Image.Image":  # noqa: F821
     raise DataError(f"Image array of shape {a.shape} is not H×W, H×W×3 or H×W×4.")
 
 
+def adm_crop_geometry(size: tuple[int, int], resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where the ADM centre crop (:func:`center_crop_arr`) of an image of
+    ``size = (width, height)`` lands: ``((resized_w, resized_h), (x0, y0))``. The image is halved while its
+    short side is >= 2R, resized so the short side is R, and the central R×R window at ``(x0, y0)`` is kept."""
+    r = int(resolution)
+    w, h = int(size[0]), int(size[1])
+    while min(w, h) >= 2 * r:
+        w, h = w // 2, h // 2
+    scale = r / min(w, h)
+    nw, nh = max(r, round(w * scale)), max(r, round(h * scale))
+    return (nw, nh), ((nw - r) // 2, (nh - r) // 2)
+
+
 def center_crop_arr(img, resolution: int) -> np.ndarray:
-    """ADM centre crop of an RGB PIL image to ``resolution``² → uint8 array ``[R, R, 3]``."""
+    """ADM centre crop of an RGB PIL image to ``resolution``² → uint8 array ``[R, R, 3]``
+    (the geometry of :func:`adm_crop_geometry`)."""
     from PIL import Image
 
     r = int(resolution)
+    size, (x0, y0) = adm_crop_geometry(img.size, r)
     while min(img.size) >= 2 * r:
         img = img.resize(tuple(s // 2 for s in img.size), resample=Image.BOX)
-    scale = r / min(img.size)
-    img = img.resize(tuple(max(r, round(s * scale)) for s in img.size), resample=Image.BICUBIC)
-    a = np.asarray(img)
-    y0 = (a.shape[0] - r) // 2
-    x0 = (a.shape[1] - r) // 2
+    a = np.asarray(img.resize(size, resample=Image.BICUBIC))
     return a[y0:y0 + r, x0:x0 + r]
 
 

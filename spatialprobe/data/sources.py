@@ -6,7 +6,7 @@ in: folders are walked and sorted, so the same folder always gives the same id l
 
 Fingerprints are content-based: a file source hashes the bytes of its files (sha256), so an image
 rewritten with the same size and modification time still changes the fingerprint. Each file's hash is
-computed once and cached (:class:`ContentHashCache`, an SQLite file under ``$SPATIALPROBE_CACHE`` or
+computed once and cached (:class:`spatialprobe.io.HashCache`, an SQLite file under ``$SPATIALPROBE_CACHE`` or
 ``~/.cache/spatialprobe``) keyed by (path, device, inode, size, mtime, ctime): ``ctime`` cannot be set
 back by ``touch``/``os.utime``, so restoring the old mtime after a rewrite does not hide the change, and
 an unchanged tree costs one ``stat`` per file. Built-in sets are fingerprinted by the versions of the
@@ -18,17 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import sqlite3
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..config import sha256_file
 from ..errors import DataError, InputFileError
+from ..io import HashCache, cache_dir, hash_cache, sha256_file  # noqa: F401 - cache_dir re-exported
 from .preprocess import PREPROCESS_ID, BadImageError, array_to_pil, center_crop_arr, decode_file, to_tensor
 
 #: File suffixes treated as images when walking a folder (case-insensitive).
@@ -43,126 +39,10 @@ CONTENT_HASH = "sha256 of each file's bytes, in id order"
 
 # ----------------------------------------------------------------------------- content hashes
 
-def cache_dir() -> Path:
-    """``$SPATIALPROBE_CACHE``, else ``$XDG_CACHE_HOME/spatialprobe``, else ``~/.cache/spatialprobe``."""
-    if os.environ.get("SPATIALPROBE_CACHE"):
-        return Path(os.environ["SPATIALPROBE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "spatialprobe"
-
-
-def sha256_of_file(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes (a module-level name, so tests can count the reads)."""
-    return sha256_file(path)
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class ContentHashCache:
-    """sha256 of files, cached in memory and in an SQLite file by (path, dev, inode, size, mtime, ctime).
-
-    A file whose stat key is unchanged is never read again; any change of the key (a rewrite, a
-    replacement, ``os.utime``, a copy) makes it re-hashed. When the cache file cannot be written
-    (read-only home, odd file systems) hashes are still computed, just not kept across processes.
-    """
-
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else cache_dir() / "file-hashes.sqlite"
-        self._mem: dict[str, tuple[tuple, str]] = {}
-        self._lock = threading.Lock()
-
-    def _connect(self) -> sqlite3.Connection | None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = sqlite3.connect(str(self.path), timeout=30)
-            con.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, "
-                        "size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT)")
-            return con
-        except (OSError, sqlite3.Error) as exc:
-            log.debug("content-hash cache %s unavailable (%s); hashing without it", self.path, exc)
-            return None
-
-    def digests(self, files: Sequence[str | Path], *, workers: int = 8, progress: bool = True) -> list[str | None]:
-        """sha256 of each file (None for a file that cannot be read), reading only files not cached."""
-        paths = [os.path.abspath(f) for f in files]
-        keys: list[tuple | None] = []
-        for p in paths:
-            try:
-                keys.append(_stat_key(os.stat(p)))
-            except OSError:
-                keys.append(None)
-        out: list[str | None] = [None] * len(paths)
-        todo = []
-        for j, (p, k) in enumerate(zip(paths, keys)):
-            if k is None:
-                continue
-            hit = self._mem.get(p)
-            if hit is not None and hit[0] == k:
-                out[j] = hit[1]
-            else:
-                todo.append(j)
-        if not todo:
-            return out
-        con = self._connect()
-        if con is not None:
-            try:
-                for a in range(0, len(todo), 500):
-                    part = todo[a:a + 500]
-                    rows = con.execute(f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM hashes WHERE path IN "
-                                       f"({','.join('?' * len(part))})", [paths[j] for j in part]).fetchall()
-                    known = {r[0]: (tuple(r[1:6]), r[6]) for r in rows}
-                    for j in part:
-                        hit = known.get(paths[j])
-                        if hit is not None and hit[0] == keys[j]:
-                            out[j] = hit[1]
-                            self._mem[paths[j]] = hit
-            except sqlite3.Error as exc:
-                log.debug("content-hash cache %s unreadable (%s)", self.path, exc)
-        missing = [j for j in todo if out[j] is None]
-        if missing:
-            from tqdm.auto import tqdm
-
-            def one(j: int) -> tuple[int, str | None, tuple | None]:
-                try:
-                    before = keys[j]
-                    digest = sha256_of_file(paths[j])
-                    after = _stat_key(os.stat(paths[j]))
-                    return j, digest, after if after == before else None  # changed while read: not cached
-                except OSError:
-                    return j, None, None
-
-            fresh = []
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(missing)))) as pool:
-                for j, digest, key in tqdm(pool.map(one, missing), total=len(missing), unit="file",
-                                           desc="hashing images", disable=not progress or len(missing) < 2000,
-                                           mininterval=1.0):
-                    out[j] = digest
-                    if digest is not None and key is not None:
-                        with self._lock:
-                            self._mem[paths[j]] = (key, digest)
-                        fresh.append((paths[j], *key, digest))
-            if con is not None and fresh:
-                try:
-                    with con:
-                        con.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)", fresh)
-                except sqlite3.Error as exc:
-                    log.debug("content-hash cache %s not written (%s)", self.path, exc)
-        if con is not None:
-            con.close()
-        return out
-
-
-_CACHES: dict[str, ContentHashCache] = {}
-
-
-def content_hash_cache() -> ContentHashCache:
-    """The process-wide :class:`ContentHashCache` for the current :func:`cache_dir`."""
-    key = str(cache_dir())
-    if key not in _CACHES:
-        _CACHES[key] = ContentHashCache()
-    return _CACHES[key]
+#: the hash cache and cache folder live in :mod:`spatialprobe.io`; these names stay for existing callers
+ContentHashCache = HashCache
+content_hash_cache = hash_cache
+sha256_of_file = sha256_file
 
 
 def _digest_list(items: Iterable[object]) -> str:
@@ -286,7 +166,7 @@ class FileSource(ImageSource):
 
     def _content_key(self, index: Sequence[int] | None = None) -> object:
         files = self.files if index is None else [self.files[i] for i in index]
-        return _digest_list(d or "unreadable" for d in content_hash_cache().digests(files))
+        return _digest_list(d or "unreadable" for d in hash_cache().digests(files))
 
 
 def _is_image(p: Path) -> bool:

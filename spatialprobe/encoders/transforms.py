@@ -1,58 +1,11 @@
-"""Pure tensor transforms on any encoder's tokens (no state, no weights).
+"""Moved: the token transforms ``mix_cls`` / ``mix_mean`` live in :mod:`spatialprobe.tokens`.
 
-``mix_cls`` injects the global (CLS) token into every patch token, the global-information ablation of the
-study (iREPA's ``dinov2mixed`` uses the official convex form with α = 0.1):
-
-- ``form="official"``: ``α·cls + (1 − α)·patch`` (convex; α = 0 leaves the tokens unchanged, α = 1 gives
-  the CLS everywhere);
-- ``form="additive"``: ``patch + α·cls`` (the paper's written form).
-
-``mix_mean`` does the same with the mean patch token for encoders without a CLS (SAM2, SigLIP, PE-G, ...).
+This shim re-exports them for one release.
 """
 
-from __future__ import annotations
+import warnings
 
-import torch
+from ..tokens import FORMS, mix_cls, mix_mean  # noqa: F401
 
-from ..errors import ConfigError, DataError
-
-FORMS = ("official", "additive")
-
-
-def _mix(patch: torch.Tensor, glob: torch.Tensor, alpha: float, form: str) -> torch.Tensor:
-    if form not in FORMS:
-        raise ConfigError(f"form must be one of {FORMS}, not {form!r}.")
-    g = glob.unsqueeze(1) if glob.dim() == patch.dim() - 1 else glob
-    if form == "official":
-        return alpha * g + (1.0 - alpha) * patch
-    return patch + alpha * g
-
-
-def mix_cls(patch: torch.Tensor, cls: torch.Tensor, alpha: float, form: str = "official") -> torch.Tensor:
-    """Mix the CLS token into every patch token.
-
-    Args:
-        patch: ``[B, T, D]`` patch tokens.
-        cls: ``[B, D]`` or ``[B, 1, D]`` (e.g. ``EncoderOutput.cls``).
-        alpha: mixing weight.
-        form: ``"official"`` (α·cls + (1−α)·patch) or ``"additive"`` (patch + α·cls).
-
-    Returns:
-        ``[B, T, D]`` tensor, same dtype as ``patch``.
-    """
-    if cls is None:
-        raise DataError("mix_cls: this encoder has no CLS token (prefix is None); use mix_mean instead.")
-    if patch.dim() != 3:
-        raise DataError(f"mix_cls: patch must be [B,T,D], got {tuple(patch.shape)}.")
-    c = cls.reshape(cls.shape[0], -1, cls.shape[-1])
-    if c.shape[1] != 1 or c.shape[0] != patch.shape[0] or c.shape[-1] != patch.shape[-1]:
-        raise DataError(f"mix_cls: cls must be [B,D] or [B,1,D] matching patch {tuple(patch.shape)}, "
-                        f"got {tuple(cls.shape)}.")
-    return _mix(patch, c.to(patch.dtype), alpha, form)
-
-
-def mix_mean(patch: torch.Tensor, alpha: float, form: str = "official") -> torch.Tensor:
-    """Mix the mean patch token into every patch token (for encoders without CLS); forms as :func:`mix_cls`."""
-    if patch.dim() != 3:
-        raise DataError(f"mix_mean: patch must be [B,T,D], got {tuple(patch.shape)}.")
-    return _mix(patch, patch.mean(dim=1, keepdim=True), alpha, form)
+warnings.warn("spatialprobe.encoders.transforms moved to spatialprobe.tokens; import mix_cls and mix_mean from there.",
+              DeprecationWarning, stacklevel=2)

@@ -146,8 +146,7 @@ def variant_spec(name: str) -> EncoderSpec:
 
 def apply_transforms(out: EncoderOutput, transforms: tuple[tuple[str, float | int], ...]) -> EncoderOutput:
     """``out`` with the token transforms (all but ``layer``, which is a build option) applied in fp32."""
-    from ..metrics.spatial import spatial_norm
-    from .transforms import mix_cls, mix_mean
+    from ..tokens import mix_cls, mix_mean, spatial_norm
 
     patch = out.patch.float()
     for key, val in transforms:

@@ -15,9 +15,7 @@ A name ending in '/' is a transformers folder (it must hold ``config.json``); an
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpatialProbeError, WeightsMismatchError, WeightsNotFoundError
+from ..io import sha256  # noqa: F401 - re-exported (cached by the one hash cache under $SPATIALPROBE_CACHE)
 from . import backends
 from .layouts import LAYOUTS, folder_layout, open_checkpoint, read_file
 from .loading import assert_complete, record_loads  # noqa: F401 - part of this module's public API
@@ -146,37 +145,6 @@ def require(spec: EncoderSpec, weights_dir: str | os.PathLike | None = None) -> 
         f"(flat or under {spec.id}/), or in the Hugging Face / torch hub caches. Get them from "
         f"{spec.weights.source}{gated}; nothing is downloaded at run time. Use pretrained=False "
         f"(--random-init) for a random-init model. Searched:\n  {where}")
-
-
-_SHA_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spatialprobe" / "sha256.json"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file (or of a folder's files, sorted by name), cached by (path, size, mtime)."""
-    p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    try:
-        cache = json.loads(_SHA_CACHE.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    for f in files:
-        if p.is_dir():
-            h.update(str(f.relative_to(p)).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    digest = h.hexdigest()
-    try:
-        _SHA_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        cache[key] = digest
-        _SHA_CACHE.write_text(json.dumps(cache))
-    except OSError:
-        pass
-    return digest
 
 
 def check_sha(spec: EncoderSpec, path: Path, digest: str) -> None:

@@ -41,6 +41,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..io import atomic_write_bytes, atomic_write_json, sha256_file
+from ..io import cache_dir as default_cache_dir  # the cache-folder rule
+from ..schema import CONFIG_JSON, FD_DIGITS
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ HOLDOUT_EVERY = 5
 EPOCHS = 10
 BATCH = 64
 LR = 2e-3
-COLUMN = "fd_digits"  #: the results-table column; this is not gFID
+COLUMN = FD_DIGITS  #: the results-table column; this is not gFID
 
 
 class DigitsCNN(nn.Module):
@@ -73,11 +76,6 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.relu(self.features(x)))
-
-
-def default_cache_dir() -> Path:
-    """``$SPATIALPROBE_CACHE`` or ``~/.cache/spatialprobe``."""
-    return Path(os.environ.get("SPATIALPROBE_CACHE") or Path.home() / ".cache" / "spatialprobe").expanduser()
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -153,15 +151,6 @@ def _features(net: DigitsCNN, batches: Iterator[torch.Tensor]) -> tuple[M.Runnin
     return rs, sorted(set(sizes))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class _Cached:
     net: DigitsCNN
@@ -174,8 +163,6 @@ class _Cached:
 def load_or_build(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> _Cached:
     """The cached classifier and held-out statistics, trained and written on first use."""
     from safetensors.torch import load_file, save
-
-    from ..config import sha256_file
 
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"digits FD: seed must be a non-negative integer, got {seed!r}.")
@@ -199,14 +186,14 @@ def load_or_build(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> 
     _, _, xte, _ = digits_split()
     rs, _ = _features(net, iter(xte.split(256)))
     mu, sigma = rs.finalize()
-    _write_atomic(cls_file, save({k: v.contiguous() for k, v in net.state_dict().items()}))
-    _write_atomic(ref_file, save({"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}))
+    atomic_write_bytes(cls_file, save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    atomic_write_bytes(ref_file, save({"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}))
     meta = {"version": VERSION, "seed": seed, "resolution": RESOLUTION, "feature_dim": FEATURE_DIM,
             "classifier_acc": acc, "n_train": int(len(digits_split()[0])), "n_reference": int(rs.n),
             "split": f"held out: index % {HOLDOUT_EVERY} == 0", "epochs": EPOCHS, "batch": BATCH, "lr": LR,
             "torch": torch.__version__, "classifier_sha256": sha256_file(cls_file),
             "reference_sha256": sha256_file(ref_file)}
-    _write_atomic(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_json(meta_file, meta, indent=2)
     return _Cached(net, mu, sigma, meta, folder)
 
 
@@ -285,7 +272,7 @@ def evaluate_digits(samples: Any, *, out: str | os.PathLike | None = None, confi
         o = Path(out).expanduser()
         o.mkdir(parents=True, exist_ok=True)
         (o / "fd_digits.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        write_config(o / "config.json", dataclasses.asdict(cfg),
+        write_config(o / CONFIG_JSON, dataclasses.asdict(cfg),
                      samples=str(samples) if isinstance(samples, (str, Path)) else "tensor")
         record["out"] = str(o)
     return record

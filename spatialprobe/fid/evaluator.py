@@ -25,13 +25,16 @@ import torch
 
 from ..config import comma_list, resolve, sha256_file, write_config
 from ..errors import ConfigError, DataError, InputFileError
+from ..io import atomic_path
+from ..runtime import resolve_device
+from ..schema import CONFIG_JSON, FID_JSON, FID_METRICS
 from . import metrics as M
 from .images import NpzImages, open_reference_images, open_samples
 from .inception import LOGITS_DIM, POOL_DIM, SPATIAL_DIM, InceptionFeatures, build_inception
 
 log = logging.getLogger(__name__)
 
-ALL_METRICS = ("fid", "sfid", "is", "precision", "recall")
+ALL_METRICS = FID_METRICS
 #: Images kept in a reference's ``arr_0`` for precision/recall (ADM: 10k).
 REF_PR_IMAGES = 10_000
 _META_KEY = "spatialprobe_meta"
@@ -77,12 +80,6 @@ class FidConfig:
         check_range("is_split_size", self.is_split_size, 1)
         check_range("pr_k", self.pr_k, 1)
         check_device(self.device, "--device")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -335,49 +332,46 @@ def build_reference(images: Any, out: str | os.PathLike, *, config: str | os.Pat
     chosen = np.sort(np.random.default_rng(cfg.seed).choice(n, size=k, replace=False)) if k < n else np.arange(n)
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     t0 = time.time()
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        state: dict[str, Any] = {"writer": None, "rows": []}
+    with atomic_path(out) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            state: dict[str, Any] = {"writer": None, "rows": []}
 
-        def on_batch(start: int, batch: torch.Tensor, feats: dict[str, torch.Tensor]) -> None:
-            idx = np.arange(start, start + batch.shape[0])
-            sel = np.isin(idx, chosen)
-            if not sel.any():
-                return
-            nhwc = batch.permute(0, 2, 3, 1).cpu().numpy()[sel]
-            if state["writer"] is None:
-                state["writer"] = _NpyStreamWriter(zf, "arr_0", (k, *nhwc.shape[1:]), np.uint8)
-            elif nhwc.shape[1:] != state["shape"]:
-                raise DataError(f"Reference images {str(images)!r} differ in size ({nhwc.shape[1:3]} vs "
-                                f"{state['shape'][:2]}); arr_0 needs one size: pass a resolution.")
-            state["shape"] = nhwc.shape[1:]
-            state["writer"].write(nhwc)
-            state["rows"].append(feats["pool"].cpu().numpy()[sel])
+            def on_batch(start: int, batch: torch.Tensor, feats: dict[str, torch.Tensor]) -> None:
+                idx = np.arange(start, start + batch.shape[0])
+                sel = np.isin(idx, chosen)
+                if not sel.any():
+                    return
+                nhwc = batch.permute(0, 2, 3, 1).cpu().numpy()[sel]
+                if state["writer"] is None:
+                    state["writer"] = _NpyStreamWriter(zf, "arr_0", (k, *nhwc.shape[1:]), np.uint8)
+                elif nhwc.shape[1:] != state["shape"]:
+                    raise DataError(f"Reference images {str(images)!r} differ in size ({nhwc.shape[1:3]} vs "
+                                    f"{state['shape'][:2]}); arr_0 needs one size: pass a resolution.")
+                state["shape"] = nhwc.shape[1:]
+                state["writer"].write(nhwc)
+                state["rows"].append(feats["pool"].cpu().numpy()[sel])
 
-        fp = feature_pass(imgs, model, batch_size=cfg.batch_size, limit=n, encoder=encoder, fd_pool=cfg.fd_pool,
-                          on_batch=on_batch, progress=cfg.progress, desc="reference")
-        state["writer"].close()
-        mu, sigma = fp.pool.finalize()
-        mu_s, sigma_s = fp.spatial.finalize()
-        for key, arr in (("mu", mu), ("sigma", sigma), ("mu_s", mu_s), ("sigma_s", sigma_s),
-                         (_REF_ACTS_KEY, np.concatenate(state["rows"]).astype(np.float32))):
-            _put(zf, key, arr)
-        if fp.enc is not None:
-            e_mu, e_sigma = fp.enc.finalize()
-            ename = getattr(encoder, "name", str(cfg.fd_encoder))
-            _put(zf, f"fd_{ename}_mu", e_mu)
-            _put(zf, f"fd_{ename}_sigma", e_sigma)
-        meta = {"format": "adm-reference", "name": name or _ref_tag(out, {}), "num_images": fp.n,
-                "pr_images": int(k), "image_size": list(fp.size or ()), "images": imgs.describe(),
-                "inception": _weights_desc(model), "fd_encoder": getattr(encoder, "name", None) if encoder else None,
-                "fd_pool": cfg.fd_pool if encoder else None,
-                "fd_encoder_weights_id": getattr(encoder, "weights_id", None) if encoder else None,
-                "seconds": round(time.time() - t0, 2)}
-        _put(zf, _META_KEY, np.array(json.dumps(meta)))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+            fp = feature_pass(imgs, model, batch_size=cfg.batch_size, limit=n, encoder=encoder, fd_pool=cfg.fd_pool,
+                              on_batch=on_batch, progress=cfg.progress, desc="reference")
+            state["writer"].close()
+            mu, sigma = fp.pool.finalize()
+            mu_s, sigma_s = fp.spatial.finalize()
+            for key, arr in (("mu", mu), ("sigma", sigma), ("mu_s", mu_s), ("sigma_s", sigma_s),
+                             (_REF_ACTS_KEY, np.concatenate(state["rows"]).astype(np.float32))):
+                _put(zf, key, arr)
+            if fp.enc is not None:
+                e_mu, e_sigma = fp.enc.finalize()
+                ename = getattr(encoder, "name", str(cfg.fd_encoder))
+                _put(zf, f"fd_{ename}_mu", e_mu)
+                _put(zf, f"fd_{ename}_sigma", e_sigma)
+            meta = {"format": "adm-reference", "name": name or _ref_tag(out, {}), "num_images": fp.n,
+                    "pr_images": int(k), "image_size": list(fp.size or ()), "images": imgs.describe(),
+                    "inception": _weights_desc(model), "fd_encoder": getattr(encoder, "name", None) if encoder else None,
+                    "fd_pool": cfg.fd_pool if encoder else None,
+                    "fd_encoder_weights_id": getattr(encoder, "weights_id", None) if encoder else None,
+                    "seconds": round(time.time() - t0, 2)}
+            _put(zf, _META_KEY, np.array(json.dumps(meta)))
     log.info("wrote reference %s: %d images, %d kept in arr_0", out, fp.n, k)
     return {**meta, "path": str(out), "sha256": sha256_file(out)}
 
@@ -543,9 +537,9 @@ def evaluate(samples: Any, ref: str | os.PathLike, *, out: str | os.PathLike | N
     if out is not None:
         o = Path(out).expanduser()
         o.mkdir(parents=True, exist_ok=True)
-        (o / "fid.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (o / FID_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         cfg_dump = dataclasses.replace(cfg, fd_encoder=ename) if encoder is not None else cfg
-        write_config(o / "config.json", cfg_dump, samples=str(samples) if isinstance(samples, (str, Path)) else "tensor",
+        write_config(o / CONFIG_JSON, cfg_dump, samples=str(samples) if isinstance(samples, (str, Path)) else "tensor",
                      ref=str(reference.path))
         record["out"] = str(o)
     return record

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputFileError
+from ..schema import SAMPLES_NPZ
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -214,8 +215,8 @@ def open_samples(spec: Any) -> ImageSet:
             raise InputFileError(f"Samples {str(p)!r}: expected an .npz (arr_0 uint8 [N, H, W, 3]) or a folder.")
         return NpzImages(p)
     if p.is_dir():
-        if (p / "samples.npz").is_file():
-            return NpzImages(p / "samples.npz")
+        if (p / SAMPLES_NPZ).is_file():
+            return NpzImages(p / SAMPLES_NPZ)
         return FolderImages(p)
     raise InputFileError(f"Samples {str(spec)!r} do not exist (expected an .npz, a folder of images, or the output "
                          "folder of `spatialprobe sample`).")

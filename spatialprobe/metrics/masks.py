@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import store
 from ..data import open_source
+from ..data.preprocess import adm_crop_geometry  # the one ADM crop geometry (re-exported here)
 from ..errors import ConfigError, DataError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -60,19 +61,6 @@ def read_mask(path: str | Path, channel: int | None = None) -> torch.Tensor:
                                 f"channel holds the mask with --mask-channel (0=R, 1=G, 2=B, 3=A).")
             arr = colour[..., 0]
     return torch.from_numpy(np.ascontiguousarray(arr) > 0)
-
-
-def adm_crop_geometry(size: tuple[int, int], resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Where the ADM centre crop (:func:`spatialprobe.data.preprocess.center_crop_arr`) of an image of
-    ``size = (width, height)`` lands: ``((resized_w, resized_h), (x0, y0))``. The image is halved while its
-    short side is >= 2R, resized so the short side is R, and the central R×R window at ``(x0, y0)`` is kept."""
-    r = int(resolution)
-    w, h = int(size[0]), int(size[1])
-    while min(w, h) >= 2 * r:
-        w, h = w // 2, h // 2
-    scale = r / min(w, h)
-    nw, nh = max(r, round(w * scale)), max(r, round(h * scale))
-    return (nw, nh), ((nw - r) // 2, (nh - r) // 2)
 
 
 def crop_mask(mask: torch.Tensor, resolution: int = 256, image_size: tuple[int, int] | None = None, *,

@@ -20,6 +20,8 @@ import torch
 from ..config import comma_list, resolve, write_config
 from ..data.official import is_official
 from ..errors import ConfigError, DataError, InputFileError
+from ..runtime import resolve_device
+from ..schema import CONFIG_JSON, PER_IMAGE_CSV, PER_IMAGE_PARQUET, SUMMARY_CSV
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
 from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
 
@@ -270,13 +272,13 @@ def write_metrics(cfg: MetricsConfig, rows: list[pd.DataFrame], summary: list[di
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        per_image.to_csv(out / "per_image.csv", index=False)
+        per_image.to_csv(out / PER_IMAGE_CSV, index=False)
         try:
-            per_image.to_parquet(out / "per_image.parquet", index=False)
+            per_image.to_parquet(out / PER_IMAGE_PARQUET, index=False)
         except ImportError:  # pragma: no cover - pyarrow is a dependency
             log.warning("pyarrow missing: per_image.parquet not written")
-        summary_df.to_csv(out / "summary.csv", index=False)
-        write_config(out / "config.json", cfg, inputs=inputs, metrics_computed=metrics_computed,
+        summary_df.to_csv(out / SUMMARY_CSV, index=False)
+        write_config(out / CONFIG_JSON, cfg, inputs=inputs, metrics_computed=metrics_computed,
                      settings=[setting_label(o) for o in sweeps], **record)
     return MetricsResult(per_image=per_image, summary=summary_df)
 
@@ -314,7 +316,7 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
         want.remove("srss")
         log.info("no --masks: SRSS is skipped")
     files = mask_files(cfg.masks) if cfg.masks is not None else None
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     rows: list[pd.DataFrame] = []
     summary: list[dict[str, Any]] = []
     inputs: list[dict[str, Any]] = []

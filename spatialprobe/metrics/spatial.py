@@ -24,15 +24,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..schema import SPATIAL_METRICS
+from ..tokens import SPNORM_EPS, spatial_norm  # noqa: F401 - re-exported (the one definition lives in tokens)
 
 log = logging.getLogger(__name__)
 
-METRICS = ("lds", "cds", "srss", "rmsc")
+METRICS = SPATIAL_METRICS
 #: the official settings (``spatial_metrics_comparison.py``); also the keyword defaults below
 OFFICIAL_RADII = {"lds_near": 1, "lds_far": 6, "cds_dmax": 8, "srss_pos": 1, "srss_neg": 6}
 RADII = tuple(OFFICIAL_RADII)
 NORM_EPS = 1e-8  # F.normalize eps used by the official code
-SPNORM_EPS = 1e-6  # added to the std, not the variance
 
 
 def paper_radii(grid: tuple[int, int]) -> dict[str, int]:
@@ -43,23 +44,6 @@ def paper_radii(grid: tuple[int, int]) -> dict[str, int]:
     """
     r = max(1, min(grid) // 2)
     return {"lds_near": max(1, r - 1), "lds_far": r, "cds_dmax": 8, "srss_pos": r, "srss_neg": r}
-
-
-def spatial_norm(tokens: torch.Tensor, gamma: float) -> torch.Tensor:
-    """iREPA spatial normalisation: ``(x − γ·mean_T x) / (std_T x + 1e-6)``, in fp32.
-
-    Per image and channel over the token axis (dim 1 of ``[B, T, D]``, or dim 0 of ``[T, D]``); ``std`` is
-    unbiased (N − 1), and the epsilon is added to the std. Returns a new float32 tensor.
-    """
-    if tokens.ndim not in (2, 3):
-        raise DataError(f"spatial_norm expects tokens [B, T, D] or [T, D], got shape {tuple(tokens.shape)}.")
-    dim = tokens.ndim - 2
-    if tokens.shape[dim] < 2:
-        raise DataError(f"spatial_norm needs at least 2 tokens for an unbiased std; got T={tokens.shape[dim]}.")
-    x = tokens.float()
-    mean = x.mean(dim=dim, keepdim=True)
-    std = x.std(dim=dim, keepdim=True, unbiased=True)
-    return (x - gamma * mean) / (std + SPNORM_EPS)
 
 
 @functools.lru_cache(maxsize=32)

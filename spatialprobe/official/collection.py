@@ -29,8 +29,8 @@ import torch
 from ..data.official import CollectionLayout
 from ..errors import ColumnError, ConfigError, DataError, InputFileError, UnknownNameError, did_you_mean
 from ..metrics.masks import patch_mask, read_mask
+from ..schema import PROPERTIES  # noqa: F401 - re-exported by spatialprobe.official
 
-PROPERTIES = ("lp_acc", "lds", "cds", "srss", "rmsc")
 MODELS = ("sit-xl-2", "sit-l-2", "sit-b-2")
 AUTO_FID_NAME = "{model}-sdvae-{enc}-enc8-coeff0.5-loss-cosine-projlayer-mlp-100000-v1_cfg1.0-seed0-modesde-steps250.csv"
 #: the FID file the official script should have read for SpatialPE-L under SiT-XL/2 (its neighbours' pattern)

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..metrics.masks import min_patches
 from ..metrics.spatial import aggregate
 from ..reference import encoder_families, family_of
+from ..schema import CONFIG_JSON, OFFICIAL_TABLE_CSV, SPATIAL_METRICS
 from .collection import CORRECTED_XL, MODELS, PROPERTIES, Collection, fid_file_name
 from .metrics import encoder_metrics
 
@@ -62,7 +63,7 @@ def collection_table(cfg: OfficialConfig, *, join: str = "id", collection: Colle
     col = collection if collection is not None else Collection(cfg.official)
     encs = col.select(cfg.encoders)
     fams = encoder_families()
-    metrics = tuple(m for m in ("lds", "cds", "srss", "rmsc") if m in cfg.x)
+    metrics = tuple(m for m in SPATIAL_METRICS if m in cfg.x)
 
     rows = []
     for enc in tqdm(encs, desc=f"official collection ({join} join)", unit="enc", disable=len(encs) < 4):
@@ -153,10 +154,10 @@ def correlate_official(*, out: str | Path | None = None, n_resamples: int = 10_0
     if out:
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        table.to_csv(o / "official_table.csv", index=False)
+        table.to_csv(o / OFFICIAL_TABLE_CSV, index=False)
         positional.to_csv(o / "positional_join.csv", index=False)
         values.to_csv(o / "positional_values.csv", index=False)
-        cfg_path = o / "config.json"
+        cfg_path = o / CONFIG_JSON
         rec = json.loads(cfg_path.read_text(encoding="utf-8"))
         k = min_patches(256, cfg.min_fraction)
         rec["input"] = {"official": str(col.root)}

@@ -22,6 +22,7 @@ from ..errors import ConfigError, DataError
 from ..metrics.masks import min_patches, official_filter
 from ..metrics.run import MetricsConfig, MetricsResult, base_radii, parse_sweeps, tabulate_setting, write_metrics
 from ..metrics.spatial import OFFICIAL_RADII, spatial_metrics_multi
+from ..schema import SPATIAL_METRICS
 from .collection import Collection
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _radii_label(s: dict[str, int]) -> str:
 
 
 def encoder_metrics(col: Collection, encoder: str, *, settings: list[dict[str, int]] | None = None,
-                    metrics: tuple[str, ...] = ("lds", "cds", "srss", "rmsc"), join: str = "id",
+                    metrics: tuple[str, ...] = SPATIAL_METRICS, join: str = "id",
                     rule: str = "any", min_fraction: float = 0.25, chunk_size: int = 256,
                     device: str = "cpu", features: torch.Tensor | None = None) -> dict[str, Any]:
     """Per-image metrics of one encoder on the images kept by the official filter.

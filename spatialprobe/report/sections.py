@@ -26,6 +26,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, InputFileError
+from ..io import read_table
+from ..schema import (CONFIG_JSON, CORRELATIONS_CSV, FID_JSON, GRID_CSV, INJECTION_CSV, MANIFEST_JSON, PER_IMAGE_CSV,
+                      PLAN_JSON, PREDICTIONS_CSV, PROPERTIES, QUALITY, RESULT_JSON, RESULTS_CSV, SIMILARITY_MAPS_NPZ,
+                      STUDY_YAML, SUMMARY_CSV)
 from .findings import MIN_N_FOR_CI
 
 log = logging.getLogger(__name__)
@@ -33,13 +37,13 @@ log = logging.getLogger(__name__)
 KINDS = ("study", "predict", "correlate", "inject", "metrics", "probe", "viz")
 #: the files that mark each kind, in detection order
 MARKERS: dict[str, tuple[str, ...]] = {
-    "study": ("study.yaml", "results.csv"),
-    "predict": ("predictions.csv",),
-    "correlate": ("correlations.csv",),
-    "inject": ("injection.csv",),
-    "metrics": ("summary.csv", "per_image.csv"),
-    "probe": ("result.json", "grid.csv"),
-    "viz": ("similarity_maps.npz",),
+    "study": (STUDY_YAML, RESULTS_CSV),
+    "predict": (PREDICTIONS_CSV,),
+    "correlate": (CORRELATIONS_CSV,),
+    "inject": (INJECTION_CSV,),
+    "metrics": (SUMMARY_CSV, PER_IMAGE_CSV),
+    "probe": (RESULT_JSON, GRID_CSV),
+    "viz": (SIMILARITY_MAPS_NPZ,),
 }
 #: section titles, in report order (the HTML test checks each one is there)
 SECTIONS = ("What was found", "What was run", "Results", "Correlations", "REPA − iREPA per encoder",
@@ -49,8 +53,6 @@ SECTIONS = ("What was found", "What was run", "Results", "Correlations", "REPA �
 MISSING = "–"
 #: folders of a result folder that hold no current results (outputs moved aside by ``study run``)
 WITHDRAWN_DIR = "withdrawn"
-PROPERTIES = ("lp_acc", "lds", "cds", "srss", "rmsc")
-QUALITY = ("gfid", "fd_digits", "sfid", "is", "precision", "recall")
 FIGURES_DIR = "figures"
 MAX_JSON_FILES = 200
 
@@ -131,8 +133,8 @@ def load(path: str | Path, *, kind: str = "auto", dpi: int = 110) -> Context:
     for rec in list(ctx.records.values()):
         for inp in rec.get("inputs") or []:
             path = Path(inp["path"]) if isinstance(inp, dict) and inp.get("path") else None
-            if path is not None and (path / "manifest.json").is_file():
-                _read_record(ctx, path / "manifest.json", str(path / "manifest.json"))
+            if path is not None and (path / MANIFEST_JSON).is_file():
+                _read_record(ctx, path / MANIFEST_JSON, str(path / MANIFEST_JSON))
     return ctx
 
 
@@ -144,7 +146,7 @@ def _read_record(ctx: Context, p: Path, key: str) -> None:
 
 
 def _walk_json(d: Path, depth: int = 5) -> Iterable[Path]:
-    for name in ("config.json", "manifest.json", "plan.json", "result.json", "fid.json"):
+    for name in (CONFIG_JSON, MANIFEST_JSON, PLAN_JSON, RESULT_JSON, FID_JSON):
         p = d / name
         if p.is_file():
             yield p
@@ -306,9 +308,9 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if source not in r["sources"]:
             r["sources"].append(source)
 
-    top = ctx.records.get("config.json") or ctx.records.get("study.json") or {}
+    top = ctx.records.get(CONFIG_JSON) or ctx.records.get("study.json") or {}
     for k, v in _flatten(top.get("config", {})):
-        add("options", k, v, "config.json")
+        add("options", k, v, CONFIG_JSON)
     for src, rec in ctx.records.items():
         env = rec.get("environment") or {}
         for k in _ENV_KEYS:
@@ -317,7 +319,7 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
         if isinstance(inp, dict):
             for k, v in inp.items():
                 add("inputs", k, v, src)
-        who = f"{rec['encoder']}: " if isinstance(rec.get("encoder"), str) and src.endswith("manifest.json") else ""
+        who = f"{rec['encoder']}: " if isinstance(rec.get("encoder"), str) and src.endswith(MANIFEST_JSON) else ""
         for k, v in _flatten({kk: vv for kk, vv in rec.items() if kk not in ("config", "environment", "ids", "shards",
                                                                              "rows", "grid_results", "labels")}):
             leaf = k.rsplit(".", 1)[-1]
@@ -325,7 +327,7 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
                 add("checksums & protocols", who + k, v, src)
         for k, v in _flatten(rec.get("config", {})):
             leaf = k.rsplit(".", 1)[-1]
-            if _PROV_KEY.search(leaf) and src != "config.json":
+            if _PROV_KEY.search(leaf) and src != CONFIG_JSON:
                 add("checksums & protocols", k, v, src)
         enc = rec.get("encoder")
         if isinstance(enc, dict) and enc.get("weights_id"):
@@ -352,8 +354,8 @@ def provenance(ctx: Context) -> pd.DataFrame | Absent:
 def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.DataFrame | None, str | None, str]:
     """The points behind a correlate folder, from its ``config.json``: the packaged reference or the
     input table. Returns (points or None, family column, a note on where they came from)."""
-    cfg_path = folder / "config.json"
-    rec = (records or {}).get("config.json") if records is not None else None
+    cfg_path = folder / CONFIG_JSON
+    rec = (records or {}).get(CONFIG_JSON) if records is not None else None
     if rec is None and cfg_path.is_file():
         rec = json.loads(cfg_path.read_text(encoding="utf-8"))
     rec = rec or {}
@@ -370,8 +372,6 @@ def correlate_points(folder: Path, records: dict | None = None) -> tuple[pd.Data
     if table and table != "<DataFrame>":
         p = _find_table(Path(table), folder)
         if p is not None:
-            from ..correlation import read_table
-
             return read_table(p), family_col, f"table {str(p)!r}"
         return None, family_col, f"the input table {table!r} is no longer on disk"
     return None, family_col, "config.json does not name the input table"
@@ -399,7 +399,7 @@ def _correlate_folders(ctx: Context) -> dict[str, Path]:
         return {"": ctx.dir}
     base = ctx.dir / "correlate"
     if ctx.kind == "study" and base.is_dir():
-        return {p.name: p for p in sorted(base.iterdir()) if (p / "correlations.csv").is_file()}
+        return {p.name: p for p in sorted(base.iterdir()) if (p / CORRELATIONS_CSV).is_file()}
     return {}
 
 
@@ -412,7 +412,7 @@ def _no_correlations(ctx: Context) -> str:
 
 
 def _all_stats(ctx: Context) -> pd.DataFrame | None:
-    frames = [_read_csv(p / "correlations.csv") for p in _correlate_folders(ctx).values()]
+    frames = [_read_csv(p / CORRELATIONS_CSV) for p in _correlate_folders(ctx).values()]
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -430,7 +430,7 @@ def results(ctx: Context):
 
     k, d = ctx.kind, ctx.dir
     if k == "study":
-        df = _read_csv(d / "results.csv")
+        df = _read_csv(d / RESULTS_CSV)
         keys = [c for c in ("encoder", "family", "method") if c in df.columns]
         num = [c for c in (*PROPERTIES, *QUALITY) if c in df.columns]
         agg = df.groupby(keys, dropna=False, sort=False)[num].mean(numeric_only=True).reset_index() if keys else df
@@ -438,7 +438,7 @@ def results(ctx: Context):
             agg.insert(len(keys), "n_seeds", df.groupby(keys, dropna=False, sort=False)["seed"].nunique().to_numpy())
         return [Markdown(f"`results.csv`: {len(df)} rows (encoder × method × seed); mean over seeds:"), agg.round(4)]
     if k == "correlate":
-        stats = _read_csv(d / "correlations.csv")
+        stats = _read_csv(d / CORRELATIONS_CSV)
         pts, _, note = correlate_points(d, ctx.records)
         out = [Markdown("`correlations.csv`:"), stats.round(3)]
         if pts is not None:
@@ -447,21 +447,21 @@ def results(ctx: Context):
             out.append(Absent(f"the points behind the correlations: {note}."))
         return out
     if k == "metrics":
-        return [Markdown("`summary.csv` (per encoder and radius setting):"), _read_csv(d / "summary.csv").round(4)]
+        return [Markdown("`summary.csv` (per encoder and radius setting):"), _read_csv(d / SUMMARY_CSV).round(4)]
     if k == "probe":
-        res = json.loads((d / "result.json").read_text(encoding="utf-8"))
+        res = json.loads((d / RESULT_JSON).read_text(encoding="utf-8"))
         best = {kk: v for kk, v in res.items() if not isinstance(v, (list, dict))}
         best.update({f"best.{kk}": v for kk, v in (res.get("best") or {}).items()})
-        grid = _read_csv(d / "grid.csv")
+        grid = _read_csv(d / GRID_CSV)
         return [pd.DataFrame({"item": list(best), "value": [_fmt(v) for v in best.values()]}),
                 Markdown("`grid.csv` (every head of the grid):"), grid.round(4)]
     if k == "inject":
-        return [Markdown("`injection.csv` (one row per α):"), _read_csv(d / "injection.csv").round(4)]
+        return [Markdown("`injection.csv` (one row per α):"), _read_csv(d / INJECTION_CSV).round(4)]
     if k == "predict":
-        pred = _read_csv(d / "predictions.csv")
+        pred = _read_csv(d / PREDICTIONS_CSV)
         out = [Markdown("`predictions.csv` (per new encoder and property: OLS prediction, 95 % interval, rank):"),
                pred.round(3)]
-        notes = predict_notes(d, pred, ctx.records.get("config.json"))
+        notes = predict_notes(d, pred, ctx.records.get(CONFIG_JSON))
         if notes:
             out.append(Markdown("\n".join(f"- **{kind}:** {text}" for kind, text in notes)))
         if (d / "prediction_panel.png").is_file():
@@ -470,7 +470,7 @@ def results(ctx: Context):
     if k == "viz":
         from ..viz import load_maps
 
-        maps = load_maps(d / "similarity_maps.npz")
+        maps = load_maps(d / SIMILARITY_MAPS_NPZ)
         return pd.DataFrame([{"encoder": m.encoder, "refs": " ".join(f"{r}:{c}" for r, c in m.refs), "gamma": m.gamma,
                               "raw_min": m.raw.min(), "raw_max": m.raw.max(), "normed_min": m.normed.min(),
                               "normed_max": m.normed.max()} for m in maps]).round(4)
@@ -480,8 +480,8 @@ def results(ctx: Context):
 def predict_notes(folder: Path, pred: pd.DataFrame, rec: dict | None = None) -> list[tuple[str, str]]:
     """The caveats ``predict`` printed (protocol differences from the reference) and an extrapolation
     notice for every prediction whose property lies outside the reference points' range."""
-    if rec is None and (folder / "config.json").is_file():
-        rec = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if rec is None and (folder / CONFIG_JSON).is_file():
+        rec = json.loads((folder / CONFIG_JSON).read_text(encoding="utf-8"))
     rec = rec or {}
     notes = [("caveat", f"the protocol differs from the reference's or was not recorded, so the x-axes may not be "
                         f"comparable: {c}") for c in rec.get("caveats") or []]
@@ -538,7 +538,7 @@ def correlations(ctx: Context):
     stats: dict[str, pd.DataFrame] = {}
     missing, family = [], "family"
     for name, folder in folders.items():
-        st = _read_csv(folder / "correlations.csv")
+        st = _read_csv(folder / CORRELATIONS_CSV)
         pts, fam, note = correlate_points(folder, ctx.records if folder == ctx.dir else None)
         family = fam or family
         if pts is None:
@@ -572,7 +572,7 @@ def repa_minus_irepa(ctx: Context):
 
     df = None
     if ctx.kind == "study":
-        res = _read_csv(ctx.dir / "results.csv")
+        res = _read_csv(ctx.dir / RESULTS_CSV)
         q = _quality_col(res)
         if q and "method" in res.columns and {"repa", "irepa"} <= set(res["method"].astype(str)):
             keys = ["encoder"] + (["family"] if "family" in res.columns else [])
@@ -605,7 +605,7 @@ def injection(ctx: Context):
     """LP accuracy and spatial metrics against the injection strength α."""
     from ..figures import injection_curves
 
-    files = [ctx.dir / "injection.csv"] if ctx.kind == "inject" else _current(ctx, ctx.dir.glob("**/injection.csv"))
+    files = [ctx.dir / INJECTION_CSV] if ctx.kind == "inject" else _current(ctx, ctx.dir.glob(f"**/{INJECTION_CSV}"))
     if not files:
         return Absent(f"no injection curves: no injection.csv in this {ctx.kind} folder "
                       "(run `spatialprobe inject --encoder ENC --images DIR --labels L --out DIR`).")
@@ -687,7 +687,7 @@ def robustness(ctx: Context):
         return Absent("no outlier or leave-one-family-out checks: " + _no_correlations(ctx).split(": ", 1)[1])
     rows = []
     for folder in _correlate_folders(ctx).values():
-        st = _read_csv(folder / "correlations.csv")
+        st = _read_csv(folder / CORRELATIONS_CSV)
         pts, _, _ = correlate_points(folder, ctx.records if folder == ctx.dir else None)
         id_col = None
         if pts is not None:
@@ -747,7 +747,7 @@ def study_notes(ctx: Context) -> list[str]:
             items = "; ".join(f"`{r['path']}` ({r['reason']})" for r in rec.get("withdrawn", []))
             notes.append(f"**Withdrawn on {rec.get('time', '?')}** (moved to `{rec_path.parent.relative_to(ctx.dir)}/`,"
                          f" not shown here): {items}")
-    res = _read_csv(ctx.dir / "results.csv") if (ctx.dir / "results.csv").is_file() else None
+    res = _read_csv(ctx.dir / RESULTS_CSV) if (ctx.dir / RESULTS_CSV).is_file() else None
     if res is not None and "quality_note" in res.columns and res["quality_note"].notna().any():
         for _, r in res[res["quality_note"].notna()].iterrows():
             notes.append(f"**{r['encoder']}:** {r['quality_note']}")
@@ -767,10 +767,10 @@ def findings(ctx: Context):
         out.append(Markdown("\n".join(f"- ⚠ {n}" for n in notes)))
     stats = _stats_table(ctx)
     if ctx.kind == "predict":
-        pred = _read_csv(ctx.dir / "predictions.csv")
-        notes = predict_notes(ctx.dir, pred, ctx.records.get("config.json"))
+        pred = _read_csv(ctx.dir / PREDICTIONS_CSV)
+        notes = predict_notes(ctx.dir, pred, ctx.records.get(CONFIG_JSON))
         outside = {t.split(" = ")[0] for k, t in notes if k == "extrapolation"}  # "encoder: property"
-        level = ((ctx.records.get("config.json") or {}).get("config") or {}).get("confidence", 0.95)
+        level = ((ctx.records.get(CONFIG_JSON) or {}).get("config") or {}).get("confidence", 0.95)
         lines = []
         for enc, g in pred.groupby("encoder", sort=False):
             # the property whose reference line fits best (largest |r|) gives the headline prediction
@@ -798,7 +798,7 @@ def findings(ctx: Context):
                          "nothing reliable, so none is shown; add encoders (a full, not `--smoke`, run) for intervals.")
         out.append(Markdown("\n".join(lines) if lines else "No correlation could be computed."))
     if ctx.kind == "study":
-        res = _read_csv(ctx.dir / "results.csv")
+        res = _read_csv(ctx.dir / RESULTS_CSV)
         cmp_ = F.repa_vs_irepa(res)
         if cmp_ is not None and len(cmp_):
             q = cmp_.attrs["quality"]
@@ -834,7 +834,7 @@ def what_was_run(ctx: Context):
     from IPython.display import Markdown
 
     if ctx.kind != "study":
-        rec = ctx.records.get("config.json") or {}
+        rec = ctx.records.get(CONFIG_JSON) or {}
         cfg = rec.get("config") or {}
         if not cfg:
             return Absent("no config.json in this folder, so the options of the run are unknown.")
@@ -867,7 +867,7 @@ def what_was_run(ctx: Context):
         proto = fid.get("protocol", "digits")
         qual = ("the toy digits FD (`fd_digits`, a Fréchet distance on a small digits CNN; not gFID)"
                 if proto == "digits" else f"gFID against the ADM reference `{fid.get('ref')}`")
-        res_path = ctx.dir / "results.csv"
+        res_path = ctx.dir / RESULTS_CSV
         if res_path.is_file():
             res = _read_csv(res_path)
             if "protocol" in res.columns and res["protocol"].notna().any():

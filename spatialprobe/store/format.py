@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import DataError, InputFileError, StoreError
+from ..io import LOCK_NAME, read_json  # noqa: F401 - LOCK_NAME re-exported (the lock file's name)
+from ..schema import MANIFEST_JSON
 
-MANIFEST = "manifest.json"
-LOCK_NAME = ".lock"
+MANIFEST = MANIFEST_JSON
 PARTIAL_PREFIX = ".partial-"
 TRASH_PREFIX = ".trash-"
 FORMAT_VERSION = 1
@@ -91,9 +92,8 @@ def read_marker(folder: Path, k: int) -> dict | None:
     m, s = folder / done_name(k), folder / shard_name(k)
     if not (m.is_file() and s.is_file()):
         return None
-    try:
-        rec = json.loads(m.read_text())
-    except (OSError, ValueError):
+    rec = read_json(m)
+    if not isinstance(rec, dict):
         return None
     return rec if rec.get("bytes") == s.stat().st_size else None
 

@@ -7,53 +7,21 @@ in :mod:`spatialprobe.store.format`.
 
 from __future__ import annotations
 
-import builtins
 import json
 import logging
 import os
 import shutil
-import socket
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..config import environment
 from ..errors import DataError, StoreError
-from .format import (FORMAT_VERSION, LOCK_NAME, MANIFEST, PARTIAL_PREFIX, TRASH_PREFIX, done_name, find_stores,
+from ..io import (FileLock, atomic_write_bytes, atomic_write_json, clean_temp_files,  # noqa: F401 - re-exported
+                  fsync_dir, read_json)
+from .format import (FORMAT_VERSION, MANIFEST, PARTIAL_PREFIX, TRASH_PREFIX, done_name, find_stores,
                      fingerprint, read_marker, shard_name, store_dirname, torch_dtype)
 
 log = logging.getLogger("spatialprobe.store")
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp name in the same folder, fsync, rename over ``path``, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with builtins.open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def write_shard(folder: Path, k: int, ids: Sequence[str], tensors: dict[str, Any],
@@ -75,83 +43,10 @@ def write_shard(folder: Path, k: int, ids: Sequence[str], tensors: dict[str, Any
     return marker
 
 
-def clean_temp_files(folder: Path) -> None:
-    """Remove temp files a killed writer left behind."""
-    for p in Path(folder).glob(".*.tmp-*"):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-
-
 # ----------------------------------------------------------------------------- locking and swapping
 
-class StoreLock:
-    """An exclusive, non-blocking lock on an encoder folder (``<root>/<encoder-id>/.lock``).
-
-    Held for the whole extraction, so a second process on the same ``--out`` and encoder (a duplicate
-    run, or a concurrent ``--force``) fails at once with a :class:`StoreError` naming the holder,
-    instead of duplicating work or deleting files under the first. Uses ``fcntl.flock``: the kernel
-    drops the lock when the holder dies, even by SIGKILL, so a stale lock file never blocks a rerun.
-    Usable as a context manager. ``blocking=True`` waits for the holder instead (a one-time build that
-    concurrent jobs share: the first builds, the others wait and then find it done).
-    """
-
-    def __init__(self, folder: str | Path, *, blocking: bool = False) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
-        self.blocking = blocking
-        self._fh = None
-
-    def acquire(self) -> "StoreLock":
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX platforms: no inter-process lock
-            log.warning("no fcntl on this platform: %s is not locked against concurrent writers", self.folder)
-            return self
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fh = builtins.open(self.path, "a+")
-        except OSError as exc:
-            raise StoreError(f"Cannot create the lock file {str(self.path)!r} ({exc.strerror or exc}); "
-                             "make the output folder writable or choose another --out.") from None
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip()
-            fh.close()
-            try:
-                who = json.loads(holder)
-                who = f"pid {who['pid']} on {who['host']}, since {who['since']}"
-            except (ValueError, KeyError, TypeError):
-                who = "another process"
-            raise StoreError(f"{str(self.folder)!r} is being written by another extraction ({who}). Wait for it "
-                             "to finish and run the command again (an identical command then reuses its store), "
-                             "or choose another --out.") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            import fcntl
-
-            try:
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            finally:
-                self._fh.close()
-                self._fh = None
-
-    def __enter__(self) -> "StoreLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+#: the encoder-folder lock (:class:`spatialprobe.io.FileLock`)
+StoreLock = FileLock
 
 
 def partial_dir(enc_root: str | Path, fp: str) -> Path:
@@ -165,7 +60,7 @@ def promote(staged: Path, final: Path, replaced: Sequence[Path]) -> None:
     complete, visible store; leftovers are hidden and removed by :func:`clean_leftovers`."""
     staged, final = Path(staged), Path(final)
     os.replace(staged, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     promote_over(final, replaced)
 
 
@@ -178,7 +73,7 @@ def promote_over(final: Path, replaced: Sequence[Path]) -> None:
             continue
         trash = old.with_name(f"{TRASH_PREFIX}{old.name}-{os.getpid()}")
         os.replace(old, trash)
-        _fsync_dir(old.parent)
+        fsync_dir(old.parent)
         log.warning("replaced store %s by %s (--force)", old, final)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -196,13 +91,6 @@ def clean_leftovers(enc_root: str | Path, keep: Sequence[Path] = ()) -> None:
 
 
 # ----------------------------------------------------------------------------- one encoder's store build
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
 
 class StoreWriter:
     """One encoder's store build under ``<out>/<store_dirname(key)>/<fingerprint[:16]>/``.
@@ -254,13 +142,13 @@ class StoreWriter:
         store (reuse it: :meth:`keep`); raises :class:`StoreError` when a store with another fingerprint
         is there and not ``force`` (``diff(old_inputs, new_inputs)`` names the fields that changed);
         otherwise sets :attr:`work`, the folder to build in, and returns None."""
-        m = _read_json(self.final / MANIFEST) if (self.final / MANIFEST).is_file() else {}
+        m = read_json(self.final / MANIFEST, {}) if (self.final / MANIFEST).is_file() else {}
         self.others = [p for p in find_stores(self.root) if p.resolve() != self.final.resolve()] \
             if self.root.is_dir() else []
         if m.get("complete") and m.get("fingerprint") == self.fingerprint and (force or not self.others):
             return m
         if self.others and not force:
-            old_rec = _read_json(self.others[0] / MANIFEST).get("fingerprint_inputs", {})
+            old_rec = read_json(self.others[0] / MANIFEST, {}).get("fingerprint_inputs", {})
             changed = diff(old_rec, self.inputs) if (old_rec and diff is not None) else ["unknown"]
             staged = partial_dir(self.root, self.fingerprint)
             note = (f" An interrupted --force build of the new fingerprint is kept at {str(staged)!r}; "
@@ -413,6 +301,6 @@ def write_store(path: str | Path, ids: Sequence[str], *, patch=None, pooled=None
         trash = final.with_name(f"{TRASH_PREFIX}{final.name}-{os.getpid()}")
         os.replace(final, trash)
         os.replace(folder, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         shutil.rmtree(trash, ignore_errors=True)
     return final

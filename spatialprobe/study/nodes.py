@@ -18,6 +18,8 @@ from typing import Any
 
 from .. import store
 from ..errors import DataError, InputFileError
+from ..runtime import is_rank0, local_rank, resolve_device, world_size
+from ..schema import DONE_JSON, FD_DIGITS, FID_JSON, GFID, SAMPLES_NPZ, SPATIAL_METRICS
 from .plan import Node, build_plan, register_defined
 from .results import build_tables, run_correlate
 from .spec import StudySpec
@@ -29,14 +31,8 @@ log = logging.getLogger("spatialprobe.study")
 # ------------------------------------------------------------------------------------ helpers
 
 def _device(spec: StudySpec) -> str:
-    import torch
-
-    d = spec.device
-    if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        d = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return d
+    """The spec's device; under torchrun a bare ``cuda`` is this rank's GPU."""
+    return str(resolve_device(spec.device, local_rank() if world_size() > 1 else None))
 
 
 def build_encoder(spec: StudySpec, settings: dict[str, Any], device: str):
@@ -110,14 +106,14 @@ def _run_metrics(spec, node, work, out, by_name):
     props: dict[str, Any] = {}
     many = len(summ) > 1
     for _, row in summ.iterrows():
-        for m in ("lds", "cds", "srss", "rmsc"):
+        for m in SPATIAL_METRICS:
             if m in row:
                 col = m if not many else f"{m}[{row['setting']}]"
                 props[col] = _num(row[m])
                 props[f"{col}_nan"] = int(row[f"{m}_nan"])
     if many:  # the first setting is also the plain column
         first = summ.iloc[0]
-        for m in ("lds", "cds", "srss", "rmsc"):
+        for m in SPATIAL_METRICS:
             if m in first:
                 props[m], props[f"{m}_nan"] = _num(first[m]), int(first[f"{m}_nan"])
     return {"properties": props}
@@ -144,7 +140,7 @@ def _run_inject(spec, node, work, out, by_name):
     for _, row in table.iterrows():
         a = f"{float(row['alpha']):g}"
         props[f"lp_acc[alpha={a}]"] = 100.0 * float(row["lp_acc"])
-        for m in ("lds", "cds", "srss", "rmsc"):
+        for m in SPATIAL_METRICS:
             props[f"{m}[alpha={a}]"] = _num(row[m])
     return {"properties": props}
 
@@ -177,7 +173,7 @@ def _run_sample(spec, node, work, out, by_name):
     path = sample(run=str(_dep_dir(out, by_name, node, "train")), out=str(work), device=spec.device, **opts)
     import numpy as np
 
-    with np.load(path / "samples.npz") as z:
+    with np.load(path / SAMPLES_NPZ) as z:
         n = int(z["arr_0"].shape[0])
     return {"n_samples": n}
 
@@ -185,20 +181,20 @@ def _run_sample(spec, node, work, out, by_name):
 def _run_fid(spec, node, work, out, by_name):
     opts = dict(node.settings["options"])
     proto = opts.pop("protocol", "digits")
-    samples = _dep_dir(out, by_name, node, "sample") / "samples.npz"
+    samples = _dep_dir(out, by_name, node, "sample") / SAMPLES_NPZ
     if proto == "digits":
         from ..fid.digits import digits_fd
 
         r = digits_fd(str(samples), **opts)
-        (work / "fid.json").write_text(json.dumps(r, indent=2, default=str) + "\n", encoding="utf-8")
-        return {"quality": {"fd_digits": float(r["fd"])}, "protocol": r["protocol"], "n_samples": r["n_samples"],
+        (work / FID_JSON).write_text(json.dumps(r, indent=2, default=str) + "\n", encoding="utf-8")
+        return {"quality": {FD_DIGITS: float(r["fd"])}, "protocol": r["protocol"], "n_samples": r["n_samples"],
                 "classifier_acc": r.get("classifier_acc"), "classifier_sha256": r.get("classifier_sha256")}
     from ..fid.evaluator import evaluate
 
     ref = opts.pop("ref")
     opts.setdefault("device", spec.device)
     r = evaluate(str(samples), ref, out=str(work), **opts)
-    q = {("gfid" if k == "fid" else k): float(v) for k, v in r["metrics"].items()}
+    q = {(GFID if k == "fid" else k): float(v) for k, v in r["metrics"].items()}
     return {"quality": q, "protocol": r["protocol"], "n_samples": r.get("num_samples")}
 
 
@@ -208,10 +204,6 @@ RUNNERS = {"extract": _run_extract, "metrics": _run_metrics, "probe": _run_probe
 
 
 # ------------------------------------------------------------------------------------ execution
-
-def is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
 
 def apply_threads(spec: StudySpec) -> None:
     if spec.threads:
@@ -245,7 +237,7 @@ def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -
               "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "settings": node.settings, "deps": {d: by_name[d].fingerprint for d in node.deps},
               "summary": summary}
-    write_json_atomic(work / "done.json", record)
+    write_json_atomic(work / DONE_JSON, record)
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)

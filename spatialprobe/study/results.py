@@ -16,20 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..schema import DONE_JSON, EXTRA_QUALITY, LP_ACC, RESULTS_CSV, RESULTS_PARQUET, SPATIAL_METRICS, WIDE_CSV
 from .plan import Node, canonical_id, family_of
 from .spec import StudySpec, repa_differences
 from .state import node_dir, read_json
 
 log = logging.getLogger("spatialprobe.study")
 
-PROPERTY_COLS = ("lp_acc", "lds", "lds_nan", "cds", "cds_nan", "srss", "srss_nan", "rmsc", "rmsc_nan")
+PROPERTY_COLS = (LP_ACC, *(c for m in SPATIAL_METRICS for c in (m, f"{m}_nan")))
 
 
 def _done(out: Path, name: str, by_name: dict[str, Node]) -> dict[str, Any] | None:
     n = by_name.get(name)
     if n is None:
         return None
-    d = read_json(node_dir(out, n) / "done.json")
+    d = read_json(node_dir(out, n) / DONE_JSON)
     return d if d and d.get("fingerprint") == n.fingerprint else None
 
 
@@ -38,7 +39,7 @@ def _known_table(spec: StudySpec):
     import pandas as pd
 
     from .. import reference
-    from ..correlation import read_table
+    from ..io import read_table
 
     src = spec.known_gfid
     df = reference.load(src) if src in reference.names() else read_table(src)
@@ -113,14 +114,14 @@ def build_tables(spec: StudySpec, node: Node, work: Path, out: Path, by_name: di
     lead = ["encoder", "family", "method", "seed"]
     prop_cols = [c for c in PROPERTY_COLS if c in df.columns] + sorted(
         c for c in df.columns if "[" in c and not c.startswith("fp_"))
-    qual = [c for c in (q, "sfid", "is", "precision", "recall", "fd_classifier_acc", "protocol", "n_samples")
+    qual = [c for c in (q, *EXTRA_QUALITY, "fd_classifier_acc", "protocol", "n_samples")
             if c in df.columns and c not in prop_cols]
     fpc = sorted(c for c in df.columns if c.startswith("fp_"))
     rest = [c for c in df.columns if c not in lead + prop_cols + qual + fpc]
     df = df[lead + prop_cols + qual + rest + fpc]
     df = df.sort_values(["encoder", "method", "seed"], key=lambda s: s.astype(str), kind="stable").reset_index(drop=True)
-    df.to_csv(work / "results.csv", index=False)
-    df.to_parquet(work / "results.parquet", index=False)
+    df.to_csv(work / RESULTS_CSV, index=False)
+    df.to_parquet(work / RESULTS_PARQUET, index=False)
 
     wide = pd.DataFrame([{"encoder": cid, "family": fam[cid], **props[cid]} for cid, _ in encs])
     summary: dict[str, Any] = {"quality": q, "n_rows": len(df)}
@@ -156,7 +157,7 @@ def build_tables(spec: StudySpec, node: Node, work: Path, out: Path, by_name: di
         wide[q] = wide["encoder"].map(df.set_index("encoder")[q])
         summary["known_gfid"] = spec.known_gfid
         summary["n_with_quality"] = int(wide[q].notna().sum())
-    wide.to_csv(work / "wide.csv", index=False)
+    wide.to_csv(work / WIDE_CSV, index=False)
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return {"rows": len(df), "summary": summary}
 
@@ -174,7 +175,7 @@ def run_correlate(spec: StudySpec, node: Node, work: Path, out: Path, by_name: d
 
     from ..correlation import correlate
 
-    table = node_dir(out, by_name["table/results"]) / "wide.csv"
+    table = node_dir(out, by_name["table/results"]) / WIDE_CSV
     df = pd.read_csv(table)
     s = node.settings
     y = s["y"]

@@ -14,6 +14,8 @@ from typing import Any
 from ..checks import check_device, prepare_out_dir
 from ..config import resolve
 from ..errors import ConfigError, InputFileError, OutputError
+from ..io import atomic_write
+from ..schema import CORRELATIONS_CSV, DONE_JSON, PLAN_JSON, RESULTS_CSV, RESULTS_PARQUET, WIDE_CSV
 from .launchers import LAUNCHERS
 from .plan import Node, build_plan, canonical_id, register_defined
 from .spec import StudySpec, absolute_paths, check_device_name, load_spec
@@ -94,7 +96,7 @@ def status_table(out: Path, nodes: list[Node]) -> "Any":
     rows = []
     for n in nodes:
         st = node_state(out, n)
-        done = read_json(node_dir(out, n) / "done.json") if st == "done" else None
+        done = read_json(node_dir(out, n) / DONE_JSON) if st == "done" else None
         err = read_json(error_file(out, n)) if st in ("failed", "blocked") else None
         summ = (done or {}).get("summary") or {}
         rows.append({"node": n.name, "state": "skipped" if summ.get("skipped") else st,
@@ -104,7 +106,7 @@ def status_table(out: Path, nodes: list[Node]) -> "Any":
     return pd.DataFrame(rows)
 
 
-TABLE_FILES = ("results.csv", "results.parquet", "summary.json")
+TABLE_FILES = (RESULTS_CSV, RESULTS_PARQUET, "summary.json")
 WITHDRAWN = "withdrawn"
 
 
@@ -139,7 +141,7 @@ def withdraw(out: Path, nodes: list[Node], states: dict[str, str]) -> list[dict[
         for d in sorted(p for p in cdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             n = by.get(f"correlate/{d.name}")
             st = states.get(n.name) if n is not None else None
-            ok = n is not None and st == "done" and (node_dir(out, n) / "correlations.csv").is_file()
+            ok = n is not None and st == "done" and (node_dir(out, n) / CORRELATIONS_CSV).is_file()
             if not ok:
                 moves.append((d, _node_reason(out, n, st)))
     if not moves:
@@ -174,19 +176,18 @@ def _publish(out: Path, nodes: list[Node], states: dict[str, str]) -> None:
             continue
         src = node_dir(out, n)
         if n.kind == "table":
-            for f in ("results.csv", "results.parquet", "summary.json"):
+            for f in (RESULTS_CSV, RESULTS_PARQUET, "summary.json"):
                 if (src / f).is_file():
-                    shutil.copy2(src / f, out / f".{f}.tmp")
-                    (out / f".{f}.tmp").replace(out / f)
-            if (src / "wide.csv").is_file():
+                    atomic_write(out / f, lambda tmp: shutil.copy2(src / f, tmp))
+            if (src / WIDE_CSV).is_file():
                 (out / "correlate").mkdir(exist_ok=True)
-                shutil.copy2(src / "wide.csv", out / "correlate" / "table.csv")
-        elif n.kind == "correlate" and (src / "correlations.csv").is_file():
+                shutil.copy2(src / WIDE_CSV, out / "correlate" / "table.csv")
+        elif n.kind == "correlate" and (src / CORRELATIONS_CSV).is_file():
             dst = out / "correlate" / n.key
             tmp = out / "correlate" / f".{n.key}.tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
-            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("done.json", ".fingerprint"))
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(DONE_JSON, ".fingerprint"))
             if dst.exists():
                 shutil.rmtree(dst)
             tmp.replace(dst)
@@ -211,8 +212,8 @@ def prepare(config: StudyConfig) -> tuple[StudySpec, list[Node], Path]:
                           "so choose another path.")
     spec = load_spec(config.spec, smoke=config.smoke)
     if config.launcher:
-        if config.launcher not in ("local", "submitit"):
-            raise ConfigError(f"--launcher {config.launcher!r}: use local or submitit.")
+        if config.launcher not in LAUNCHERS:
+            raise ConfigError(f"--launcher {config.launcher!r}: use {' or '.join(LAUNCHERS)}.")
         spec.launcher = config.launcher
     if config.cluster:
         spec.executor.cluster = config.cluster
@@ -256,13 +257,13 @@ def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
     prepare_out_dir(out)
     write_resolved(spec, out)
     run_info = {"smoke": bool(cfg.smoke), "spec_source": str(cfg.spec)}  # what the report says was run
-    write_json_atomic(out / "plan.json", {**plan_record(spec, nodes, out), **run_info})
+    write_json_atomic(out / PLAN_JSON, {**plan_record(spec, nodes, out), **run_info})
     t0 = time.time()
     log.info("study %s: %d nodes, launcher %s, output %s", spec.name, len(nodes), spec.launcher, out)
     states = LAUNCHERS[spec.launcher](spec, nodes, out)
     _publish(out, nodes, states)
     withdrawn = withdraw(out, nodes, states)
-    write_json_atomic(out / "plan.json", {**plan_record(spec, nodes, out), **run_info})
+    write_json_atomic(out / PLAN_JSON, {**plan_record(spec, nodes, out), **run_info})
     res = StudyResult(out, nodes, states, miss, time.time() - t0, withdrawn)
     n_done = sum(v == "done" for v in states.values())
     log.info("study %s: %d/%d nodes done, %d failed or blocked, %.0f s", spec.name, n_done, len(nodes),

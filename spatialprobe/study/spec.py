@@ -16,12 +16,12 @@ from typing import Any
 
 from ..config import check_types, comma_list
 from ..errors import ConfigError, InputFileError, SpatialProbeError
+from ..schema import FD_DIGITS, GFID, LAUNCHERS, PROPERTIES
 
 PACKAGED = ("mini",)
-LAUNCHERS = ("local", "submitit")
 CLUSTERS = ("slurm", "local", "debug")
 FID_PROTOCOLS = ("digits", "adm")
-QUALITY_COL = {"digits": "fd_digits", "adm": "gfid"}
+QUALITY_COL = {"digits": FD_DIGITS, "adm": GFID}
 DTYPES = ("fp16", "bf16", "fp32")
 #: option keys whose values name input files or folders: made absolute, and their bytes fingerprinted
 PATH_KEYS = ("masks", "labels", "val_labels", "images", "ref", "inception_weights", "vae", "latents_dir",
@@ -98,7 +98,7 @@ def repa_differences(methods: list[str]) -> list[str]:
 
 @dataclass
 class CorrelateSpec:
-    x: list[str] = field(default_factory=lambda: ["lp_acc", "lds", "cds", "srss", "rmsc"])
+    x: list[str] = field(default_factory=lambda: list(PROPERTIES))
     y: list[str] | None = None  #: default: one per method, plus REPA − iREPA (or the known column)
     family_col: str = "family"
     control: str | None = None

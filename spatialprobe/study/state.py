@@ -11,14 +11,14 @@ run again.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputFileError
+from ..io import atomic_write_bytes, atomic_write_json, read_json  # noqa: F401 - read_json re-exported
+from ..schema import DONE_JSON, STUDY_YAML
 from .plan import PLAN_VERSION, Node
 from .spec import StudySpec, parse_spec
 
@@ -37,16 +37,9 @@ def error_file(out: Path, node: Node) -> Path:
     return Path(out) / "nodes" / node.kind / f"{node.key}.error.json"
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def node_state(out: Path, node: Node) -> str:
     """done | stale (done with another fingerprint) | partial | failed | blocked | missing."""
-    done = read_json(node_dir(out, node) / "done.json")
+    done = read_json(node_dir(out, node) / DONE_JSON)
     if done is not None and done.get("fingerprint") == node.fingerprint:
         return "done"
     err = read_json(error_file(out, node))
@@ -74,12 +67,7 @@ def plan_record(spec: StudySpec, nodes: list[Node], out: Path | None = None) -> 
 def write_json_atomic(path: Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj, indent=2, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2, default=str)
 
 
 def record_failure(out: Path, node: Node, exc: BaseException | str, *, blocked: bool = False) -> str:
@@ -93,7 +81,7 @@ def record_failure(out: Path, node: Node, exc: BaseException | str, *, blocked: 
 
 
 def done_summary(out: Path, node: Node) -> dict[str, Any] | None:
-    d = read_json(node_dir(out, node) / "done.json")
+    d = read_json(node_dir(out, node) / DONE_JSON)
     return d.get("summary") if d and d.get("fingerprint") == node.fingerprint else None
 
 
@@ -103,7 +91,7 @@ def load_resolved(out: Path) -> StudySpec:
     """The resolved spec a study folder was run with (``OUT/study.yaml``)."""
     import yaml
 
-    p = Path(out) / "study.yaml"
+    p = Path(out) / STUDY_YAML
     if not p.is_file():
         raise InputFileError(f"{str(out)!r} is not a study folder (no study.yaml); run `spatialprobe study run "
                              "SPEC --out DIR` first.")
@@ -117,6 +105,4 @@ def write_resolved(spec: StudySpec, out: Path) -> None:
     d.pop("smoke", None)
     text = "# resolved study spec (defaults filled in); `spatialprobe study run` reads it back\n" + \
         yaml.safe_dump(d, sort_keys=False)
-    tmp = out / ".study.yaml.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out / "study.yaml")
+    atomic_write_bytes(out / STUDY_YAML, text.encode("utf-8"))

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from .. import runtime
 from ..config import comma_list
 from ..errors import ConfigError, DataError, InputFileError
+from ..runtime import resolve_device  # (train.loop.resolve_device stays importable)
+from ..schema import CONFIG_JSON
 from . import pixelrepa, presets, repa
 from .checkpoint import (CHECKPOINT_KEYS, CheckpointPolicy, checkpoint_files, latest_checkpoint,  # noqa: F401
                          newest_intact_checkpoint, read_checkpoint)
@@ -56,12 +58,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -240,15 +236,15 @@ class _Dist:
 
 def _init_distributed(device_name: str) -> _Dist:
     """The device of this rank and, under torchrun (WORLD_SIZE/RANK/LOCAL_RANK), the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world = runtime.world_size()
+    rank = runtime.rank()
     device = resolve_device(device_name)
     own_group = False
     if world > 1:
         import torch.distributed as dist
 
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            device = torch.device("cuda", runtime.local_rank())
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -622,7 +618,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
                               "weights_id": getattr(t, "weights_id", None)} for t in teachers],
                    world_size=d.world, num_images=len(indices))
     if d.rank == 0:
-        write_config(out / "config.json", cfg, **records)
+        write_config(out / CONFIG_JSON, cfg, **records)
     runlog = _RunLog(out, cfg, start, d.rank)
 
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if d.device.type == "cuda" else "fp32")
@@ -654,7 +650,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager model is the fallback
                 _compile_failed(run, exc)
                 if d.rank == 0:
-                    write_config(out / "config.json", cfg, **records)
+                    write_config(out / CONFIG_JSON, cfg, **records)
                 losses, lr = _forward_backward(run, batch, step)
         else:
             losses, lr = _forward_backward(run, batch, step)

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..tokens import spatial_norm  # re-exported: the REPA target transform is the shared definition
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +68,6 @@ def build_projector(kind: str, in_dim: int, out_dim: int, *, kernel_size: int = 
             raise ConfigError("The conv projector needs the student token grid.")
         return ConvProjector(in_dim, out_dim, kernel_size, grid)
     raise ConfigError(f"Unknown projector {kind!r}; use one of {', '.join(PROJECTORS)}.")
-
-
-def _spatial_norm_fallback(tokens: torch.Tensor, gamma: float) -> torch.Tensor:
-    x = tokens.float()
-    x = x - gamma * x.mean(dim=1, keepdim=True)
-    return x / (x.std(dim=1, keepdim=True) + 1e-6)
-
-
-def spatial_norm(tokens: torch.Tensor, gamma: float) -> torch.Tensor:
-    """iREPA's spatial normalisation of teacher tokens ``[B, T, D]`` over T, per image and channel, in fp32:
-    ``(x − γ·mean_T x) / (std_T(x − γ·mean_T x) + 1e-6)`` with torch's unbiased std.
-
-    Uses :func:`spatialprobe.metrics.spatial_norm` (the shared definition) when it is available.
-    """
-    try:
-        from ..metrics import spatial_norm as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(tokens.float(), gamma).float()
-    return _spatial_norm_fallback(tokens, gamma)
 
 
 def resample_tokens(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
+from ..schema import CONFIG_JSON, SAMPLES_NPZ
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,9 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     from tqdm.auto import tqdm
 
     from ..config import resolve, write_config
+    from ..runtime import resolve_device
     from .config import SampleConfig
-    from .loop import load_run, resolve_device
+    from .loop import load_run
     from .vae import decode, to_uint8
 
     if config is None:
@@ -246,14 +248,14 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
             x = jit_ode(fn, x0 * NOISE_SCALE, steps=steps, method=sampler)
         images.append(to_uint8(x).permute(0, 2, 3, 1).cpu())
     arr = torch.cat(images).numpy()
-    np.savez(out / "samples.npz", arr_0=arr, labels=labels.numpy())
+    np.savez(out / SAMPLES_NPZ, arr_0=arr, labels=labels.numpy())
     if c.png:
         from PIL import Image
 
         (out / "png").mkdir(exist_ok=True)
         for i, im in enumerate(arr):
             Image.fromarray(im).save(out / "png" / f"{i:06d}_{int(labels[i])}.png")
-    write_config(out / "config.json", c, checkpoint=state["path"], step=state["step"], family=fam, weights_used=weights,
+    write_config(out / CONFIG_JSON, c, checkpoint=state["path"], step=state["step"], family=fam, weights_used=weights,
                  sampler=sampler, steps=steps, interval=list(interval))
     log.info("wrote %d samples to %s", len(arr), out)
     return out

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StoreError, WeightsMismatchError, WeightsNotFoundError
+from ..io import atomic_path, atomic_write_bytes, sha256
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +191,13 @@ def load_vae(name: str = "sd-vae-ft-mse", *, weights_dir: str | None = None, dev
                 raise WeightsMismatchError(f"cannot load VAE folder {found}: {type(exc).__name__}: {exc}") from None
             st = found / "diffusion_pytorch_model.safetensors"
             label = name if name == "sd-vae-ft-mse" else found.name
-            vid = f"{label}:{_sha256(st)[:16]}" if st.is_file() else str(found)
+            vid = f"{label}:{sha256(st)[:16]}" if st.is_file() else str(found)
         else:
             vae = _vae_from_file(found)
-            vid = f"{name if name == 'sd-vae-ft-mse' else found.name}:{_sha256(found)[:16]}"
+            vid = f"{name if name == 'sd-vae-ft-mse' else found.name}:{sha256(found)[:16]}"
         log.info("VAE %s from %s", name, found)
     vae.float().eval().requires_grad_(False)
     return vae.to(device), vid
-
-
-def _sha256(path: Path) -> str:
-    from ..config import sha256_file
-
-    return sha256_file(path)
 
 
 def images_to_vae_input(images: torch.Tensor) -> torch.Tensor:
@@ -291,9 +286,8 @@ def cache_latents(source, indices: list[int], vae, vae_id: str, resolution: int,
         mean, std = torch.cat(means), torch.cat(stds)
         done = folder / name
         if not done.is_file():
-            tmp = folder / (name + ".tmp")
-            save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
-            os.replace(tmp, done)
+            with atomic_path(done) as tmp:
+                save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
         shards.append(name)
         # E[z] and E[z²] with z = mean + std·ε, per channel
         e1 = mean.sum(dim=(0, 2, 3)).double()
@@ -307,9 +301,7 @@ def cache_latents(source, indices: list[int], vae, vae_id: str, resolution: int,
     man = {"vae": vae_id, "resolution": resolution, "ids": ids, "shards": shards, "shard_size": SHARD,
            "latent_mean": mu.tolist(), "latent_std": var.clamp_min(0).sqrt().tolist(),
            "scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215))}
-    tmp = folder / "manifest.json.tmp"
-    tmp.write_text(json.dumps(man))
-    os.replace(tmp, man_path)
+    atomic_write_bytes(man_path, json.dumps(man).encode())
     log.info("cached %d latents in %s", len(ids), folder)
     return _open_cache(folder, man)
 
