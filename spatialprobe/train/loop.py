@@ -216,7 +216,7 @@ class _StepBatches(torch.utils.data.Sampler):
 def step_losses(net: nn.Module, family: str, x: torch.Tensor, y: torch.Tensor, *, teachers: Sequence,
                 teacher_images: torch.Tensor | None, grid: tuple[int, int], spnorm: bool, gamma: float,
                 proj_coeff: float, generator: torch.Generator, null_class: int, label_dropout: float,
-                autocast_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                autocast_dtype: torch.dtype | None = None, noise_scale: float | None = None) -> dict[str, torch.Tensor]:
     """Losses of one step: ``denoise``, ``proj`` (None without teachers) and ``loss`` = denoise + coeff·proj.
 
     Teacher targets are computed first, under no_grad; the denoising objective draws its noise from
@@ -226,8 +226,9 @@ def step_losses(net: nn.Module, family: str, x: torch.Tensor, y: torch.Tensor, *
                                     autocast_dtype=autocast_dtype) for t in teachers]
     mod = module_for(family)
     ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else _null()
+    extra = {"noise_scale": noise_scale} if noise_scale is not None else {}  # JiT's noise std
     with ctx:
-        denoise, zs = mod.training_loss(net, x, y, generator, label_dropout, null_class)
+        denoise, zs = mod.training_loss(net, x, y, generator, label_dropout, null_class, **extra)
     proj = repa.projection_loss(zs, targets) if teachers else None
     return {"loss": repa.total_loss(denoise, proj, proj_coeff), "denoise": denoise, "proj": proj}
 
@@ -251,13 +252,17 @@ class _null:
         return False
 
 
-def load_teachers(names: str, *, weights_dir: str | None, device: torch.device, pretrained: bool) -> list:
-    """Zoo encoders for a comma-separated list of ids, frozen and on ``device``."""
+def load_teachers(names: str, *, weights_dir: str | None, device: torch.device, pretrained: bool,
+                  resolution: int | None = None) -> list:
+    """Zoo encoders for a comma-separated list of ids, frozen and on ``device``; above 256 px each is built
+    at its own input side for a ``resolution``-px image (:func:`spatialprobe.train.resolution.teacher_overrides`)."""
     from .. import encoders
+    from .resolution import teacher_overrides
 
     out = []
     for name in comma_list(names):
-        enc = encoders.get(name, weights_dir=weights_dir, device=str(device), pretrained=pretrained)
+        enc = encoders.get(name, weights_dir=weights_dir, device=str(device), pretrained=pretrained,
+                           **teacher_overrides(name, resolution))
         repa.freeze(enc)
         out.append(enc)
     return out
@@ -281,12 +286,10 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     and ``vae_model`` (a diffusers AutoencoderKL) may be passed as objects (tests, notebooks) instead of being opened from the config.
     ``callback(step, record)`` runs after every optimizer step (rank 0).
     """
-    from ..config import resolve, write_config
+    from ..config import write_config
+    from .recipes import recipe_record, resolve_train
 
-    if config is None:
-        config = resolve(TrainConfig, config_file, **overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = resolve_train(config, config_file, overrides)  # defaults < recipe < file < overrides
 
     # distributed (torchrun sets WORLD_SIZE/RANK/LOCAL_RANK)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -306,7 +309,10 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     fam = model_family(config.model)
     pre_cfg = finalize(config)  # validates names early; data-dependent fields below
     align = presets.get(pre_cfg.method, fam).align
-    image_res = pre_cfg.teacher_resolution if align else (pre_cfg.resolution if fam == "jit" else None)
+    # one decoded, cropped image per item at the larger side; the model's and the teacher's copies are resized
+    # from it after the flip (the model always sees --resolution, the teacher its own side)
+    image_res = (max(pre_cfg.teacher_resolution, pre_cfg.resolution) if align
+                 else (pre_cfg.resolution if fam == "jit" else None))
     if source is None:
         source = _open_source(pre_cfg.images, max(pre_cfg.teacher_resolution, pre_cfg.resolution) if align
                               else pre_cfg.resolution)
@@ -315,6 +321,10 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     if not indices:
         raise DataError(f"Image source {pre_cfg.images!r} has no images.")
     cfg = pre_cfg
+    if cfg.epochs is not None:
+        from .config import steps_for_epochs
+
+        cfg.steps = steps_for_epochs(cfg.epochs, len(indices), cfg.batch_size)
     if cfg.num_classes is None:
         cfg.num_classes = _num_classes(source)
     if cfg.batch_size % world:
@@ -328,7 +338,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     if align:
         if teachers is None:
             teachers = load_teachers(cfg.teacher, weights_dir=cfg.weights_dir, device=device,
-                                     pretrained=cfg.teacher_pretrained)
+                                     pretrained=cfg.teacher_pretrained, resolution=cfg.teacher_resolution)
         for t in teachers:
             repa.freeze(t)
     else:
@@ -372,6 +382,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **model_args).to(device)
     cfg.encoder_depth = model.cfg.encoder_depth
+    from .resolution import teacher_record
+
+    teacher_info = [teacher_record(t, cfg.teacher_resolution, model.grid) for t in teachers]
     emas = [copy.deepcopy(model).eval().requires_grad_(False) for _ in cfg.ema_decays]
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
@@ -401,9 +414,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     log_path = out / "log.jsonl"
     if rank == 0:
         write_config(out / "config.json", cfg, model_args=model_args, latent=latent_info,
-                     teachers=[{"name": getattr(t, "name", type(t).__name__),
-                                "weights_id": getattr(t, "weights_id", None)} for t in teachers],
-                     world_size=world, num_images=len(indices))
+                     teachers=teacher_info, world_size=world, num_images=len(indices),
+                     recipe=recipe_record(cfg.recipe))
         kept = []
         if start and log_path.is_file():
             kept = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
@@ -451,22 +463,23 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
         if cfg.hflip and imgs is not None:
             flip = (torch.rand(imgs.shape[0], generator=g, device=device) < 0.5).view(-1, 1, 1, 1)
             imgs = torch.where(flip, imgs.flip(-1), imgs)
+        from .vae import images_to_vae_input, resize_uint8
+
+        teacher_imgs = resize_uint8(imgs, cfg.teacher_resolution) if teachers else None
         if fam == "sit":
             mean = batch["mean"].to(device, non_blocking=True)
             std = batch["std"].to(device, non_blocking=True)
             z = mean + std * torch.randn(mean.shape, generator=g, device=device)
             x = (z - bias_d) * scale_d
         else:
-            from .vae import images_to_vae_input, resize_uint8
-
             x = images_to_vae_input(resize_uint8(imgs, cfg.resolution))
         lr = cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
         for grp in opt.param_groups:
             grp["lr"] = lr
-        losses = step_losses(net, fam, x, y, teachers=teachers, teacher_images=imgs, grid=model.grid,
+        losses = step_losses(net, fam, x, y, teachers=teachers, teacher_images=teacher_imgs, grid=model.grid,
                              spnorm=cfg.spnorm, gamma=cfg.gamma, proj_coeff=cfg.proj_coeff, generator=g,
                              null_class=model.null_class, label_dropout=cfg.label_dropout,
-                             autocast_dtype=ac_dtype)
+                             autocast_dtype=ac_dtype, noise_scale=cfg.noise_scale)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else math.inf)
