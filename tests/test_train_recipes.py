@@ -368,3 +368,32 @@ def test_uint8_rounding_vs_truncation():
     x = torch.tensor([-1.0, 0.0, 0.999, 1.0]).view(1, 1, 1, 4)
     assert images_to_uint8(x, "truncate").flatten().tolist() == [0, 127, 254, 255]
     assert images_to_uint8(x, "round").flatten().tolist() == [0, 128, 255, 255]
+
+
+def test_study_training_recipe():
+    """``training.recipe`` in a study: validated, the recipe's model when none is given, a model of the other
+    family refused, and passed to every training run through its options; a study without it is unchanged."""
+    from spatialprobe.study import parse_spec
+
+    s = parse_spec({"encoders": ["hog"], "training": {"recipe": "irepa-readme-sit-b", "steps": 3}})
+    assert s.training.model == "sit-b/2" and s.training.options["recipe"] == "irepa-readme-sit-b"
+    s = parse_spec({"encoders": ["hog"], "training": {"recipe": "jit-paper-b", "model": "jit-tiny"}})
+    assert s.training.model == "jit-tiny" and s.training.options == {"recipe": "jit-paper-b"}
+    with pytest.raises(ConfigError, match="jit recipe"):
+        parse_spec({"encoders": ["hog"], "training": {"recipe": "jit-paper-b", "model": "sit-tiny"}})
+    with pytest.raises(UnknownNameError, match="jit-paper-b"):
+        parse_spec({"encoders": ["hog"], "training": {"recipe": "jit-papr-b"}})
+    assert "recipe" not in parse_spec({"encoders": ["hog"], "training": {}}).training.options
+
+
+def test_ls_recipes_prints_every_recipe_with_its_official_command():
+    from typer.testing import CliRunner
+
+    from spatialprobe.cli import app
+
+    res = CliRunner().invoke(app, ["ls", "recipes"])
+    assert res.exit_code == 0, res.output
+    for name in EXPECTED:
+        assert f"\n{name}  (" in "\n" + res.output
+    assert res.output.count("  official: ") == len(EXPECTED)
+    assert "main_jit.py --model JiT-B/32" in res.output and "--noise_scale 2.0" in res.output
