@@ -9,7 +9,6 @@ that is killed and resumed ends with exactly the weights of an uninterrupted run
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
