@@ -77,7 +77,6 @@ FIELDS: dict[tuple[str, str], tuple[Any, str, Any]] = {
     ("train", "--grad-clip"): (MODEL_DEFAULTS, "grad_clip", PER_MODEL),
     ("train", "--warmup-epochs"): (MODEL_DEFAULTS, "warmup_epochs", PER_MODEL),
     ("train", "--encoder-depth"): (BackboneConfig, "encoder_depth", "variants"),
-    ("train", "--teacher-resolution"): (TrainConfig, "teacher_resolution", None),
     ("train", "--hflip"): (MODEL_DEFAULTS, "hflip", PER_MODEL),
     ("train", "--latent-norm"): (TrainConfig, "latent_norm", None),
     ("train", "--seed"): (TrainConfig, "seed", None),
@@ -148,6 +147,7 @@ DESCRIBED: dict[tuple[str, str], tuple[str, ...]] = {
     ("fd-digits", "--out"): ("[default: print only]",),
     ("fd-digits", "--cache-dir"): ("[default: $SPATIALPROBE_CACHE or ~/.cache/spatialprobe]",),
     ("train", "--latents-dir"): ("(default OUT/latents)",),
+    ("train", "--teacher-resolution"): ("[default: max(256, --resolution)]",),
     ("train", "--num-classes"): ("(default: from the labels)",),
     # resolved per run in train/loop.py:default_compile (the model and the device), no field holds a value
     ("train", "--compile"): ("[default: on for the full-size models on CUDA, off on CPU and for the tiny ones]",),
