@@ -220,43 +220,38 @@ def test_every_listed_recipe_is_tested():
     assert set(recipes.names()) == set(EXPECTED)
 
 
-def _unsupported(train_fields: dict) -> list[str]:
-    """Recipe fields this version cannot honour (a PixelREPA method or option not built yet)."""
-    from spatialprobe.train import presets
-
-    have = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = [k for k, v in train_fields.items() if k not in have and not (k == "proj_dropout" and v == 0.0)]
-    if train_fields.get("method") not in presets.METHODS:
-        out.append("method")
-    return out
-
-
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_recipe_resolves_to_the_official_values(name):
+    from spatialprobe.train import pixelrepa
+
     want_train, want_sample, want_eval = EXPECTED[name]
     r = recipes.get(name)
     assert r.eval == want_eval and r.command and r.family == ("sit" if name.startswith("irepa-readme-sit") else "jit")
-    missing = _unsupported(want_train)
-    if missing:  # fails with one clear error naming what is missing, never silently
-        with pytest.raises((ConfigError, UnknownNameError)):
-            finalize(resolve_train(None, None, {"recipe": name}))
-        return
     cfg = finalize(resolve_train(None, None, {"recipe": name}))
     assert cfg.recipe == name
     for k, v in want_train.items():
-        if not hasattr(cfg, k):  # no dropout option yet: only the neutral value can be asked for
-            assert (k, v) == ("proj_dropout", 0.0)
-            continue
         got = getattr(cfg, k)
         assert got == pytest.approx(v) if isinstance(v, float) else got == v, (k, got, v)
+    pix = want_train["method"] == "pixelrepa"
+    if pix:  # the adapter and its target: the raw tokens of one teacher, after the JiT encoder blocks
+        assert (cfg.projector, cfg.spnorm) == ("mta", False)
+        assert cfg.encoder_depth == variant(cfg.model)["in_context_start"]
+    else:
+        assert cfg.mask_ratio is None and cfg.adapter_depth is None
     with torch.device("meta"):  # the model it builds
         side = cfg.resolution // 8 if name.startswith("irepa-readme-sit") else cfg.resolution
+        extra = {"proj_drop": cfg.proj_dropout} if cfg.proj_dropout is not None else {}
         net = build(cfg.model, num_classes=1000, input_size=side, encoder_depth=cfg.encoder_depth,
-                    z_dims=[768] if cfg.teacher else [], projector=cfg.projector, kernel_size=cfg.kernel_size)
+                    z_dims=[768] if cfg.teacher and not pix else [], projector=cfg.projector,
+                    kernel_size=cfg.kernel_size, **extra, **({"mask_token": True} if pix else {}))
+        if pix:
+            adapter = pixelrepa.build_adapter(net, 768, depth=cfg.adapter_depth, num_classes=1000)
+            assert len(adapter.blocks) == want_train["adapter_depth"]
+            assert pixelrepa.PixelREPANet(net, adapter, cfg.mask_ratio).mask_ratio == want_train["mask_ratio"]
     assert net.cfg.encoder_depth == want_train.get("encoder_depth", net.cfg.encoder_depth)
     assert net.grid == (16, 16)
     if hasattr(net.cfg, "proj_drop"):  # JiT: the dropout the recipe asks for
-        assert net.cfg.proj_drop == getattr(cfg, "proj_dropout", 0.0) == want_train["proj_dropout"]
+        assert net.cfg.proj_drop == cfg.proj_dropout == want_train["proj_dropout"]
     s = resolve_sample(SampleConfig(run="x"), set(), name)
     for k, v in want_sample.items():
         assert getattr(s, k) == v, (k, getattr(s, k), v)

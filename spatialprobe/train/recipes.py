@@ -18,8 +18,9 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError, UnknownNameError, did_you_mean
 
-#: fields a recipe may set that this version has no option for, with the value that means "off"
-_NEUTRAL = {"proj_dropout": 0.0}
+#: fields a recipe may set that this version has no option for, with the value that means "off" (none today:
+#: every field of the table is a TrainConfig/SampleConfig field)
+_NEUTRAL: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
