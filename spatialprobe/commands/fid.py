@@ -30,7 +30,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: fid.json (result) and config.json."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
         metrics: Optional[str] = typer.Option(None, "--metrics", help=help_default(CONFIG, "metrics", "Comma-separated subset of "
-                                                                "fid,sfid,is,precision,recall")),
+                                                                "fid,sfid,is,precision,recall; --protocol jit "
+                                                                "scores fid and is only")),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Use only the first N samples."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(CONFIG, "batch_size", "Images per forward")),
         device: Optional[str] = typer.Option(None, "--device", help=help_default(CONFIG, "device", "auto, cpu, cuda or cuda:N")),
@@ -66,9 +67,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
             from ..fid.fidelity import evaluate_jit
 
             rec = evaluate_jit(samples, ref, out=out, inception_weights=inception_weights,
-                               metrics=split_list(metrics) or ["fid", "is"], num_samples=num_samples,
-                               batch_size=batch_size or 64, device=device or "auto", pretrained=not random_init,
-                               progress=not no_progress)
+                               metrics=split_list(metrics), num_samples=num_samples, batch_size=batch_size,
+                               device=device, pretrained=not random_init, progress=not no_progress)
         else:
             rec = evaluate(samples, ref, out=out, config=config, inception_weights=inception_weights,
                            metrics=split_list(metrics), num_samples=num_samples, batch_size=batch_size,

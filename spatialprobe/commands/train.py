@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -75,6 +75,33 @@ def _ckpt_every() -> str:
     return f"{show_value(least)}, or a tenth of --steps when that is more, at most {show_value(most)}"
 
 
+def _teacher_side() -> str:
+    from ..train.config import TEACHER_MIN_SIDE
+
+    return f"max({show_value(TEACHER_MIN_SIDE)}, --resolution)"
+
+
+def _noise_scale() -> str:
+    """JiT's noise std by image side, as ``train.config.JIT_NOISE_SCALE`` holds it."""
+    from ..train.config import JIT_NOISE_SCALE
+
+    return ", ".join(f"{show_value(v)} at {side} px" for side, v in JIT_NOISE_SCALE.items())
+
+
+def _sample_fallback(name: str) -> Callable[[], str]:
+    """What ``sample`` uses for ``name`` without a flag: the run's recipe, else ``train.config``'s value."""
+
+    def render() -> str:
+        from ..train import config
+
+        value = getattr(config, name)
+        shown = (", ".join(f"{fam} {v}" for fam, v in value.items()) if isinstance(value, dict)
+                 else show_value(value))
+        return f"the run's recipe, else {shown}"
+
+    return render
+
+
 def _train_help() -> str:
     from ..train.presets import format_table
     from ..train.recipes import names as recipe_names
@@ -139,12 +166,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         proj_dropout: Optional[float] = typer.Option(None, "--proj-dropout", help="JiT: dropout in the middle half "
                                                      "of the blocks (none when unset; the JiT-H recipe uses 0.2)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side fed to the model (SiT: to the VAE)."),
-        teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help="Image side of the "
-                                                         "teacher's copy of each image; above 256 each encoder's "
-                                                         "input grows with it (DINOv2 448 px at 512) "
-                                                         "[default: max(256, --resolution)]."),
-        noise_scale: Optional[float] = typer.Option(None, "--noise-scale", help="JiT noise std, for training and "
-                                                    "sampling (1.0 at 256 px, 2.0 at 512 px when not given)."),
+        teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help=help_derived(
+            "spatialprobe.train.config:TEACHER_MIN_SIDE", "Image side of the teacher's copy of each image; above "
+            "256 each encoder's input grows with it (DINOv2 448 px at 512)", _teacher_side)),
+        noise_scale: Optional[float] = typer.Option(None, "--noise-scale", help=help_derived(
+            "spatialprobe.train.config:JIT_NOISE_SCALE", "JiT noise std, for training and sampling, by "
+            "--resolution", _noise_scale)),
         random_teacher: bool = typer.Option(False, "--random-teacher", help="Teacher architecture with random init (smoke tests)."),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with encoder and VAE weights."),
         hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help=_per_model("hflip", "Random horizontal flips")),
@@ -230,12 +257,15 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         device: Optional[str] = device_option(SAMPLE),
         no_png: bool = typer.Option(False, "--no-png", help="Write only samples.npz."),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with the VAE weights (SiT)."),
-        labels: Optional[str] = typer.Option(None, "--labels", help="balanced or random (the run's recipe, else "
-                                             "SiT random as REPA's generate.py, JiT balanced as JiT's evaluation)."),
-        precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or bf16 autocast, as JiT's "
-                                                "evaluation (the run's recipe, else fp32)."),
-        uint8: Optional[str] = typer.Option(None, "--uint8", help="truncate (ADM) or round (JiT) when writing "
-                                            "uint8 (the run's recipe, else truncate)."),
+        labels: Optional[str] = typer.Option(None, "--labels", help=help_derived(
+            "spatialprobe.train.config:SAMPLE_LABELS", "balanced or random (REPA's generate.py draws random "
+            "labels, JiT's evaluation is balanced)", _sample_fallback("SAMPLE_LABELS"))),
+        precision: Optional[str] = typer.Option(None, "--precision", help=help_derived(
+            "spatialprobe.train.config:SAMPLE_PRECISION", "fp32, or bf16 autocast as JiT's evaluation",
+            _sample_fallback("SAMPLE_PRECISION"))),
+        uint8: Optional[str] = typer.Option(None, "--uint8", help=help_derived(
+            "spatialprobe.train.config:SAMPLE_UINT8", "truncate (ADM) or round (JiT) when writing uint8",
+            _sample_fallback("SAMPLE_UINT8"))),
         config: Optional[Path] = config_option(),
     ) -> None:
         """Generate images from a training run: ADM-style samples.npz (arr_0 uint8 N,H,W,3 and labels) and PNGs.

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 IS_SPLITS = 10        #: torch-fidelity default
 IS_SEED = 2020        #: torch-fidelity's isc rng_seed
 PROTOCOL_KIND = "jit-fidelity"
+JIT_METRICS = ("fid", "is")  #: what the protocol scores (and all it can)
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -104,18 +105,21 @@ def protocol_id(stats: str | os.PathLike, n: int) -> str:
 
 
 def evaluate_jit(samples: Any, stats: str | os.PathLike, *, out: str | os.PathLike | None = None,
-                 inception_weights: str | None = None, num_samples: int | None = None, batch_size: int = 64,
-                 device: str = "auto", pretrained: bool = True, model: Any = None, metrics: list[str] | None = None,
+                 inception_weights: str | None = None, num_samples: int | None = None,
+                 batch_size: int | None = None, device: str | None = None, pretrained: bool = True, model: Any = None, metrics: list[str] | None = None,
                  progress: bool = True, seed: int = 0) -> dict[str, Any]:
     """Score samples with the JiT protocol: FID against a torch-fidelity statistics file and the shuffled-split
-    IS. Writes ``fid.json`` and ``config.json`` to ``out`` when given; returns the record."""
+    IS. Writes ``fid.json`` and ``config.json`` to ``out`` when given; returns the record. ``batch_size`` and
+    ``device`` default to :class:`~spatialprobe.fid.evaluator.FidConfig`'s."""
     from ..config import sha256_file, write_config
-    from .evaluator import feature_pass, resolve_device
+    from .evaluator import FidConfig, feature_pass, resolve_device
     from .images import open_samples
     from .inception import build_inception
 
-    want = set(metrics or ("fid", "is"))
-    bad = want - {"fid", "is"}
+    batch_size = FidConfig.batch_size if batch_size is None else batch_size
+    device = FidConfig.device if device is None else device
+    want = set(metrics or JIT_METRICS)
+    bad = want - set(JIT_METRICS)
     if bad:
         raise DataError(f"The JiT protocol gives fid and is only (asked for {', '.join(sorted(bad))}); sFID, "
                         "precision and recall come with --protocol adm.")

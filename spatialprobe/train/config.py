@@ -119,7 +119,7 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
     if c.teacher_resolution is None:
         c.teacher_resolution = max(TEACHER_MIN_SIDE, int(c.resolution))
     if fam == "jit" and c.noise_scale is None:
-        c.noise_scale = JIT_NOISE_SCALE.get(int(c.resolution), 2.0 if c.resolution > 256 else 1.0)
+        c.noise_scale = JIT_NOISE_SCALE.get(int(c.resolution), JIT_NOISE_SCALE[512 if c.resolution > 256 else 256])
     if fam == "sit" and c.noise_scale is not None:
         raise ConfigError(f"noise_scale={c.noise_scale} is a JiT option (pixel noise std); SiT models have no noise "
                           "scale: leave it out.")
@@ -265,6 +265,14 @@ def check_resume(saved: dict[str, Any], now: TrainConfig) -> None:
 
 def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
+
+
+#: what `spatialprobe sample` uses where neither a flag nor the run's recipe sets it: the official label
+#: distribution of each family's evaluation (REPA's generate.py draws random labels, JiT's evaluation is
+#: class-balanced), fp32 sampling and ADM's uint8 truncation
+SAMPLE_LABELS = {"sit": "random", "jit": "balanced"}
+SAMPLE_PRECISION = "fp32"
+SAMPLE_UINT8 = "truncate"
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
+from .config import SAMPLE_LABELS, SAMPLE_PRECISION, SAMPLE_UINT8
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def random_labels(n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
 
 
 #: the official label distribution of each family's evaluation
-FAMILY_LABELS = {"sit": "random", "jit": "balanced"}
+FAMILY_LABELS = SAMPLE_LABELS
 
 
 def images_to_uint8(x: torch.Tensor, mode: str = "truncate") -> torch.Tensor:
@@ -250,8 +251,8 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     num_classes = int(state["model_args"]["num_classes"])
     label_rule = c.labels or FAMILY_LABELS[fam]
     labels = balanced_labels(c.n, num_classes) if label_rule == "balanced" else random_labels(c.n, num_classes, c.seed)
-    precision = c.precision or "fp32"
-    uint8 = c.uint8 or "truncate"
+    precision = c.precision or SAMPLE_PRECISION
+    uint8 = c.uint8 or SAMPLE_UINT8
     noise_scale = float((state.get("config") or {}).get("noise_scale") or 1.0)  # JiT; runs before it had 1.0
     vae = None
     if fam == "sit":
