@@ -201,15 +201,15 @@ EXPECTED = {
     "jit-paper-512": ({**_JIT, "model": "jit-b/32", "method": "none", "teacher": None, "proj_dropout": 0.0,
                        "resolution": 512, "noise_scale": 2.0},
                       {**_JIT_S, "cfg": 3.0}, dict(protocol="jit", ref="jit_in512_stats.npz", n=50_000)),
-    "pixelrepa-paper-b": ({**_JIT, "model": "jit-b/16", "method": "pixelrepa", "teacher": "dinov2-vit-b",
+    "pixelrepa-paper-b": ({**_JIT, "model": "jit-b/16", "method": "pixelrepa", "teacher": "dinov2-vit-b-p16",
                            "encoder_depth": 4, "proj_coeff": 0.1, "proj_dropout": 0.0, "mask_ratio": 0.2,
                            "adapter_depth": 2},
                           {**_JIT_S, "cfg": 3.1}, dict(protocol="jit", ref="jit_in256_stats.npz", n=50_000)),
-    "pixelrepa-paper-l": ({**_JIT, "model": "jit-l/16", "method": "pixelrepa", "teacher": "dinov2-vit-b",
+    "pixelrepa-paper-l": ({**_JIT, "model": "jit-l/16", "method": "pixelrepa", "teacher": "dinov2-vit-b-p16",
                            "encoder_depth": 8, "proj_coeff": 0.1, "proj_dropout": 0.0, "mask_ratio": 0.2,
                            "adapter_depth": 2},
                           {**_JIT_S, "cfg": 2.8}, dict(protocol="jit", ref="jit_in256_stats.npz", n=50_000)),
-    "pixelrepa-paper-h": ({**_JIT, "model": "jit-h/16", "method": "pixelrepa", "teacher": "dinov2-vit-b",
+    "pixelrepa-paper-h": ({**_JIT, "model": "jit-h/16", "method": "pixelrepa", "teacher": "dinov2-vit-b-p16",
                            "encoder_depth": 10, "proj_coeff": 0.1, "proj_dropout": 0.2, "mask_ratio": 0.2,
                            "adapter_depth": 2},
                           {**_JIT_S, "cfg": 2.4}, dict(protocol="jit", ref="jit_in256_stats.npz", n=50_000)),
@@ -235,6 +235,7 @@ def test_recipe_resolves_to_the_official_values(name):
     pix = want_train["method"] == "pixelrepa"
     if pix:  # the adapter and its target: the raw tokens of one teacher, after the JiT encoder blocks
         assert (cfg.projector, cfg.spnorm) == ("mta", False)
+        assert cfg.teacher == pixelrepa.OFFICIAL_TEACHER  # DINOv2-B with a 16-px patch at 256 px
         assert cfg.encoder_depth == variant(cfg.model)["in_context_start"]
     else:
         assert cfg.mask_ratio is None and cfg.adapter_depth is None

@@ -101,7 +101,7 @@ def _pixelrepa(name: str, model: str, mta: str, cfg: float, drop: float, depth: 
                                     drop=drop, cfg=cfg),
         "PixelREPA README L78-124 (kaist-cvml/PixelREPA@5181608), denoiser_pixelREPA.py, engine_pixelREPA.py",
         _JIT_LR,
-        {**_JIT, "model": model, "method": "pixelrepa", "teacher": "dinov2-vit-b", "proj_dropout": drop,
+        {**_JIT, "model": model, "method": "pixelrepa", "teacher": "dinov2-vit-b-p16", "proj_dropout": drop,
          "encoder_depth": depth, "proj_coeff": 0.1, "mask_ratio": 0.2, "adapter_depth": 2},
         {**_JIT_SAMPLE, "cfg": cfg},
         dict(_JIT_EVAL),
