@@ -14,9 +14,12 @@ from spatialprobe.fid.fidelity import evaluate_jit, frechet_distance, inception_
 from spatialprobe.fid.inception import build_inception
 
 
-def _is_reference(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> float:
-    """IS as torch-fidelity's isc_features_to_metric: shuffled rows, float64 softmax, chunk KL."""
-    x = torch.from_numpy(logits).double()[np.random.RandomState(seed).permutation(len(logits))]
+def _is_reference(logits: np.ndarray, splits: int = 10, seed: int = 2020, shuffle: bool = True) -> float:
+    """IS as torch-fidelity's isc_features_to_metric: shuffled rows, float64 softmax, chunk KL
+    (``shuffle=False``: the ADM evaluator's in-order chunks)."""
+    x = torch.from_numpy(logits).double()
+    if shuffle:
+        x = x[np.random.RandomState(seed).permutation(len(logits))]
     p, log_p = x.softmax(1), x.log_softmax(1)
     n = len(x)
     out = []
@@ -53,8 +56,11 @@ def test_jit_protocol_equals_an_independent_computation(tmp_path):
     assert rec["metrics"]["is"] == pytest.approx(_is_reference(logits), rel=1e-9)
     assert rec["protocol"] == "jit-fidelity-in256-10" == protocol_id(stats, 10)
     assert json.loads((tmp_path / "eval" / "fid.json").read_text())["settings"]["is_seed"] == 2020
-    # the shuffle matters: in-order splits give another number
-    assert inception_score(logits, seed=2020)[0] != pytest.approx(_is_reference(logits[::-1].copy(), seed=0))
+    # the shuffle matters: in-order splits give another number (40 rows: 4 per split; with 10 rows every
+    # split holds one sample and scores exactly 1 in any order)
+    many = np.random.default_rng(2).normal(size=(40, logits.shape[1])) * 3
+    assert inception_score(many)[0] == pytest.approx(_is_reference(many), rel=1e-9)
+    assert inception_score(many)[0] != pytest.approx(_is_reference(many, shuffle=False), rel=1e-6)
 
 
 def test_fid_formula_and_stats_keys(tmp_path):
