@@ -30,6 +30,7 @@ from spatialprobe.probe import ProbeConfig
 from spatialprobe.report.build import ReportConfig
 from spatialprobe.report.similarity import VizConfig
 from spatialprobe.train.checkpoint import default_ckpt_every
+from spatialprobe.train import config as train_config
 from spatialprobe.train.config import JIT_BLR, MODEL_DEFAULTS, SampleConfig, TrainConfig
 from spatialprobe.train.models import names as model_names, variant
 from spatialprobe.train.models.common import BackboneConfig
@@ -77,8 +78,10 @@ FIELDS: dict[tuple[str, str], tuple[Any, str, Any]] = {
     ("train", "--grad-clip"): (MODEL_DEFAULTS, "grad_clip", PER_MODEL),
     ("train", "--warmup-epochs"): (MODEL_DEFAULTS, "warmup_epochs", PER_MODEL),
     ("train", "--encoder-depth"): (BackboneConfig, "encoder_depth", "variants"),
-    ("train", "--teacher-resolution"): (TrainConfig, "teacher_resolution", None),
     ("train", "--hflip"): (MODEL_DEFAULTS, "hflip", PER_MODEL),
+    ("train", "--teacher-resolution"): (train_config, "TEACHER_MIN_SIDE", lambda v: f"max({v}, --resolution)"),
+    ("train", "--noise-scale"): (train_config, "JIT_NOISE_SCALE",
+                                 lambda v: ", ".join(f"{s:g} at {side} px" for side, s in v.items())),
     ("train", "--latent-norm"): (TrainConfig, "latent_norm", None),
     ("train", "--seed"): (TrainConfig, "seed", None),
     ("train", "--device"): (TrainConfig, "device", None),
@@ -94,6 +97,11 @@ FIELDS: dict[tuple[str, str], tuple[Any, str, Any]] = {
     ("sample", "--weights"): (SampleConfig, "weights", None),
     ("sample", "--seed"): (SampleConfig, "seed", None),
     ("sample", "--device"): (SampleConfig, "device", None),
+    # neither the flag nor the run's recipe: train.config's fallbacks (labels per family)
+    ("sample", "--labels"): (train_config, "SAMPLE_LABELS",
+                             lambda v: "the run's recipe, else " + ", ".join(f"{f} {x}" for f, x in v.items())),
+    ("sample", "--precision"): (train_config, "SAMPLE_PRECISION", lambda v: f"the run's recipe, else {v}"),
+    ("sample", "--uint8"): (train_config, "SAMPLE_UINT8", lambda v: f"the run's recipe, else {v}"),
     ("correlate", "--x"): (CorrelateConfig, "x", None),
     ("correlate", "--y"): (CorrelateConfig, "y", None),
     ("correlate", "--n-resamples"): (CorrelateConfig, "n_resamples", None),
@@ -194,6 +202,8 @@ def _default(where: Any, name: str) -> Any:
     if dataclasses.is_dataclass(where):
         f = {f.name: f for f in dataclasses.fields(where)}[name]
         return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if inspect.ismodule(where):  # a module-level constant (a table or a fallback value)
+        return getattr(where, name)
     return inspect.signature(where).parameters[name].default
 
 

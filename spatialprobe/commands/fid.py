@@ -24,16 +24,22 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         samples: str = typer.Argument(..., help="ADM .npz (arr_0 uint8 [N,H,W,3]), a folder of PNGs, or the "
                                                 "output folder of `spatialprobe sample`."),
         ref: Path = typer.Option(..., "--ref", help="Reference .npz (mu, sigma, mu_s, sigma_s, arr_0), e.g. ADM's "
-                                                    "VIRTUAL_imagenet256_labeled.npz or one from `spatialprobe fid-ref`."),
+                                                    "VIRTUAL_imagenet256_labeled.npz or one from `spatialprobe fid-ref`; "
+                                                    "with --protocol jit a torch-fidelity statistics file (mu, sigma), "
+                                                    "e.g. jit_in256_stats.npz."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: fid.json (result) and config.json."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
         metrics: Optional[str] = typer.Option(None, "--metrics", help=help_default(CONFIG, "metrics", "Comma-separated subset of "
-                                                                "fid,sfid,is,precision,recall")),
+                                                                "fid,sfid,is,precision,recall; --protocol jit "
+                                                                "scores fid and is only")),
         num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Use only the first N samples."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(CONFIG, "batch_size", "Images per forward")),
         device: Optional[str] = typer.Option(None, "--device", help=help_default(CONFIG, "device", "auto, cpu, cuda or cuda:N")),
-        protocol: Optional[str] = typer.Option(None, "--protocol", help="Protocol id to record "
-                                               "[default: derived, e.g. adm-in256-50k]."),
+        protocol: Optional[str] = typer.Option(None, "--protocol", help="adm (the ADM evaluator, for SiT/REPA/iREPA "
+                                               "numbers), jit (torch-fidelity as JiT and PixelREPA: FID against "
+                                               "a mu/sigma stats file, IS over 10 splits shuffled with seed 2020; "
+                                               "id jit-fidelity-...), or another protocol id to record with the ADM "
+                                               "evaluator [default: derived, e.g. adm-in256-50k]."),
         fd_method: Optional[str] = typer.Option(None, "--fd-method", help=help_default(CONFIG, "fd_method", "sqrtm (ADM) or eigh (same value, "
                                                                   "~10x faster on CPU)")),
         fd_encoder: Optional[str] = typer.Option(None, "--fd-encoder", help="Also a Fréchet distance on this zoo "
@@ -57,13 +63,20 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         """
         from ..fid import evaluate
 
-        rec = evaluate(samples, ref, out=out, config=config, inception_weights=inception_weights,
-                       metrics=split_list(metrics), num_samples=num_samples, batch_size=batch_size, device=device,
-                       protocol=protocol, fd_method=fd_method, fd_encoder=fd_encoder, fd_pool=fd_pool,
-                       encoder_weights_dir=weights_dir, pretrained=False if random_init else None,
-                       progress=False if no_progress else None)
+        if protocol == "jit":
+            from ..fid.fidelity import evaluate_jit
+
+            rec = evaluate_jit(samples, ref, out=out, inception_weights=inception_weights,
+                               metrics=split_list(metrics), num_samples=num_samples, batch_size=batch_size,
+                               device=device, pretrained=not random_init, progress=not no_progress)
+        else:
+            rec = evaluate(samples, ref, out=out, config=config, inception_weights=inception_weights,
+                           metrics=split_list(metrics), num_samples=num_samples, batch_size=batch_size,
+                           device=device, protocol=None if protocol == "adm" else protocol, fd_method=fd_method,
+                           fd_encoder=fd_encoder, fd_pool=fd_pool, encoder_weights_dir=weights_dir,
+                           pretrained=False if random_init else None, progress=False if no_progress else None)
         typer.echo(f"protocol {rec['protocol']}  samples {rec['num_samples']}  reference sha256 "
-                   f"{rec['reference']['sha256'][:12]}…")
+                   f"{(rec['reference']['sha256'] or '-')[:12]}…")
         for k, v in rec["metrics"].items():
             typer.echo(f"{k:<12} {v:.4f}")
         for k, why in rec["skipped"].items():

@@ -1,9 +1,9 @@
-"""`spatialprobe train`, `spatialprobe sample` and `spatialprobe ls presets`."""
+"""`spatialprobe train`, `spatialprobe sample`, `spatialprobe ls presets` and `spatialprobe ls recipes`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -75,14 +75,44 @@ def _ckpt_every() -> str:
     return f"{show_value(least)}, or a tenth of --steps when that is more, at most {show_value(most)}"
 
 
+def _teacher_side() -> str:
+    from ..train.config import TEACHER_MIN_SIDE
+
+    return f"max({show_value(TEACHER_MIN_SIDE)}, --resolution)"
+
+
+def _noise_scale() -> str:
+    """JiT's noise std by image side, as ``train.config.JIT_NOISE_SCALE`` holds it."""
+    from ..train.config import JIT_NOISE_SCALE
+
+    return ", ".join(f"{show_value(v)} at {side} px" for side, v in JIT_NOISE_SCALE.items())
+
+
+def _sample_fallback(name: str) -> Callable[[], str]:
+    """What ``sample`` uses for ``name`` without a flag: the run's recipe, else ``train.config``'s value."""
+
+    def render() -> str:
+        from ..train import config
+
+        value = getattr(config, name)
+        shown = (", ".join(f"{fam} {v}" for fam, v in value.items()) if isinstance(value, dict)
+                 else show_value(value))
+        return f"the run's recipe, else {shown}"
+
+    return render
+
+
 def _train_help() -> str:
     from ..train.presets import format_table
+    from ..train.recipes import names as recipe_names
 
     return f"""Train a SiT (latent) or JiT (pixel) model with REPA / iREPA alignment to a zoo encoder.
 
-Writes OUT/config.json (the resolved config), OUT/log.jsonl (one JSON object per logged step: step, loss, denoise_loss, proj_loss, grad_norm, lr, steps_per_s) and OUT/checkpoints/NNNNNNN.pt (model, EMAs, optimizer, config). Checkpoints: written every --ckpt-every steps, at each --keep-steps milestone, at the end and at least every --ckpt-minutes; kept: the newest --keep-last, the milestones and the last (older ones are deleted only after a newer one is written and read back). The expected disk use is printed first, and the run refuses to start when the output disk lacks it. Options: defaults, then --config FILE, then flags (flags win). --resume continues the newest checkpoint in OUT and ends with the same weights as an uninterrupted run.
+Writes OUT/config.json (the resolved config and recipe), OUT/log.jsonl (one JSON object per logged step: step, loss, denoise_loss, proj_loss, grad_norm, lr, steps_per_s) and OUT/checkpoints/NNNNNNN.pt (model, EMAs, optimizer, config). Checkpoints: written every --ckpt-every steps, at each --keep-steps milestone, at the end and at least every --ckpt-minutes; kept: the newest --keep-last, the milestones and the last (older ones are deleted only after a newer one is written and read back). The expected disk use is printed first, and the run refuses to start when the output disk lacks it. Options: defaults, then --recipe, then --config FILE, then flags (flags win). --resume continues the newest checkpoint in OUT and ends with the same weights as an uninterrupted run.
 
-Models: sit-b/2, sit-l/2, sit-xl/2, sit-tiny (SD-VAE latents; sit-tiny uses a tiny random VAE) and jit-b/16, jit-l/16, jit-h/16, jit-tiny (pixels).
+Models: sit-b/2, sit-l/2, sit-xl/2, sit-tiny (SD-VAE latents; sit-tiny uses a tiny random VAE) and jit-b/16, jit-l/16, jit-h/16, jit-b/32, jit-l/32, jit-h/32 (512 px), jit-tiny (pixels).
+
+Recipes (--recipe; fields and official commands: spatialprobe ls recipes): {", ".join(recipe_names())}.
 
 Methods (--method) are presets, per family (notes: spatialprobe ls presets); --projector, --kernel-size, --spnorm/--no-spnorm, --gamma and --proj-coeff override single fields:
 
@@ -103,6 +133,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @cli_errors
     def train_cmd(
         model: Optional[str] = typer.Option(None, "--model", "-m", help=help_default(TRAIN, "model", "Model name")),
+        recipe: Optional[str] = typer.Option(None, "--recipe", help="An official recipe (spatialprobe ls recipes); "
+                                             "options given here win over its fields."),
         method: Optional[str] = typer.Option(None, "--method", help=help_default(TRAIN, "method", "Alignment preset: repa, irepa, "
                                                                "irepa-official-ldm, conv-only, norm-only, pixelrepa (JiT), none")),
         teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Zoo encoder id(s), comma-separated "
@@ -111,6 +143,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                                              "folder, an ImageNet-style tree or a list file."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help=help_default(TRAIN, "out", "Run folder")),
         steps: Optional[int] = typer.Option(None, "--steps", help=help_default(TRAIN, "steps", "Optimizer steps")),
+        epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the images instead of --steps "
+                                               "(whole batches per epoch)."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_per_model("batch_size", "Global batch")),
         lr: Optional[float] = typer.Option(None, "--lr", help=_per_model("lr", "Learning rate")),
         betas: Optional[str] = typer.Option(None, "--betas", help="AdamW betas, e.g. 0.9,0.95."),
@@ -132,7 +166,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         proj_dropout: Optional[float] = typer.Option(None, "--proj-dropout", help="JiT: dropout in the middle half "
                                                      "of the blocks (none when unset; the JiT-H recipe uses 0.2)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side fed to the model (SiT: to the VAE)."),
-        teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help=help_default(TRAIN, "teacher_resolution", "Image side fed to the teacher")),
+        teacher_resolution: Optional[int] = typer.Option(None, "--teacher-resolution", help=help_derived(
+            "spatialprobe.train.config:TEACHER_MIN_SIDE", "Image side of the teacher's copy of each image; above "
+            "256 each encoder's input grows with it (DINOv2 448 px at 512)", _teacher_side)),
+        noise_scale: Optional[float] = typer.Option(None, "--noise-scale", help=help_derived(
+            "spatialprobe.train.config:JIT_NOISE_SCALE", "JiT noise std, for training and sampling, by "
+            "--resolution", _noise_scale)),
         random_teacher: bool = typer.Option(False, "--random-teacher", help="Teacher architecture with random init (smoke tests)."),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with encoder and VAE weights."),
         hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help=_per_model("hflip", "Random horizontal flips")),
@@ -180,7 +219,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
                 tmp = Path(tempfile.mkdtemp()) / "config.json"
                 tmp.write_text(json.dumps(data["config"]))
                 cfg_file = tmp
-        res = train(config_file=cfg_file, model=model, method=method, teacher=teacher, images=images,
+        res = train(config_file=cfg_file, model=model, recipe=recipe, epochs=epochs, noise_scale=noise_scale,
+                    method=method, teacher=teacher, images=images,
                     out=str(out) if out else None, steps=steps, batch_size=batch_size, lr=lr,
                     betas=_floats(betas, "betas"), weight_decay=weight_decay, grad_clip=grad_clip,
                     warmup_epochs=warmup_epochs, ema_decays=_floats(ema_decays, "ema-decays"),
@@ -202,7 +242,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     def sample_cmd(
         run: Path = typer.Argument(..., help="Run folder (newest checkpoint) or a checkpoint file."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/samples-STEP)."),
-        n: Optional[int] = typer.Option(None, "--n", help=help_default(SAMPLE, "n", "Number of images; labels are class-balanced")),
+        n: Optional[int] = typer.Option(None, "--n", help=help_default(SAMPLE, "n", "Number of images")),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help=help_default(SAMPLE, "batch_size", "Images per batch")),
         sampler: Optional[str] = typer.Option(None, "--sampler", help="SiT: sde (default), ode-euler, ode-heun. "
                                               "JiT: heun (default), euler."),
@@ -217,6 +257,15 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         device: Optional[str] = device_option(SAMPLE),
         no_png: bool = typer.Option(False, "--no-png", help="Write only samples.npz."),
         weights_dir: Optional[str] = typer.Option(None, "--weights-dir", help="Folder with the VAE weights (SiT)."),
+        labels: Optional[str] = typer.Option(None, "--labels", help=help_derived(
+            "spatialprobe.train.config:SAMPLE_LABELS", "balanced or random (REPA's generate.py draws random "
+            "labels, JiT's evaluation is balanced)", _sample_fallback("SAMPLE_LABELS"))),
+        precision: Optional[str] = typer.Option(None, "--precision", help=help_derived(
+            "spatialprobe.train.config:SAMPLE_PRECISION", "fp32, or bf16 autocast as JiT's evaluation",
+            _sample_fallback("SAMPLE_PRECISION"))),
+        uint8: Optional[str] = typer.Option(None, "--uint8", help=help_derived(
+            "spatialprobe.train.config:SAMPLE_UINT8", "truncate (ADM) or round (JiT) when writing uint8",
+            _sample_fallback("SAMPLE_UINT8"))),
         config: Optional[Path] = config_option(),
     ) -> None:
         """Generate images from a training run: ADM-style samples.npz (arr_0 uint8 N,H,W,3 and labels) and PNGs.
@@ -235,7 +284,7 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         path = sample(config_file=config, run=str(run), out=str(out) if out else None, n=n, batch_size=batch_size,
                       sampler=sampler, steps=steps, cfg=cfg, interval=_floats(interval, "interval"),
                       weights=weights, seed=seed, device=device, png=False if no_png else None,
-                      weights_dir=weights_dir)
+                      weights_dir=weights_dir, labels=labels, precision=precision, uint8=uint8)
         typer.echo(f"wrote {path / 'samples.npz'}" + ("" if no_png else f" and {path / 'png'}/"))
 
     @ls_app.command("presets")
@@ -245,3 +294,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         from ..train.presets import format_table
 
         typer.echo(format_table())
+
+    @ls_app.command("recipes")
+    @cli_errors
+    def ls_recipes() -> None:
+        """List the official recipes (spatialprobe train --recipe NAME): model, batch, lr rule, length, alignment,
+        sampling and evaluation, with the official command each one reproduces."""
+        from ..train.recipes import format_table as recipe_table
+
+        typer.echo(recipe_table())

@@ -82,6 +82,7 @@ class TrainingSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     images: str = "builtin:digits"
     options: dict[str, Any] = field(default_factory=dict)  #: further TrainConfig fields (hflip, lr, ...)
+    recipe: str | None = None  #: an official recipe (spatialprobe ls recipes); model, options and steps here win
     sample: dict[str, Any] = field(default_factory=lambda: {"n": 256})  #: SampleConfig fields
     fid: dict[str, Any] = field(default_factory=lambda: {"protocol": "digits"})  #: protocol + its options
     teacher_cache_mb: int = 2048  #: in-memory cache of teacher tokens per image (0 = off)
@@ -403,6 +404,16 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
                 tr.baseline_seeds = _int_list(tr.baseline_seeds, "training.baseline_seeds")
             tr.options = _options(tr.options, "training.options", TrainConfig, allow_none=False)
             _check_options_types(tr.options, TrainConfig, "training.options")
+            if tr.recipe is not None:
+                from ..train import recipes
+
+                rec = recipes.get(tr.recipe)
+                if "model" not in t:
+                    tr.model = rec.train["model"]
+                if (tr.model.startswith("jit") and "jit" or "sit") != rec.family:
+                    raise ConfigError(f"study spec: training.recipe {rec.name!r} is a {rec.family} recipe but "
+                                      f"training.model {tr.model!r} is not; pick a matching model or recipe.")
+                tr.options = {**tr.options, "recipe": rec.name}
             clash = sorted(set(tr.options) & {"model", "method", "teacher", "images", "out", "steps", "seed",
                                               "batch_size", "resume", "device"})
             if clash:

@@ -1,4 +1,5 @@
-"""Training and sampling configs. Precedence: defaults < YAML/JSON file < CLI flags (``spatialprobe.config.resolve``).
+"""Training and sampling configs. Precedence: defaults < recipe < YAML/JSON file < CLI flags
+(``spatialprobe.config.resolve``, then :func:`spatialprobe.train.recipes.resolve_train`).
 
 Fields left ``None`` take the per-model defaults in :data:`MODEL_DEFAULTS` and the alignment preset of
 ``method`` (:mod:`spatialprobe.train.presets`); :func:`finalize` fills them, and the filled-in config is what
@@ -27,21 +28,31 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "jit": dict(batch_size=256, lr=None, betas=[0.9, 0.95], grad_clip=0.0, ema_decays=[0.9999, 0.9996], hflip=True,
                 warmup_epochs=5.0, vae=None, resolution=256),
     "sit-tiny": dict(batch_size=16, lr=1e-3, warmup_epochs=0.0, vae="tiny-random", resolution=64),
+    # JiT's 512-px models (JiT-{B,L,H}/32): 32x32 px patches on 512-px images, the same 16x16 token grid
+    "jit-b/32": dict(resolution=512),
+    "jit-l/32": dict(resolution=512),
+    "jit-h/32": dict(resolution=512),
     "jit-tiny": dict(batch_size=16, lr=1e-3, warmup_epochs=0.0, resolution=32),
 }
 JIT_BLR = 5e-5
+#: JiT's noise scale by image side (JiT README: 1.0 at 256 px, 2.0 at 512 px), where none is given
+JIT_NOISE_SCALE = {256: 1.0, 512: 2.0}
+#: the teacher sees the image at max(this, --resolution) px unless --teacher-resolution says otherwise
+TEACHER_MIN_SIDE = 256
 
 
 @dataclass
 class TrainConfig:
     """Options of one REPA/iREPA training run (``spatialprobe train``)."""
 
-    model: str = "jit-tiny"              #: sit-b/2, sit-l/2, sit-xl/2, sit-tiny, jit-b/16, jit-l/16, jit-h/16, jit-tiny
+    model: str = "jit-tiny"              #: sit-b/2, sit-l/2, sit-xl/2, sit-tiny, jit-b/16, jit-l/16, jit-h/16, jit-b/32, jit-l/32, jit-h/32, jit-tiny
+    recipe: str | None = None            #: an official recipe (see `spatialprobe ls recipes`); fields given here win
     method: str = "irepa"                #: alignment preset (see `spatialprobe ls presets`)
     teacher: str | None = None           #: zoo encoder id(s), comma-separated; required unless method is none
     images: str = "builtin:digits"       #: image source spec (folder, ImageNet tree, list file, builtin[:name])
     out: str = "runs/train"              #: run folder: config.json, log.jsonl, checkpoints/
     steps: int = 80
+    epochs: float | None = None          #: train for this many passes over the images instead of --steps
     batch_size: int | None = None        #: global batch
     lr: float | None = None
     betas: list[float] | None = None
@@ -60,7 +71,8 @@ class TrainConfig:
     adapter_depth: int | None = None     #: PixelREPA: Masked Transformer Adapter blocks [preset: 2]
     proj_dropout: float | None = None    #: JiT: dropout in the middle half of the blocks [default: 0; H recipe 0.2]
     resolution: int | None = None        #: image side fed to the model (SiT: before the VAE)
-    teacher_resolution: int = 256        #: image side fed to the teacher (its canonical 16x16 grid at 256)
+    teacher_resolution: int | None = None  #: image side of the teacher's copy [default: max(256, resolution)]
+    noise_scale: float | None = None     #: JiT noise std (training and sampling) [default: 1.0 at 256 px, 2.0 at 512 px]
     teacher_pretrained: bool = True      #: False: the teacher's architecture with random init (smoke tests)
     weights_dir: str | None = None
     hflip: bool | None = None
@@ -86,7 +98,7 @@ class TrainConfig:
 
 
 #: fields that may differ between a run and its --resume (everything else must match the checkpoint)
-RESUMABLE_CHANGES = {"steps", "log_every", "ckpt_every", "workers", "resume", "device", "out", "weights_dir",
+RESUMABLE_CHANGES = {"steps", "epochs", "log_every", "ckpt_every", "workers", "resume", "device", "out", "weights_dir",
                      "latents_dir", "compile", "keep_last", "keep_steps", "ckpt_minutes"}
 
 
@@ -98,11 +110,25 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
     pre = presets.get(c.method, fam)
     c.method = pre.method
     d = {**MODEL_DEFAULTS[fam], **MODEL_DEFAULTS.get(c.model, {})}
+    lr_by_rule = c.lr is None and c.recipe is not None and fam == "jit"  # a JiT recipe's lr rule beats a model's lr
     for k, v in d.items():
         if getattr(c, k) is None:
             setattr(c, k, v)
-    if c.lr is None:  # JiT: blr scaled by the global batch
+    if c.lr is None or lr_by_rule:  # JiT: blr scaled by the global batch
         c.lr = JIT_BLR * c.batch_size / 256
+    if c.teacher_resolution is None:
+        c.teacher_resolution = max(TEACHER_MIN_SIDE, int(c.resolution))
+    if fam == "jit" and c.noise_scale is None:
+        c.noise_scale = JIT_NOISE_SCALE.get(int(c.resolution), JIT_NOISE_SCALE[512 if c.resolution > 256 else 256])
+    if fam == "sit" and c.noise_scale is not None:
+        raise ConfigError(f"noise_scale={c.noise_scale} is a JiT option (pixel noise std); SiT models have no noise "
+                          "scale: leave it out.")
+    if fam == "sit" and c.hflip:
+        raise ConfigError("hflip with a SiT model: the latents are cached unflipped, so a flip would mirror the "
+                          "teacher's image but not the model's input. Use --no-hflip (the REPA/iREPA LDM recipe "
+                          "has no flips).")
+    if c.epochs is not None and c.epochs <= 0:
+        raise ConfigError(f"epochs={c.epochs} must be positive, or leave it out and give --steps.")
     for k in ("projector", "kernel_size", "spnorm", "gamma", "proj_coeff"):
         if getattr(c, k) is None:
             setattr(c, k, getattr(pre, k))
@@ -112,6 +138,8 @@ def finalize(cfg: TrainConfig, num_images: int | None = None) -> TrainConfig:
                           "for a weight-free one), or use --method none.")
     if not pre.align:
         c.teacher = None
+    if pre.align and c.spnorm:
+        _check_single_spnorm(c.teacher, c.method)
     if c.steps < 1 or c.batch_size < 1:
         raise ConfigError(f"steps ({c.steps}) and batch_size ({c.batch_size}) must be positive.")
     if c.ckpt_every is None:
@@ -153,6 +181,23 @@ def _fill_pixelrepa(c: TrainConfig, pre: presets.AlignPreset, fam: str) -> None:
     elif c.encoder_depth != split:
         raise ConfigError(f"PixelREPA aligns after {c.model}'s {split} encoder blocks (before its in-context "
                           f"tokens); --encoder-depth {c.encoder_depth} does not apply. Leave it out.")
+
+
+def _check_single_spnorm(teacher: str, method: str) -> None:
+    """A teacher variant that already normalises (``X@spnorm=γ``) under a method that normalises again."""
+    from ..encoders.variants import is_variant, parse_variant
+
+    for name in comma_list(teacher):
+        if is_variant(name) and parse_variant(name).get("spnorm") is not None:
+            raise ConfigError(f"Teacher {name!r} is spatially normalised by its spnorm transform and method "
+                              f"{method!r} normalises the target again: use the plain teacher "
+                              f"{parse_variant(name).base!r} with --gamma, or keep the variant and pass --no-spnorm.")
+
+
+def steps_for_epochs(epochs: float, num_images: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes: whole batches per epoch (a partial last batch is dropped, as a
+    drop_last loader does), at least one step."""
+    return max(1, round(epochs * max(1, num_images // batch_size)))
 
 
 def _check_ranges(c: TrainConfig, fam: str) -> None:
@@ -222,6 +267,14 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
+#: what `spatialprobe sample` uses where neither a flag nor the run's recipe sets it: the official label
+#: distribution of each family's evaluation (REPA's generate.py draws random labels, JiT's evaluation is
+#: class-balanced), fp32 sampling and ADM's uint8 truncation
+SAMPLE_LABELS = {"sit": "random", "jit": "balanced"}
+SAMPLE_PRECISION = "fp32"
+SAMPLE_UINT8 = "truncate"
+
+
 @dataclass
 class SampleConfig:
     """Options of ``spatialprobe sample``."""
@@ -235,6 +288,9 @@ class SampleConfig:
     cfg: float = 1.0
     interval: list[float] | None = None  #: guidance interval in the family's own time [default: SiT 0,1; JiT 0.1,1]
     weights: str = "auto"              #: auto (the first EMA, or the raw model when the run is too short for it) | ema | ema2 | model
+    labels: str | None = None          #: balanced (i mod C) | random (uniform, seeded) [default: the run's recipe, else SiT random, JiT balanced]
+    precision: str | None = None       #: fp32 | bf16 (autocast, as JiT's evaluation) [default: the run's recipe, else fp32]
+    uint8: str | None = None           #: truncate (ADM) | round (JiT) [default: the run's recipe, else truncate]
     seed: int = 0
     device: str = "auto"
     png: bool = True
@@ -249,6 +305,11 @@ class SampleConfig:
         check_range("cfg", self.cfg, 0, hint="1.0 turns guidance off.")
         if self.weights not in SAMPLE_WEIGHTS:
             raise ConfigError(f"weights={self.weights!r} must be one of {', '.join(SAMPLE_WEIGHTS)}.")
+        for name, allowed in (("labels", ("balanced", "random")), ("precision", ("fp32", "bf16")),
+                              ("uint8", ("truncate", "round"))):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{name}={value!r} must be {' or '.join(allowed)}.")
         if self.interval is not None:
             if len(self.interval) != 2:
                 raise ConfigError(f"interval {self.interval!r} needs two numbers: low,high.")

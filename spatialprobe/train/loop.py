@@ -14,7 +14,6 @@ checkpoint (:class:`~.checkpoint.CheckpointPolicy`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -34,11 +33,14 @@ from ..schema import CONFIG_JSON
 from . import pixelrepa, presets, repa
 from .checkpoint import (CHECKPOINT_KEYS, CheckpointPolicy, checkpoint_files, latest_checkpoint,  # noqa: F401
                          newest_intact_checkpoint, read_checkpoint)
-from .config import TrainConfig, check_resume, finalize
+from .checkpoint import default_ckpt_every
+from .config import TrainConfig, check_resume, finalize, steps_for_epochs
 from .models import build as build_model
 from .models import canonical
 from .models import family as model_family
 from .models import module_for
+from .recipes import recipe_record, resolve_train
+from .resolution import teacher_overrides, teacher_record
 
 log = logging.getLogger(__name__)
 
@@ -165,21 +167,26 @@ class _StepBatches(torch.utils.data.Sampler):
 def step_losses(net: nn.Module, family: str, x: torch.Tensor, y: torch.Tensor, *, teachers: Sequence,
                 teacher_images: torch.Tensor | None, grid: tuple[int, int], spnorm: bool, gamma: float,
                 proj_coeff: float, generator: torch.Generator, null_class: int, label_dropout: float,
-                autocast_dtype: torch.dtype | None = None, method: str = "") -> dict[str, torch.Tensor]:
+                autocast_dtype: torch.dtype | None = None, method: str = "",
+                noise_scale: float | None = None) -> dict[str, torch.Tensor]:
     """Losses of one step: ``denoise``, ``proj`` (None without teachers) and ``loss`` = denoise + coeff·proj.
 
     Teacher targets are computed first, under no_grad; the denoising objective draws its noise from
     ``generator``. ``method="pixelrepa"``: ``net`` is a :class:`~.pixelrepa.PixelREPANet` that draws its
-    token mask from ``generator`` too, and ``proj`` is its 1 − cos alignment loss.
+    token mask from ``generator`` too, and ``proj`` is its 1 − cos alignment loss. ``noise_scale``: JiT's
+    noise std, passed on only when set.
     """
     targets = [repa.teacher_targets(t, teacher_images, grid, spnorm=spnorm, gamma=gamma,
                                     autocast_dtype=autocast_dtype) for t in teachers]
     mod = module_for(family)
     ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else _null()
+    pix = method == pixelrepa.METHOD
+    extra: dict[str, Any] = {"mask_generator": generator} if pix else {}
+    if noise_scale is not None:  # JiT's noise std
+        extra["noise_scale"] = noise_scale
     with ctx:
-        extra = {"mask_generator": generator} if method == pixelrepa.METHOD else {}
         denoise, zs = mod.training_loss(net, x, y, generator, label_dropout, null_class, **extra)
-    align_loss = pixelrepa.alignment_loss if extra else repa.projection_loss
+    align_loss = pixelrepa.alignment_loss if pix else repa.projection_loss
     proj = align_loss(zs, targets) if teachers else None
     return {"loss": repa.total_loss(denoise, proj, proj_coeff), "denoise": denoise, "proj": proj}
 
@@ -203,13 +210,16 @@ class _null:
         return False
 
 
-def load_teachers(names: str, *, weights_dir: str | None, device: torch.device, pretrained: bool) -> list:
-    """Zoo encoders for a comma-separated list of ids, frozen and on ``device``."""
+def load_teachers(names: str, *, weights_dir: str | None, device: torch.device, pretrained: bool,
+                  resolution: int | None = None) -> list:
+    """Zoo encoders for a comma-separated list of ids, frozen and on ``device``; above 256 px each is built
+    at its own input side for a ``resolution``-px image (:func:`spatialprobe.train.resolution.teacher_overrides`)."""
     from .. import encoders
 
     out = []
     for name in comma_list(names):
-        enc = encoders.get(name, weights_dir=weights_dir, device=str(device), pretrained=pretrained)
+        enc = encoders.get(name, weights_dir=weights_dir, device=str(device), pretrained=pretrained,
+                           **teacher_overrides(name, resolution))
         repa.freeze(enc)
         out.append(enc)
     return out
@@ -272,13 +282,19 @@ def _data(config: TrainConfig, source, world: int, device: torch.device):
     fam = model_family(config.model)
     cfg = finalize(config)  # validates names early; data-dependent fields below
     align = presets.get(cfg.method, fam).align
-    image_res = cfg.teacher_resolution if align else (cfg.resolution if fam == "jit" else None)
+    # one decoded, cropped image per item at the larger side; the model's and the teacher's copies are resized
+    # from it after the flip (the model always sees --resolution, the teacher its own side)
+    image_res = max(cfg.teacher_resolution, cfg.resolution) if align else (cfg.resolution if fam == "jit" else None)
     if source is None:
         source = _open_source(cfg.images, max(cfg.teacher_resolution, cfg.resolution) if align else cfg.resolution)
     n_all = len(source)
     indices = list(range(min(n_all, cfg.max_images) if cfg.max_images else n_all))
     if not indices:
         raise DataError(f"Image source {cfg.images!r} has no images.")
+    if cfg.epochs is not None:
+        cfg.steps = steps_for_epochs(cfg.epochs, len(indices), cfg.batch_size)
+        if config.ckpt_every is None:  # the default cadence follows the run's length
+            cfg.ckpt_every = default_ckpt_every(cfg.steps)
     if cfg.num_classes is None:
         cfg.num_classes = _num_classes(source)
     if cfg.batch_size % world:
@@ -293,7 +309,7 @@ def _teachers(cfg: TrainConfig, align: bool, teachers: Sequence | None, device: 
         return []
     if teachers is None:
         teachers = load_teachers(cfg.teacher, weights_dir=cfg.weights_dir, device=device,
-                                 pretrained=cfg.teacher_pretrained)
+                                 pretrained=cfg.teacher_pretrained, resolution=cfg.teacher_resolution)
     for t in teachers:
         repa.freeze(t)
     return list(teachers)
@@ -511,27 +527,28 @@ def _forward_backward(run: _Run, batch: dict[str, torch.Tensor], step: int) -> t
     g = step_generator(cfg.seed, step, run.d.rank, device)
     if cfg.proj_dropout:  # dropout draws from the global RNG: seed it per step too, so --resume stays exact
         torch.manual_seed(dropout_seed(g))
+    from .vae import images_to_vae_input, resize_uint8
+
     y = batch["label"].to(device, non_blocking=True)
     imgs = batch["image"].to(device, non_blocking=True) if "image" in batch else None
     if cfg.hflip and imgs is not None:
         flip = (torch.rand(imgs.shape[0], generator=g, device=device) < 0.5).view(-1, 1, 1, 1)
         imgs = torch.where(flip, imgs.flip(-1), imgs)
+    teacher_imgs = resize_uint8(imgs, cfg.teacher_resolution) if run.teachers else None
     if run.fam == "sit":
         mean = batch["mean"].to(device, non_blocking=True)
         std = batch["std"].to(device, non_blocking=True)
         z = mean + std * torch.randn(mean.shape, generator=g, device=device)
         x = (z - run.lat.bias) * run.lat.scale
     else:
-        from .vae import images_to_vae_input, resize_uint8
-
         x = images_to_vae_input(resize_uint8(imgs, cfg.resolution))
     lr = cfg.lr * min(1.0, (step + 1) / run.warmup) if run.warmup else cfg.lr
     for grp in run.opt.param_groups:
         grp["lr"] = lr
-    losses = step_losses(run.net, run.fam, x, y, teachers=run.teachers, teacher_images=imgs, grid=run.model.grid,
+    losses = step_losses(run.net, run.fam, x, y, teachers=run.teachers, teacher_images=teacher_imgs, grid=run.model.grid,
                          spnorm=cfg.spnorm, gamma=cfg.gamma, proj_coeff=cfg.proj_coeff, generator=g,
                          null_class=run.model.null_class, label_dropout=cfg.label_dropout,
-                         autocast_dtype=run.ac_dtype, method=cfg.method)
+                         autocast_dtype=run.ac_dtype, method=cfg.method, noise_scale=cfg.noise_scale)
     run.opt.zero_grad(set_to_none=True)
     losses["loss"].backward()
     return losses, lr
@@ -592,12 +609,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     ``callback(step, record)`` runs after every optimizer step (rank 0).
     """
     from ..checks import prepare_out_dir
-    from ..config import resolve, write_config
+    from ..config import write_config
 
-    if config is None:
-        config = resolve(TrainConfig, config_file, **overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = resolve_train(config, config_file, overrides)  # defaults < recipe < file < overrides
 
     # setup: processes, data, teachers, latent shape, disk budget, latents, model, resume, records
     d = _init_distributed(config.device)
@@ -614,9 +628,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     start, ckpt = _resume(cfg, out, model, emas, adapter, opt, d.device, d.rank)
 
     records = dict(model_args=model_args, latent=lat.info if lat is not None else {},
-                   teachers=[{"name": getattr(t, "name", type(t).__name__),
-                              "weights_id": getattr(t, "weights_id", None)} for t in teachers],
-                   world_size=d.world, num_images=len(indices))
+                   teachers=[teacher_record(t, cfg.teacher_resolution, model.grid) for t in teachers],
+                   world_size=d.world, num_images=len(indices), recipe=recipe_record(cfg.recipe))
     if d.rank == 0:
         write_config(out / CONFIG_JSON, cfg, **records)
     runlog = _RunLog(out, cfg, start, d.rank)

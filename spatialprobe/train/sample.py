@@ -10,8 +10,10 @@ Time conventions differ by family and each sampler keeps its own:
   Heun on ``linspace(0, 1, N + 1)`` with a final Euler step (N = 50). Guidance on x̂ is active iff
   ``t < high`` and (``low == 0`` or ``t > low``).
 
-Labels are class-balanced (``i mod num_classes``). Output: ``samples.npz`` with ``arr_0`` uint8 [N, H, W, 3]
-(ADM layout) and ``labels``, plus PNGs.
+In Heun's corrector the SiT sampler decides guidance by the step's own time ``t_cur`` (as REPA's
+``ldm/samplers.py``), not by ``t_next``. Labels are class-balanced (``i mod num_classes``, JiT's evaluation) or
+random (``randint``, REPA's ``generate.py``), by default per family or from the run's recipe. Output:
+``samples.npz`` with ``arr_0`` uint8 [N, H, W, 3] (ADM layout) and ``labels``, plus PNGs.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import torch
 
 from ..errors import ConfigError
 from ..schema import CONFIG_JSON, SAMPLES_NPZ
+from .config import SAMPLE_LABELS, SAMPLE_PRECISION, SAMPLE_UINT8
 
 log = logging.getLogger(__name__)
 
-VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x, t) -> dx/dt in the family's own time
+VelocityFn = Callable[..., torch.Tensor]  # (x, t[, t_guide]) -> dx/dt in the family's own time
 
 
 # ------------------------------------------------------------------ SiT (t = 1 noise)
@@ -67,8 +70,8 @@ def sit_ode(fn: VelocityFn, x: torch.Tensor, *, steps: int = 50, heun: bool = Tr
         t, t_next = ts[i], ts[i + 1]
         v = fn(x, t)
         x_next = x + (t_next - t) * v
-        if heun and i < steps - 1:
-            x_next = x + (t_next - t) * 0.5 * (v + fn(x_next, t_next))
+        if heun and i < steps - 1:  # the corrector guides (or not) by t_cur, as REPA's euler_sampler
+            x_next = x + (t_next - t) * 0.5 * (v + fn(x_next, t_next, t))
         x = x_next
     return x
 
@@ -109,11 +112,12 @@ def jit_guidance_active(t: float, interval: tuple[float, float]) -> bool:
 
 def sit_velocity_fn(net, y: torch.Tensor, *, null_class: int, cfg: float = 1.0,
                     interval: tuple[float, float] = (0.0, 1.0)) -> VelocityFn:
-    """(x, t) -> guided SiT velocity (guidance on all latent channels)."""
+    """(x, t[, t_guide]) -> guided SiT velocity (guidance on all latent channels), guided iff ``t_guide``
+    (default ``t``) is inside the interval."""
 
-    def fn(x: torch.Tensor, t: float) -> torch.Tensor:
+    def fn(x: torch.Tensor, t: float, t_guide: float | None = None) -> torch.Tensor:
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
-        if cfg != 1.0 and sit_guidance_active(t, interval):
+        if cfg != 1.0 and sit_guidance_active(t if t_guide is None else t_guide, interval):
             v = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null_class)]))[0]
             v_c, v_u = v.chunk(2)
             return v_u + cfg * (v_c - v_u)
@@ -142,6 +146,25 @@ def jit_velocity_fn(net, y: torch.Tensor, *, null_class: int, cfg: float = 1.0,
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """Class-balanced labels: 0, 1, ..., C−1, 0, 1, ... (every prefix is as balanced as possible)."""
     return torch.arange(n) % num_classes
+
+
+def random_labels(n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Uniform random labels (REPA's ``generate.py``: ``randint(0, C)``), from a generator seeded by ``seed``."""
+    return torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+#: the official label distribution of each family's evaluation
+FAMILY_LABELS = SAMPLE_LABELS
+
+
+def images_to_uint8(x: torch.Tensor, mode: str = "truncate") -> torch.Tensor:
+    """[−1, 1] images -> uint8: ``truncate`` (ADM, ``((x + 1)·127.5)`` clamped and cast) or ``round`` (JiT:
+    ``round(clip((x + 1)/2·255, 0, 255))``)."""
+    if mode == "round":
+        return torch.round(((x.float() + 1) / 2 * 255).clamp(0, 255)).to(torch.uint8)
+    from .vae import to_uint8
+
+    return to_uint8(x)
 
 
 # ------------------------------------------------------------------ driver
@@ -193,10 +216,17 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     from .loop import load_run
     from .vae import decode, to_uint8
 
+    from ..config import load_config_file
+    from .recipes import explicit_fields, resolve_sample
+
+    given = {k for k, v in overrides.items() if v is not None}
     if config is None:
         config = resolve(SampleConfig, config_file, **overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        explicit = given | ({str(k).replace("-", "_") for k in load_config_file(config_file)} if config_file else set())
+    else:
+        explicit = explicit_fields(config) | given
+        if overrides:
+            config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     c = config
     from ..checks import check_device
 
@@ -207,6 +237,7 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
     if weights != (c.weights if c.weights != "auto" else "ema"):
         model, state = load_run(c.run, weights=weights, device=device)
     fam = state["family"]
+    c = resolve_sample(c, explicit, (state.get("config") or {}).get("recipe"))  # defaults < recipe < file < flags
     sampler = c.sampler or ("sde" if fam == "sit" else "heun")
     valid = ("sde", "ode-euler", "ode-heun") if fam == "sit" else ("heun", "euler")
     if sampler not in valid:
@@ -220,7 +251,11 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
 
     prepare_out_dir(out)
     num_classes = int(state["model_args"]["num_classes"])
-    labels = balanced_labels(c.n, num_classes)
+    label_rule = c.labels or FAMILY_LABELS[fam]
+    labels = balanced_labels(c.n, num_classes) if label_rule == "balanced" else random_labels(c.n, num_classes, c.seed)
+    precision = c.precision or SAMPLE_PRECISION
+    uint8 = c.uint8 or SAMPLE_UINT8
+    noise_scale = float((state.get("config") or {}).get("noise_scale") or 1.0)  # JiT; runs before it had 1.0
     vae = None
     if fam == "sit":
         from .vae import load_vae
@@ -230,23 +265,27 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
         scale, bias = torch.tensor(lat["scale"]), torch.tensor(lat["bias"])
     mc = model.cfg
     images = []
+    import contextlib
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
     for b0 in tqdm(range(0, c.n, c.batch_size), desc=f"sample {sampler}", unit="batch"):
         y = labels[b0:b0 + c.batch_size].to(device)
         g = torch.Generator(device=device).manual_seed(c.seed * 1_000_003 + b0)
         x0 = torch.randn((len(y), mc.in_channels, mc.input_size, mc.input_size), generator=g, device=device)
         if fam == "sit":
             fn = sit_velocity_fn(model, y, null_class=model.null_class, cfg=c.cfg, interval=interval)
-            if sampler == "sde":
-                z = sit_sde(fn, x0, steps=steps, generator=g)
-            else:
-                z = sit_ode(fn, x0, steps=steps, heun=sampler == "ode-heun")
-            x = decode(vae, z, scale, bias)
+            with autocast:
+                if sampler == "sde":
+                    z = sit_sde(fn, x0, steps=steps, generator=g)
+                else:
+                    z = sit_ode(fn, x0, steps=steps, heun=sampler == "ode-heun")
+            x = decode(vae, z.float(), scale, bias)
         else:
-            from .models.jit import NOISE_SCALE
-
             fn = jit_velocity_fn(model, y, null_class=model.null_class, cfg=c.cfg, interval=interval)
-            x = jit_ode(fn, x0 * NOISE_SCALE, steps=steps, method=sampler)
-        images.append(to_uint8(x).permute(0, 2, 3, 1).cpu())
+            with autocast:
+                x = jit_ode(fn, x0 * noise_scale, steps=steps, method=sampler)
+        images.append(images_to_uint8(x, uint8).permute(0, 2, 3, 1).cpu())
     arr = torch.cat(images).numpy()
     np.savez(out / SAMPLES_NPZ, arr_0=arr, labels=labels.numpy())
     if c.png:
@@ -256,6 +295,8 @@ def sample(config=None, *, config_file=None, **overrides) -> Path:
         for i, im in enumerate(arr):
             Image.fromarray(im).save(out / "png" / f"{i:06d}_{int(labels[i])}.png")
     write_config(out / CONFIG_JSON, c, checkpoint=state["path"], step=state["step"], family=fam, weights_used=weights,
-                 sampler=sampler, steps=steps, interval=list(interval))
+                 sampler=sampler, steps=steps, interval=list(interval), labels_rule=label_rule,
+                 sampling_precision=precision, uint8_rule=uint8, noise_scale=noise_scale,
+                 recipe=(state.get("config") or {}).get("recipe"))
     log.info("wrote %d samples to %s", len(arr), out)
     return out

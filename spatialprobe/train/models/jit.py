@@ -38,6 +38,10 @@ VARIANTS: dict[str, dict] = {
     "jit-b/16": dict(depth=12, hidden=768, heads=12, patch=16, bottleneck=128, in_context_start=4),
     "jit-l/16": dict(depth=24, hidden=1024, heads=16, patch=16, bottleneck=128, in_context_start=8),
     "jit-h/16": dict(depth=32, hidden=1280, heads=16, patch=16, bottleneck=256, in_context_start=10),
+    # the 512-px models: the /16 widths and depths with 32-px patches (JiT's JiT-{B,L,H}/32)
+    "jit-b/32": dict(depth=12, hidden=768, heads=12, patch=32, bottleneck=128, in_context_start=4, input_size=512),
+    "jit-l/32": dict(depth=24, hidden=1024, heads=16, patch=32, bottleneck=128, in_context_start=8, input_size=512),
+    "jit-h/32": dict(depth=32, hidden=1280, heads=16, patch=32, bottleneck=256, in_context_start=10, input_size=512),
     # CPU-sized: 32x32 RGB, patch 4 -> 8x8 tokens, head_dim 16
     "jit-tiny": dict(depth=4, hidden=64, heads=4, patch=4, input_size=32, bottleneck=16, in_context_len=4,
                      in_context_start=2, encoder_depth=2),
