@@ -144,7 +144,12 @@ def test_each_error_type_ends_in_one_line_and_exit_2(monkeypatch, tmp_path, exc_
     import spatialprobe.study.runner as R
 
     def boom(out):
-        raise exc_type("the input X is wrong; do Y")
+        try:
+            exc = exc_type("the input X is wrong; do Y")
+        except TypeError:  # a subclass with its own fields (e.g. BadImageError(image_id, reason))
+            exc = exc_type.__new__(exc_type)
+            Exception.__init__(exc, "the input X is wrong; do Y")
+        raise exc
 
     monkeypatch.setattr(R, "study_status", boom)
     res = runner.invoke(app, ["study", "status", str(tmp_path)])
