@@ -89,12 +89,8 @@ def test_changing_one_encoder_reruns_only_its_nodes(tmp_path):
 
 # ------------------------------------------------------------------------------- the mini study
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    res = runner.invoke(app, ["study", "run", "mini", "--smoke", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    return out
+# the `smoke` fixture (the mini study at smoke size, local launcher) lives in conftest.py: the SLURM
+# tests compare their results with the same run
 
 
 @pytest.mark.slow

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import resolve
-from ..errors import ConfigError, InputFileError
+from ..errors import ConfigError, InputFileError, OutputError, StoreError
+from ..store import StoreLock
 from .launchers import LAUNCHERS
-from .plan import Node, build_plan, canonical_id, register_defined
+from .plan import JOB_KINDS, Node, build_plan, canonical_id, register_defined
+from .scheduler import LIVE, UNKNOWN, cancel, job_states, slurm_available
 from .spec import StudySpec, load_spec
-from .state import (error_file, load_resolved, node_dir, node_state, plan_record, read_json, write_json_atomic,
-                    write_resolved)
+from .state import (error_file, load_resolved, node_dir, node_state, plan_record, read_job, read_json,
+                    write_json_atomic, write_resolved)
 
 log = logging.getLogger("spatialprobe.study")
 
@@ -85,20 +87,48 @@ def format_missing(miss: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _job_records(out: Path, nodes: list[Node]) -> dict[str, dict[str, Any]]:
+    """node name -> its recorded cluster job (for the node's current fingerprint), where it has one."""
+    return {n.name: rec for n in nodes if n.kind in JOB_KINDS and (rec := read_job(out, n)) and rec.get("job_id")}
+
+
+def _scheduler_states(recs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """job id -> the scheduler's state ("?" where the scheduler cannot be asked from here)."""
+    out: dict[str, str] = {}
+    for cluster in {r["cluster"] for r in recs.values()}:
+        ids = sorted({r["job_id"] for r in recs.values() if r["cluster"] == cluster})
+        if cluster == "slurm" and not slurm_available():
+            out.update({i: "?" for i in ids})
+        else:
+            out.update(job_states(cluster, ids))
+    return out
+
+
 def status_table(out: Path, nodes: list[Node]) -> "Any":
-    """One row per node: node, state, seconds, output (``pandas.DataFrame``)."""
+    """One row per node: node, state, seconds, output (``pandas.DataFrame``); with ``job`` (the job id
+    that ran or runs it) and ``scheduler`` (that job's state now) when the study submitted jobs."""
     import pandas as pd
 
+    recs = _job_records(out, nodes)
+    sched = _scheduler_states(recs) if recs else {}
     rows = []
     for n in nodes:
         st = node_state(out, n)
         done = read_json(node_dir(out, n) / "done.json") if st == "done" else None
         err = read_json(error_file(out, n)) if st in ("failed", "blocked") else None
         summ = (done or {}).get("summary") or {}
-        rows.append({"node": n.name, "state": "skipped" if summ.get("skipped") else st,
-                     "seconds": (done or {}).get("seconds"),
-                     "output": str(node_dir(out, n)) if st == "done" else
-                     ((err or {}).get("error", "")[:100] if err else "")})
+        row = {"node": n.name, "state": "skipped" if summ.get("skipped") else st,
+               "seconds": (done or {}).get("seconds")}
+        if recs:
+            jid = recs.get(n.name, {}).get("job_id")
+            word = sched.get(jid, UNKNOWN) if jid else None
+            row["job"] = jid or "-"
+            row["scheduler"] = "-" if word is None or (word == UNKNOWN and st == "done") else \
+                ("gone" if word == UNKNOWN else word.lower())
+            if word in LIVE and st not in ("done",):
+                row["state"] = "running" if word != "PENDING" else "queued"
+        row["output"] = str(node_dir(out, n)) if st == "done" else ((err or {}).get("error", "")[:100] if err else "")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -125,6 +155,18 @@ def _publish(out: Path, nodes: list[Node], states: dict[str, str]) -> None:
             if dst.exists():
                 shutil.rmtree(dst)
             tmp.replace(dst)
+
+
+def controller_lock(out: Path) -> StoreLock:
+    """The study folder's lock (``OUT/.lock``), held by the one controller that runs it. The kernel drops
+    it when the controller dies, even by SIGKILL, so a rerun takes a dead controller's lock over."""
+    try:
+        return StoreLock(out).acquire()
+    except StoreError:
+        who = read_json(out / ".lock") or {}
+        raise OutputError(f"{str(out)!r} is being run by pid {who.get('pid', '?')} on host {who.get('host', '?')} "
+                          f"(since {who.get('since', '?')}); wait for it to finish (`spatialprobe study status "
+                          f"{out}`), or choose another --out.") from None
 
 
 def prepare(config: StudyConfig) -> tuple[StudySpec, list[Node], Path]:
@@ -157,18 +199,38 @@ def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
     if miss:
         raise InputFileError(format_missing(miss) + "\n(`--dry-run` lists the plan without running.)")
     out.mkdir(parents=True, exist_ok=True)
-    write_resolved(spec, out)
-    write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
-    t0 = time.time()
-    log.info("study %s: %d nodes, launcher %s, output %s", spec.name, len(nodes), spec.launcher, out)
-    states = LAUNCHERS[spec.launcher](spec, nodes, out)
-    _publish(out, nodes, states)
-    write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
+    lock = controller_lock(out)
+    try:
+        write_resolved(spec, out)
+        write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
+        t0 = time.time()
+        log.info("study %s: %d nodes, launcher %s, output %s", spec.name, len(nodes), spec.launcher, out)
+        states = LAUNCHERS[spec.launcher](spec, nodes, out)
+        _publish(out, nodes, states)
+        write_json_atomic(out / "plan.json", plan_record(spec, nodes, out))
+    finally:
+        lock.release()
     res = StudyResult(out, nodes, states, miss, time.time() - t0)
     n_done = sum(v == "done" for v in states.values())
     log.info("study %s: %d/%d nodes done, %d failed or blocked, %.0f s", spec.name, n_done, len(nodes),
              len(res.failed), res.seconds)
     return res
+
+
+def study_cancel(out: str | Path) -> list[str]:
+    """Cancel the study's queued and running jobs (those recorded for nodes that are not done); returns
+    their ids. A later ``study run`` submits those nodes again."""
+    outp = Path(out)
+    nodes = build_plan(load_resolved(outp))
+    recs = {k: r for k, r in _job_records(outp, nodes).items()
+            if node_state(outp, next(n for n in nodes if n.name == k)) != "done"}
+    sched = _scheduler_states(recs)
+    done: list[str] = []
+    for cluster in {r["cluster"] for r in recs.values()}:
+        ids = sorted({r["job_id"] for r in recs.values() if r["cluster"] == cluster and sched.get(r["job_id"]) in LIVE})
+        cancel(cluster, ids)
+        done += ids
+    return done
 
 
 def study_status(out: str | Path) -> "Any":
