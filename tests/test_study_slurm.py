@@ -61,11 +61,13 @@ def _ctld_log() -> Path:
 
 
 def _allocations(log: Path, offset: int) -> list[str]:
-    """Job ids (``<array>_<task>`` or plain) the scheduler allocated since ``offset`` in its log."""
+    """Job ids (``<array>_<task>`` or plain) the scheduler started since ``offset`` in its log: the main
+    scheduler logs ``sched: Allocate JobId=…``, the backfill scheduler ``sched/backfill: _start_job: Started
+    JobId=…``."""
     with open(log, "rb") as fh:
         fh.seek(offset)
         text = fh.read().decode(errors="replace")
-    return re.findall(r"sched: Allocate JobId=(\d+(?:_\d+)?)", text)
+    return re.findall(r"(?:sched: Allocate|sched/backfill: _start_job: Started) JobId=(\d+(?:_\d+)?)", text)
 
 
 def _recorded(out: Path) -> dict[str, str]:
@@ -169,7 +171,7 @@ def _ddp_spec(path: Path) -> Path:
     spec = {
         "name": "ddp", "encoders": ["pixels"], "device": "cpu", "threads": 1,
         "properties": {"limit": 32, "metrics": None, "probe": None},
-        "training": {"model": "jit-tiny", "methods": ["repa"], "baseline": False, "steps": 40, "batch_size": 8,
+        "training": {"model": "jit-tiny", "methods": ["repa"], "baseline": False, "steps": 20, "batch_size": 8,
                      "options": {"hflip": False, "workers": 0, "max_images": 32, "ckpt_every": 2, "log_every": 1},
                      "sample": {"n": 20, "steps": 2, "batch_size": 20, "weights": "model"},
                      "fid": {"protocol": "digits"}},
@@ -208,6 +210,6 @@ def test_a_two_task_training_job_runs_ddp_and_resumes_after_its_job_is_killed(tm
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["world_size"] == 2 and ".partial" not in json.dumps(cfg)
     steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
-    assert steps[-1] == 40 and sorted(set(steps)) == list(range(1, 41))
+    assert steps[-1] == 20 and sorted(set(steps)) == list(range(1, 21))
     err = (out / "submitit" / f"{new_job}_0_log.err").read_text()
     assert "resumed" in err, err[-2000:]  # continued from the killed job's checkpoint, not from step 0
