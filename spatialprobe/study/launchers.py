@@ -155,7 +155,7 @@ def _stderr_tail(spec: StudySpec, out: Path, job_id: str) -> str:
         lines = [ln for ln in (folder / f"{job_id}_0_log.err").read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return f"; its log ends: {lines[-1].strip()[:200]}" if lines else ""
+    return f"; its log ends: {lines[-1].split(chr(13))[-1].strip()[:200]}" if lines else ""  # after a progress bar's \r
 
 
 def _collect(spec, out, job: _Job, sched_state: str, by_name, states, prog) -> None:
