@@ -193,7 +193,13 @@ def test_a_two_task_training_job_runs_ddp_and_resumes_after_its_job_is_killed(tm
             assert first.poll() is None and time.time() < deadline, "training did not reach its first checkpoint"
             time.sleep(0.1)
         job = _recorded(out)["train/pixels.repa.s0.job.json"]
-        subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)  # the job dies mid-training
+        # the job's training ranks die mid-training (as in a node crash or an OOM kill). Not scancel: a
+        # submitit job ignores SIGTERM, so a cancelled job runs on for KillWait (30 s) and may finish
+        listed = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True).stdout
+        ranks = [int(ln.split()[0]) for ln in listed.splitlines()[1:] if ln.split()[2:3] == ["0"]]
+        assert len(ranks) == 2, listed
+        for pid in ranks:
+            os.kill(pid, signal.SIGKILL)
         text, _ = first.communicate(timeout=600)
     finally:
         if first.poll() is None:
