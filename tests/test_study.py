@@ -89,12 +89,8 @@ def test_changing_one_encoder_reruns_only_its_nodes(tmp_path):
 
 # ------------------------------------------------------------------------------- the mini study
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    res = runner.invoke(app, ["study", "run", "mini", "--smoke", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    return out
+# the `smoke` fixture (the mini study at smoke size, local launcher) lives in conftest.py: the SLURM
+# tests compare their results with the same run
 
 
 @pytest.mark.slow
@@ -303,3 +299,40 @@ def test_concurrent_jobs_wait_for_one_decoded_cache_build(tmp_path):
         DecodedCache(src, folder, num_workers=0)._build()  # the first job finishes its build
     t.join(30)
     assert not t.is_alive() and waiter.decoded == 0 and waiter.path.is_file()
+
+
+# ------------------------------------------------------------------------------- one writer per folder / node
+
+def test_a_second_controller_on_the_same_folder_refuses_naming_the_first(tmp_path):
+    from spatialprobe.errors import OutputError
+    from spatialprobe.study.runner import controller_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = controller_lock(out)  # held as a running `study run` holds it
+    try:
+        spec = {"encoders": ["hog"], "properties": {"limit": 4, "probe": None}, "threads": 1}
+        with pytest.raises(OutputError, match=rf"is being run by pid {os.getpid()} on host \S+ \(since "):
+            run_study(spec=_write(tmp_path, spec), out=str(out))
+        assert not (out / "nodes").exists()  # it touched nothing
+    finally:
+        lock.release()
+    # the lock dies with its holder: the next controller takes it over
+    controller_lock(out).release()
+
+
+def test_a_job_whose_node_was_given_to_another_job_neither_runs_nor_publishes_it(tmp_path):
+    from spatialprobe.study.nodes import Superseded, run_node
+    from spatialprobe.study.state import claim_node, owns, record_job
+
+    spec = parse_spec({"encoders": ["hog"], "properties": {"limit": 4, "probe": None}, "threads": 1})
+    nodes = build_plan(spec)
+    by_name = {n.name: n for n in nodes}
+    ext = by_name["extract/hog"]
+    claim_node(tmp_path, ext, "old", "slurm")
+    record_job(tmp_path, ext, "old", "12_0", "slurm")
+    claim_node(tmp_path, ext, "new", "slurm")  # a rerun gave the node to a new job
+    assert owns(tmp_path, ext, "new") and not owns(tmp_path, ext, "old") and owns(tmp_path, ext, None)
+    with pytest.raises(Superseded):
+        run_node(spec, ext, tmp_path, by_name, token="old")
+    assert node_state(tmp_path, ext) == "missing"

@@ -126,8 +126,9 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
     @study_app.command("status")
     @cli_errors
     def status_cmd(out: Path = typer.Argument(..., help="Study folder.")) -> None:
-        """Print the plan as a table: node, state (done / missing / stale / partial / failed / blocked /
-        skipped), seconds, output folder (or the error).
+        """Print the plan as a table: node, state (done / missing / stale / partial / queued / running /
+        failed / blocked / skipped), seconds, the cluster job and its scheduler state (when jobs were
+        submitted), output folder (or the error).
 
         Example:
 
@@ -136,3 +137,18 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         from ..study.runner import study_status
 
         _print_status(study_status(out))
+
+    @study_app.command("cancel")
+    @cli_errors
+    def cancel_cmd(out: Path = typer.Argument(..., help="Study folder.")) -> None:
+        """Cancel the study's queued and running cluster jobs (scancel); `study run` submits their nodes
+        again later.
+
+        Example:
+
+          spatialprobe study cancel runs/s
+        """
+        from ..study.runner import study_cancel
+
+        ids = study_cancel(out)
+        typer.echo(f"cancelled {len(ids)} job(s){': ' + ', '.join(ids) if ids else ''}")

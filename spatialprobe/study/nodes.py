@@ -8,6 +8,7 @@ so an extraction resumes its shards and a training run its newest checkpoint), t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,12 +19,13 @@ from typing import Any
 
 from .. import store
 from ..errors import DataError, InputFileError
+from ..io import atomic_write_bytes
 from ..runtime import is_rank0, local_rank, resolve_device, world_size
 from ..schema import DONE_JSON, FD_DIGITS, FID_JSON, GFID, SAMPLES_NPZ, SPATIAL_METRICS
 from .plan import Node, build_plan, register_defined
 from .results import build_tables, run_correlate
 from .spec import StudySpec
-from .state import error_file, load_resolved, node_dir, partial_dir, record_failure, write_json_atomic
+from .state import error_file, load_resolved, node_dir, owns, partial_dir, record_failure, write_json_atomic
 
 log = logging.getLogger("spatialprobe.study")
 
@@ -205,6 +207,53 @@ RUNNERS = {"extract": _run_extract, "metrics": _run_metrics, "probe": _run_probe
 
 # ------------------------------------------------------------------------------------ execution
 
+class Superseded(RuntimeError):
+    """This job no longer owns its node (the controller gave the node to a newer job): it must not write it."""
+
+
+def _published_paths(work: Path, final: Path) -> None:
+    """Name the published folder, not the ``.partial`` one, in the JSON records the stages wrote
+    (``config.json``, a store's ``manifest.json``): those paths stop existing at the rename."""
+    old, new = json.dumps(str(work))[1:-1], json.dumps(str(final))[1:-1]  # as the JSON text spells them
+    for p in list(work.rglob("config.json")) + list(work.rglob("manifest.json")):
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if old not in text:
+            continue
+        atomic_write_bytes(p, text.replace(old, new).encode("utf-8"))
+
+
+class _PublishedName(logging.Filter):
+    """Log lines written while a node runs name its published folder, not the ``.partial`` one."""
+
+    def __init__(self, work: Path, final: Path) -> None:
+        super().__init__()
+        self.old, self.new = str(work), str(final)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if self.old in msg:
+            record.msg, record.args = msg.replace(self.old, self.new), None
+        return True
+
+
+@contextlib.contextmanager
+def _log_published_name(work: Path, final: Path):
+    flt = _PublishedName(work, final)
+    loggers = [logging.getLogger()] + [lg for name, lg in logging.Logger.manager.loggerDict.items()
+                                       if name.startswith("spatialprobe") and isinstance(lg, logging.Logger)]
+    handlers = {id(h): h for lg in loggers for h in lg.handlers}.values()
+    for h in handlers:
+        h.addFilter(flt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(flt)
+
+
 def apply_threads(spec: StudySpec) -> None:
     if spec.threads:
         import torch
@@ -212,14 +261,18 @@ def apply_threads(spec: StudySpec) -> None:
         torch.set_num_threads(spec.threads)
 
 
-def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -> dict[str, Any]:
+def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node], token: str | None = None
+             ) -> dict[str, Any]:
     """Run one node to completion: its outputs land in ``nodes/<kind>/<key>/`` with ``done.json``.
 
-    Raises whatever the stage raises; the caller records it (:func:`record_failure`).
+    Raises whatever the stage raises; the caller records it (:func:`record_failure`). A cluster job passes
+    its ``token``: the node is run and published only while the token still owns it (:class:`Superseded`).
     """
     apply_threads(spec)
     out = Path(out)
     final, work = node_dir(out, node), partial_dir(out, node)
+    if not owns(out, node, token):
+        raise Superseded(f"{node.name} now belongs to another job; this one leaves it alone")
     fp_file = work / ".fingerprint"
     if work.is_dir() and (not fp_file.is_file() or fp_file.read_text().strip() != node.fingerprint):
         if is_rank0():
@@ -229,7 +282,8 @@ def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -
         fp_file.write_text(node.fingerprint + "\n")
         error_file(out, node).unlink(missing_ok=True)
     t0 = time.time()
-    summary = RUNNERS[node.kind](spec, node, work, out, by_name)
+    with _log_published_name(work, final):
+        summary = RUNNERS[node.kind](spec, node, work, out, by_name)
     seconds = time.time() - t0
     if not is_rank0():
         return summary
@@ -237,6 +291,9 @@ def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -
               "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "settings": node.settings, "deps": {d: by_name[d].fingerprint for d in node.deps},
               "summary": summary}
+    if not owns(out, node, token):  # given to another job while this one ran: that job publishes it
+        raise Superseded(f"{node.name} was given to another job while this one ran; not published")
+    _published_paths(work, final)
     write_json_atomic(work / DONE_JSON, record)
     if final.exists():
         shutil.rmtree(final)
@@ -244,9 +301,11 @@ def run_node(spec: StudySpec, node: Node, out: Path, by_name: dict[str, Node]) -
     return record
 
 
-def run_job(out: str, node_names: list[str]) -> str:
+def run_job(out: str, node_names: list[str], token: str | None = None) -> str:
     """Entry point of one cluster job: run ``node_names`` of the study in ``out`` in order (reads
-    ``out/study.yaml``); a failure is recorded and the rest of the chain is marked blocked.
+    ``out/study.yaml``); a failure is recorded and the rest of the chain is marked blocked. ``token`` is
+    the owner the controller recorded for these nodes before submitting (``<key>.job.json``): a job whose
+    nodes were given to a newer job stops without writing them.
 
     With several tasks per job (DDP training), the scheduler's rank variables are mapped to the
     ``torchrun`` ones (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) first.
@@ -259,6 +318,12 @@ def run_job(out: str, node_names: list[str]) -> str:
         ntasks = 1
     if ntasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    logger = logging.getLogger("spatialprobe")
+    if not logger.handlers:  # the job's log (submitit/<job>_<task>_log.err) shows the stages' progress
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     outp = Path(out)
     spec = load_resolved(outp)
     nodes = build_plan(spec)
@@ -269,9 +334,12 @@ def run_job(out: str, node_names: list[str]) -> str:
             if not is_rank0():
                 return "done"
         try:
-            run_node(spec, node, outp, by_name)
+            run_node(spec, node, outp, by_name, token)
+        except Superseded as exc:
+            log.warning("%s", exc)
+            return f"superseded: {exc}"
         except Exception as exc:  # noqa: BLE001 - recorded for the controller and the status table
-            if is_rank0():
+            if is_rank0() and owns(outp, node, token):
                 record_failure(outp, node, exc)
                 for rest in node_names[i + 1:]:
                     record_failure(outp, by_name[rest], f"blocked: input {name} is not done", blocked=True)

@@ -13,14 +13,15 @@ from typing import Any
 
 from ..checks import check_device, prepare_out_dir
 from ..config import resolve
-from ..errors import ConfigError, InputFileError, OutputError
-from ..io import atomic_write
+from ..errors import ConfigError, InputFileError, OutputError, StoreError
+from ..io import FileLock, atomic_write
 from ..schema import CORRELATIONS_CSV, DONE_JSON, PLAN_JSON, RESULTS_CSV, RESULTS_PARQUET, WIDE_CSV
 from .launchers import LAUNCHERS
-from .plan import Node, build_plan, canonical_id, register_defined
+from .plan import JOB_KINDS, Node, build_plan, canonical_id, register_defined
+from .scheduler import LIVE, UNKNOWN, cancel, job_states, slurm_available
 from .spec import StudySpec, absolute_paths, check_device_name, load_spec
-from .state import (error_file, load_resolved, node_dir, node_state, plan_record, read_json, write_json_atomic,
-                    write_resolved)
+from .state import (error_file, load_resolved, node_dir, node_state, plan_record, read_job, read_json,
+                    write_json_atomic, write_resolved)
 
 log = logging.getLogger("spatialprobe.study")
 
@@ -89,20 +90,48 @@ def format_missing(miss: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _job_records(out: Path, nodes: list[Node]) -> dict[str, dict[str, Any]]:
+    """node name -> its recorded cluster job (for the node's current fingerprint), where it has one."""
+    return {n.name: rec for n in nodes if n.kind in JOB_KINDS and (rec := read_job(out, n)) and rec.get("job_id")}
+
+
+def _scheduler_states(recs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """job id -> the scheduler's state ("?" where the scheduler cannot be asked from here)."""
+    out: dict[str, str] = {}
+    for cluster in {r["cluster"] for r in recs.values()}:
+        ids = sorted({r["job_id"] for r in recs.values() if r["cluster"] == cluster})
+        if cluster == "slurm" and not slurm_available():
+            out.update({i: "?" for i in ids})
+        else:
+            out.update(job_states(cluster, ids))
+    return out
+
+
 def status_table(out: Path, nodes: list[Node]) -> "Any":
-    """One row per node: node, state, seconds, output (``pandas.DataFrame``)."""
+    """One row per node: node, state, seconds, output (``pandas.DataFrame``); with ``job`` (the job id
+    that ran or runs it) and ``scheduler`` (that job's state now) when the study submitted jobs."""
     import pandas as pd
 
+    recs = _job_records(out, nodes)
+    sched = _scheduler_states(recs) if recs else {}
     rows = []
     for n in nodes:
         st = node_state(out, n)
         done = read_json(node_dir(out, n) / DONE_JSON) if st == "done" else None
         err = read_json(error_file(out, n)) if st in ("failed", "blocked") else None
         summ = (done or {}).get("summary") or {}
-        rows.append({"node": n.name, "state": "skipped" if summ.get("skipped") else st,
-                     "seconds": (done or {}).get("seconds"),
-                     "output": str(node_dir(out, n)) if st == "done" else
-                     ((err or {}).get("error", "")[:100] if err else "")})
+        row = {"node": n.name, "state": "skipped" if summ.get("skipped") else st,
+               "seconds": (done or {}).get("seconds")}
+        if recs:
+            jid = recs.get(n.name, {}).get("job_id")
+            word = sched.get(jid, UNKNOWN) if jid else None
+            row["job"] = jid or "-"
+            row["scheduler"] = "-" if word is None or (word == UNKNOWN and st == "done") else \
+                ("gone" if word == UNKNOWN else word.lower())
+            if word in LIVE and st not in ("done",):
+                row["state"] = "running" if word != "PENDING" else "queued"
+        row["output"] = str(node_dir(out, n)) if st == "done" else ((err or {}).get("error", "")[:100] if err else "")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -205,6 +234,18 @@ def check_devices(spec: StudySpec) -> None:
         raise ConfigError(f"study spec / --device: {exc}") from None
 
 
+def controller_lock(out: Path) -> FileLock:
+    """The study folder's lock (``OUT/.lock``), held by the one controller that runs it. The kernel drops
+    it when the controller dies, even by SIGKILL, so a rerun takes a dead controller's lock over."""
+    try:
+        return FileLock(out).acquire()
+    except StoreError:
+        who = read_json(out / ".lock") or {}
+        raise OutputError(f"{str(out)!r} is being run by pid {who.get('pid', '?')} on host {who.get('host', '?')} "
+                          f"(since {who.get('since', '?')}); wait for it to finish (`spatialprobe study status "
+                          f"{out}`), or choose another --out.") from None
+
+
 def prepare(config: StudyConfig) -> tuple[StudySpec, list[Node], Path]:
     out = Path(config.out).expanduser()
     if out.exists() and not out.is_dir():
@@ -255,20 +296,40 @@ def run_study(config: StudyConfig | None = None, **options: Any) -> StudyResult:
     if miss:
         raise InputFileError(format_missing(miss) + "\n(`--dry-run` lists the plan without running.)")
     prepare_out_dir(out)
-    write_resolved(spec, out)
-    run_info = {"smoke": bool(cfg.smoke), "spec_source": str(cfg.spec)}  # what the report says was run
-    write_json_atomic(out / PLAN_JSON, {**plan_record(spec, nodes, out), **run_info})
-    t0 = time.time()
-    log.info("study %s: %d nodes, launcher %s, output %s", spec.name, len(nodes), spec.launcher, out)
-    states = LAUNCHERS[spec.launcher](spec, nodes, out)
-    _publish(out, nodes, states)
-    withdrawn = withdraw(out, nodes, states)
-    write_json_atomic(out / PLAN_JSON, {**plan_record(spec, nodes, out), **run_info})
+    lock = controller_lock(out)
+    try:
+        write_resolved(spec, out)
+        run_info = {"smoke": bool(cfg.smoke), "spec_source": str(cfg.spec)}  # what the report says was run
+        write_json_atomic(out / PLAN_JSON, {**plan_record(spec, nodes, out), **run_info})
+        t0 = time.time()
+        log.info("study %s: %d nodes, launcher %s, output %s", spec.name, len(nodes), spec.launcher, out)
+        states = LAUNCHERS[spec.launcher](spec, nodes, out)
+        _publish(out, nodes, states)
+        withdrawn = withdraw(out, nodes, states)
+        write_json_atomic(out / PLAN_JSON, {**plan_record(spec, nodes, out), **run_info})
+    finally:
+        lock.release()
     res = StudyResult(out, nodes, states, miss, time.time() - t0, withdrawn)
     n_done = sum(v == "done" for v in states.values())
     log.info("study %s: %d/%d nodes done, %d failed or blocked, %.0f s", spec.name, n_done, len(nodes),
              len(res.failed), res.seconds)
     return res
+
+
+def study_cancel(out: str | Path) -> list[str]:
+    """Cancel the study's queued and running jobs (those recorded for nodes that are not done); returns
+    their ids. A later ``study run`` submits those nodes again."""
+    outp = Path(out)
+    nodes = build_plan(load_resolved(outp))
+    recs = {k: r for k, r in _job_records(outp, nodes).items()
+            if node_state(outp, next(n for n in nodes if n.name == k)) != "done"}
+    sched = _scheduler_states(recs)
+    done: list[str] = []
+    for cluster in {r["cluster"] for r in recs.values()}:
+        ids = sorted({r["job_id"] for r in recs.values() if r["cluster"] == cluster and sched.get(r["job_id"]) in LIVE})
+        cancel(cluster, ids)
+        done += ids
+    return done
 
 
 def study_status(out: str | Path) -> "Any":

@@ -46,8 +46,10 @@ class ExecutorSpec:
     """Options of ``launcher: submitit`` (ignored by ``local``)."""
 
     cluster: str = "slurm"  #: slurm | local (processes on this machine; what the tests use) | debug
-    partition: str | None = None
-    gpus_per_node: int = 1  #: GPUs (= DDP ranks) per training job; 1 = no DDP
+    partition: str | None = None  #: partition of every job [default: the cluster's default partition]
+    extract_partition: str | None = None  #: partition of the extraction jobs [default: partition]
+    gpus_per_node: int = 1  #: GPUs (= DDP ranks) per training job; 1 = no DDP; 0 = no GPU request (CPU partitions)
+    tasks_per_node: int | None = None  #: ranks (DDP) per training job [default: gpus_per_node, at least 1]
     nodes: int = 1
     cpus_per_task: int = 8
     timeout_min: int = 240
@@ -495,7 +497,11 @@ def parse_spec(data: dict[str, Any], *, smoke: bool = False) -> StudySpec:
     _check_scalars(s.executor, "executor")
     if s.executor.cluster not in CLUSTERS:
         raise ConfigError(f"study spec: executor.cluster {s.executor.cluster!r}: use one of {', '.join(CLUSTERS)}.")
-    _pos_int(s.executor.gpus_per_node, "executor.gpus_per_node")
+    if not isinstance(s.executor.gpus_per_node, int) or isinstance(s.executor.gpus_per_node, bool) \
+            or s.executor.gpus_per_node < 0:
+        raise ConfigError(f"study spec: executor.gpus_per_node must be 0 (no GPU request) or a positive integer; "
+                          f"got {s.executor.gpus_per_node!r}.")
+    _pos_int(s.executor.tasks_per_node, "executor.tasks_per_node", allow_none=True)
     _pos_int(s.executor.array_parallelism, "executor.array_parallelism")
     s.smoke = data.get("smoke") if not smoke else None
     if s.training is None and s.known_gfid is None:
@@ -624,8 +630,10 @@ weights_dir: null             # else $SPATIALPROBE_WEIGHTS, the HF and torch hub
 launcher: local
 executor:
   cluster: slurm
-  partition: null
-  gpus_per_node: 1            # > 1: each training job runs DDP over this many ranks
+  partition: null             # null: the cluster's default partition
+  extract_partition: null     # extraction jobs elsewhere (e.g. a CPU partition); null: partition
+  gpus_per_node: 1            # > 1: each training job runs DDP over this many ranks; 0: no GPU request (CPU nodes)
+  tasks_per_node: null        # DDP ranks per training job (null: gpus_per_node, at least 1)
   timeout_min: 240
   mem_gb: 64
   array_parallelism: 32

@@ -3,7 +3,8 @@ and the resolved spec (``OUT/study.yaml``) a cluster job reads back.
 
 A node's output lives in ``OUT/nodes/<kind>/<key>/`` with ``done.json`` (its fingerprint, timing and the
 summary the table reads); it is built in ``OUT/nodes/<kind>/<key>.partial/``; a failure is recorded in
-``OUT/nodes/<kind>/<key>.error.json``. A node is *done* when ``done.json`` holds the node's current
+``OUT/nodes/<kind>/<key>.error.json``; the cluster job that owns a node in ``OUT/nodes/<kind>/<key>.job.json``
+(its token, written before submission, and its job id, written the moment it is submitted). A node is *done* when ``done.json`` holds the node's current
 fingerprint; anything else (missing, another fingerprint, a partial folder, a recorded failure) makes it
 run again.
 """
@@ -37,6 +38,10 @@ def error_file(out: Path, node: Node) -> Path:
     return Path(out) / "nodes" / node.kind / f"{node.key}.error.json"
 
 
+def job_file(out: Path, node: Node) -> Path:
+    return Path(out) / "nodes" / node.kind / f"{node.key}.job.json"
+
+
 def node_state(out: Path, node: Node) -> str:
     """done | stale (done with another fingerprint) | partial | failed | blocked | missing."""
     done = read_json(node_dir(out, node) / DONE_JSON)
@@ -60,6 +65,7 @@ def plan_record(spec: StudySpec, nodes: list[Node], out: Path | None = None) -> 
         if out is not None:
             d["state"] = node_state(out, n)
             d["output"] = str(node_dir(out, n))
+            d["job"] = (read_job(out, n) or {}).get("job_id")
         rec["nodes"].append(d)
     return rec
 
@@ -78,6 +84,35 @@ def record_failure(out: Path, node: Node, exc: BaseException | str, *, blocked: 
         rec["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     write_json_atomic(error_file(out, node), rec)
     return msg
+
+
+# ------------------------------------------------------------------------------------ job records
+
+def claim_node(out: Path, node: Node, token: str, cluster: str) -> None:
+    """Make ``token`` the node's owner, before its job is submitted: an older job of the node then finds
+    another owner and neither runs nor publishes it."""
+    write_json_atomic(job_file(out, node), {"fingerprint": node.fingerprint, "token": token, "job_id": None,
+                                            "cluster": cluster, "submitted": None})
+
+
+def record_job(out: Path, node: Node, token: str, job_id: str, cluster: str) -> None:
+    write_json_atomic(job_file(out, node), {"fingerprint": node.fingerprint, "token": token, "job_id": str(job_id),
+                                            "cluster": cluster,
+                                            "submitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def read_job(out: Path, node: Node) -> dict[str, Any] | None:
+    """The node's job record, when it is for the node's current fingerprint."""
+    rec = read_json(job_file(out, node))
+    return rec if rec is not None and rec.get("fingerprint") == node.fingerprint else None
+
+
+def owns(out: Path, node: Node, token: str | None) -> bool:
+    """True when ``token`` still owns the node (always, for a run outside a cluster job: token None)."""
+    if token is None:
+        return True
+    rec = read_job(out, node)
+    return rec is not None and rec.get("token") == token
 
 
 def done_summary(out: Path, node: Node) -> dict[str, Any] | None:
