@@ -1,12 +1,6 @@
 """The official iREPA data collection (``spatial-metrics-data`` of the iREPA collections), read by id.
 
-Layout (irepa-spec §2, the folder the official plotting script reads)::
-
-    DIR/data/images/<i>.png                      image i (i = 0 .. N-1)
-    DIR/data/masks/<i>.png                       FG/BG mask of image i
-    DIR/data/features/<enc>.pt                   tensor [N, 256, D]; row i = image i
-    DIR/data/stats/fid/<name>.csv                columns Steps, FID
-    DIR/data/stats/lp/<enc>-none-mean/metrics.json   {"best_val_acc": ...}
+Its folder layout is described in :mod:`~spatialprobe.official.collection`.
 
 An analysis above the stages, in three modules: :mod:`~spatialprobe.official.collection` (the reader:
 encoders, features, masks, LP accuracy, gFID), :mod:`~spatialprobe.official.metrics` (the spatial metrics

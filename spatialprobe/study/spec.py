@@ -521,19 +521,19 @@ def absolute_paths(spec: StudySpec) -> StudySpec:
     """Every input path of ``spec`` that exists relative to the current folder, made absolute, so the
     resolved ``study.yaml``, the node settings and each stage's ``config.json`` name the same files from any
     folder (a cluster job, ``report`` run elsewhere). Returns ``spec`` (changed in place)."""
-    p = spec.properties
-    p.images = _abs(p.images)
-    for opts in (p.metrics, p.probe, p.inject):
-        for k in list(opts or {}):
-            if k in PATH_KEYS:
-                opts[k] = _abs(opts[k])
-    if spec.training is not None:
-        t = spec.training
-        t.images = _abs(t.images)
-        for opts in (t.options, t.sample, t.fid):
+    def absolute_options(*option_dicts) -> None:
+        for opts in option_dicts:
             for k in list(opts or {}):
                 if k in PATH_KEYS:
                     opts[k] = _abs(opts[k])
+
+    p = spec.properties
+    p.images = _abs(p.images)
+    absolute_options(p.metrics, p.probe, p.inject)
+    if spec.training is not None:
+        t = spec.training
+        t.images = _abs(t.images)
+        absolute_options(t.options, t.sample, t.fid)
     if spec.known_gfid is not None and Path(spec.known_gfid).is_file():
         spec.known_gfid = str(Path(spec.known_gfid).resolve())
     spec.weights_dir = _abs(spec.weights_dir)
