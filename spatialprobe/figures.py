@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .stats import MIN_N_FOR_CI, describe_r
+from .stats import MIN_N_FOR_CI as _MIN_N_FOR_CI
+from .stats import describe_r
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,9 @@ AXIS_LABELS = {
 FAMILY_ORDER = ["DINOv2", "DINOv3", "WebSSL", "PE-Core", "PE-Lang", "PE-Spatial", "C-RADIO", "DINO",
                 "CLIP", "MoCo v3", "I-JEPA", "MAE", "SAM2", "SigLIP", "SigLIP2", "Classical", "Baseline"]
 UNKNOWN_COLOUR = "#9a9a9a"
-UNKNOWN_LABEL = "unidentified"
+_UNKNOWN_LABEL = "unidentified"
 #: label columns tried in order when a figure is not told which column names its points
-LABEL_COLUMNS = ("encoder", "point_id", "id")
+_LABEL_COLUMNS = ("encoder", "point_id", "id")
 
 
 def _is_grey(hex_colour: str) -> bool:
@@ -50,7 +51,7 @@ def family_colours(families) -> dict[str, str]:
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
-def _legend_handles(colours: dict, seen, any_unknown: bool, *, unknown_label: str = UNKNOWN_LABEL) -> list:
+def _legend_handles(colours: dict, seen, any_unknown: bool, *, unknown_label: str = _UNKNOWN_LABEL) -> list:
     """One dot per family present, in the fixed order, then the grey "unidentified" entry when some
     point has no known family."""
     from matplotlib.lines import Line2D
@@ -68,7 +69,7 @@ def _known(f) -> bool:
 def _label_column(df: pd.DataFrame, label_col: str | None) -> str | None:
     if label_col:
         return label_col if label_col in df.columns else None
-    return next((c for c in LABEL_COLUMNS if c in df.columns and df[c].notna().any()), None)
+    return next((c for c in _LABEL_COLUMNS if c in df.columns and df[c].notna().any()), None)
 
 
 def _point_labels(df: pd.DataFrame, label_col: str | None, ok) -> list[str] | None:
@@ -99,11 +100,11 @@ def _place_labels(jobs: list, *, marker_pt: float = 3.5, pad_pt: float = 0.8) ->
     the axes, with a thin leader line to a label that had to move away from its point.
 
     A greedy search, not a force simulation: larger labels first (the new encoders of the prediction
-    panel), then those of the most crowded points, each at the nearest free spot of :data:`_LABEL_STEPS` × :data:`_LABEL_ANGLES` around its point, tested against
-    the boxes already placed and every point's marker in display units. It is deterministic, takes well
-    under a second for the 27-point reference, and a placed label never overlaps another, which
-    adjustText's force simulation did not give here (7 overlapping pairs on the reference's 1×5 panel,
-    52 s). Only when no spot within reach is free does a label take the one with the fewest overlaps.
+    panel), then those of the most crowded points, each at the nearest free spot of :data:`_LABEL_STEPS`
+    × :data:`_LABEL_ANGLES` around its point, tested against the boxes already placed and every point's
+    marker in display units. It is deterministic, takes 1.7 s for the reference's 1×5 panel (one draw of
+    the figure included), and a placed label never overlaps another, which adjustText's force simulation
+    did not give here (7 overlapping pairs on the same panel, in 52 s). Only when no spot within reach is free does a label take the one with the fewest overlaps.
     Runs after the layout is final (the sizes in display units depend on it).
     ``jobs`` = ``[(ax, texts, x_points, y_points)]`` or ``[(ax, texts, x_points, y_points, extra)]``: the
     texts, every point to keep clear, and optionally more to keep clear: ``extra`` = data-unit rectangles
@@ -166,20 +167,6 @@ def _place_labels(jobs: list, *, marker_pt: float = 3.5, pad_pt: float = 0.8) ->
                 ax.add_line(Line2D([ax0, ax1], [ay0, ay1], color="#8c8c8c", lw=0.4, zorder=2.5))
 
 
-def label_overlaps(fig) -> list[tuple[str, str]]:
-    """Pairs of text labels inside the axes of ``fig`` whose drawn boxes overlap (a check for tests)."""
-    fig.canvas.draw()
-    rend = fig.canvas.get_renderer()
-    out = []
-    for ax in fig.axes:
-        boxes = [(t.get_text(), t.get_window_extent(rend)) for t in ax.texts if t.get_text() and t.get_visible()]
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                if boxes[i][1].overlaps(boxes[j][1]):
-                    out.append((boxes[i][0], boxes[j][0]))
-    return out
-
-
 def use_style():
     """Context manager applying the package style (matplotlib picks a headless backend by itself)."""
     import matplotlib.pyplot as plt
@@ -216,7 +203,7 @@ def correlation_panel(df: pd.DataFrame, xs: list[str], y: str, stats: pd.DataFra
             row = stats[(stats["x"] == xname) & (stats["y"] == y)]
             if len(row):
                 r = row.iloc[0]
-                ax.set_title(f"{describe_r(r, sep=chr(10) if int(r.n) < MIN_N_FOR_CI else '  ')}\n"
+                ax.set_title(f"{describe_r(r, sep=chr(10) if int(r.n) < _MIN_N_FOR_CI else '  ')}\n"
                              f"ρ = {r.spearman_rho:.2f}, n = {int(r.n)}")
             ax.set_xlabel(AXIS_LABELS.get(xname, xname))
             lab = _point_labels(df, label_col, ok) if labels else None
@@ -374,8 +361,8 @@ def correlation_grid(tables: dict[str, pd.DataFrame], xs: list[str], stats: dict
                 row = st[(st["x"] == xname) & (st["y"] == y)]
                 if len(row):
                     r = row.iloc[0]
-                    ax.set_title(describe_r(r, sep="\n" if int(r.n) < MIN_N_FOR_CI else "  ")
-                                 + f"{chr(10) if int(r.n) < MIN_N_FOR_CI else ', '}n = {int(r.n)}")
+                    ax.set_title(describe_r(r, sep="\n" if int(r.n) < _MIN_N_FOR_CI else "  ")
+                                 + f"{chr(10) if int(r.n) < _MIN_N_FOR_CI else ', '}n = {int(r.n)}")
                 ax.set_xlabel(AXIS_LABELS.get(xname, xname))
                 if j == 0:
                     ax.set_ylabel(AXIS_LABELS.get(y, y))
@@ -527,7 +514,7 @@ def prediction_panel(ref: pd.DataFrame, xs: list[str], y: str, predictions: pd.D
         axes[0][0].set_ylabel(AXIS_LABELS.get(y, y))
         handles = [Line2D([], [], ls="", marker="*", markersize=10, color=HIGHLIGHT_COLOUR,
                           markeredgecolor="black", label="new encoder (pred. ± PI)")]
-        handles += _legend_handles(colours, seen, unknown, unknown_label=f"reference ({UNKNOWN_LABEL})")
+        handles += _legend_handles(colours, seen, unknown, unknown_label=f"reference ({_UNKNOWN_LABEL})")
         rows = (len(handles) - 1) // 8
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), bbox_to_anchor=(0.5, 0.0))
         fig.tight_layout(rect=(0, 0.1 + 0.06 * rows, 1, 1))

@@ -335,8 +335,22 @@ def test_fid_ref_sha256_identifies_the_statistics(tmp_path):
 
 # ------------------------------------------------------------------------------- figures
 
+def label_overlaps(fig) -> list[tuple[str, str]]:
+    """Pairs of point labels inside one axis of ``fig`` whose drawn boxes overlap."""
+    fig.canvas.draw()
+    rend = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        boxes = [(t.get_text(), t.get_window_extent(rend)) for t in ax.texts if t.get_text() and t.get_visible()]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if boxes[i][1].overlaps(boxes[j][1]):
+                    out.append((boxes[i][0], boxes[j][0]))
+    return out
+
+
 def test_correlation_panel_labels_every_point_without_overlaps():
-    from spatialprobe.figures import correlation_panel, label_overlaps
+    from spatialprobe.figures import correlation_panel
 
     ref = reference.load("sit-xl-100k")
     xs = ["lp_acc", "lds", "cds", "srss", "rmsc"]
@@ -351,7 +365,7 @@ def test_correlation_panel_labels_every_point_without_overlaps():
 
 
 def test_prediction_panel_labels_reference_and_new_points_without_overlaps():
-    from spatialprobe.figures import label_overlaps, prediction_panel
+    from spatialprobe.figures import prediction_panel
     from spatialprobe.predict import predict
 
     new = pd.DataFrame({"encoder": ["mine", "other"], "lds": [0.30, 0.20], "cds": [0.04, 0.03]})
