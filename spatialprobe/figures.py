@@ -442,6 +442,10 @@ def robustness_figure(stats: pd.DataFrame, *, out: str | Path | None = None, for
         if "lofo_min" in s and s["lofo_min"].notna().any():
             ax.hlines(pos - 0.22, s["lofo_min"], s["lofo_max"], color="#8e44ad", lw=1.6, label="leave-one-family-out range")
         ax.plot(s["pearson_r"], pos, "o", color="black", ms=4, label="Pearson r", zorder=3)
+        for y0, (_, row) in zip(pos, s.iterrows()):  # no bar below MIN_N_FOR_CI: say why instead
+            if "n" in row and pd.notna(row["n"]) and int(row["n"]) < _MIN_N_FOR_CI:
+                ax.annotate(f"n = {int(row['n'])}: too small for a CI", (row["pearson_r"], y0), xytext=(5, 3),
+                            textcoords="offset points", fontsize=6, color="#555555")
         ax.axvline(0, color="black", lw=0.7)
         ax.set_yticks(pos, labels)
         ax.set_xlabel("Pearson r")
