@@ -73,6 +73,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not p.is_file():
         raise InputFileError(f"Table file {str(p)!r} does not exist.")
     suffix = p.suffix.lower()
+    if p.stat().st_size == 0:
+        raise DataError(f"Table file {str(p)!r} is empty (0 bytes); pass a table with a header and one row per "
+                        "encoder.")
     try:
         if suffix == ".parquet":
             return pd.read_parquet(p)
@@ -120,15 +123,16 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
         df = df.reset_index(drop=True)
     if df.empty:
         raise DataError(f"Table {what} has no rows (a header only?): nothing to correlate. Pass a table with "
-                        "one row per encoder (or run).")
+                        "one row per encoder.")
     family_col = _pick(df, cfg.family_col, ("family",))
     id_col = _pick(df, cfg.id_col, ("point_id", "id", "encoder"))
     if id_col is not None and id_col not in df.columns:
         raise ColumnError(f"Id column {id_col!r} is not in the table. Columns: {', '.join(map(str, df.columns))}.")
     labels = (f"{id_col} " + df[id_col].astype(str)) if id_col else ("row " + df.index.astype(str).to_series(index=df.index))
     for col in dict.fromkeys([*cfg.x, *cfg.y, *([cfg.control] if cfg.control else [])]):
-        if col == "lp_acc" and col in df.columns:  # r is scale-free, but not over a mix of two scales
-            lp_acc_scale(numeric_column(df, col, what=f"table {what}", labels=labels), labels, what=f"table {what}")
+        values = numeric_column(df, col, what=f"table {what}", labels=labels)  # missing or text: named here
+        if col == "lp_acc":  # r is scale-free, but not over a mix of two scales
+            lp_acc_scale(values, labels, what=f"table {what}")
     check_duplicates(df, id_col, allow=cfg.allow_duplicates, what=f"table {what}")
     result = correlation_table(df, cfg.x, cfg.y, family_col=family_col, control=cfg.control,
                                id_col=id_col, n_resamples=cfg.n_resamples,

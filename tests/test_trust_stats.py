@@ -119,7 +119,7 @@ def test_correlate_text_cell_names_value_and_row(tmp_path):
     (tmp_path / "t.csv").write_text("encoder,lds,gfid\na,0.1,20\nb,0.3O,15\nc,0.3,10\nd,0.4,8\n")
     res = runner.invoke(app, ["correlate", "--table", str(tmp_path / "t.csv"), "--x", "lds", "--out",
                               str(tmp_path / "o")])
-    clean_error(res, "'0.3O'", "encoder b", "lds")
+    clean_error(res, "'0.3O'", "encoder b", "lds", "t.csv")
 
 
 def test_correlate_header_only_table_names_the_file(tmp_path):
@@ -137,6 +137,13 @@ def test_correlate_lp_fraction_among_percents_is_an_error(tmp_path):
     res = runner.invoke(app, ["correlate", "--table", str(tmp_path / "t.csv"), "--x", "lp_acc", "--out",
                               str(tmp_path / "o")])
     clean_error(res, "lp_acc", "fractions", "P03", "percents")
+
+
+def test_correlate_zero_byte_table_is_a_clear_error(tmp_path):
+    (tmp_path / "z.csv").write_bytes(b"")
+    res = runner.invoke(app, ["correlate", "--table", str(tmp_path / "z.csv"), "--x", "lds", "--out",
+                              str(tmp_path / "o")])
+    clean_error(res, "z.csv", "empty (0 bytes)")
 
 
 def test_correlate_drops_and_names_inf():
@@ -187,6 +194,18 @@ def test_predict_lp_fraction_among_percents_is_an_error(tmp_path):
     res = runner.invoke(app, ["predict", "--table", str(tmp_path / "n.csv"), "--x", "lp_acc", "--n-boot", "500",
                               "--out", str(tmp_path / "o")])
     clean_error(res, "lp_acc", "fractions encoder mine (0.7)", "percents encoder other (69)", "one scale")
+
+
+def test_predict_reference_inf_is_left_out_and_named(tmp_path):
+    ref = reference.load("sit-xl-100k")
+    ref.loc[ref["point_id"] == "P03", "lds"] = np.inf
+    ref.to_csv(tmp_path / "r.csv", index=False)
+    from spatialprobe.predict import predict
+
+    res = predict(pd.DataFrame({"encoder": ["m"], "lds": [0.3]}), reference=str(tmp_path / "r.csv"), x=["lds"],
+                  n_boot=500, figure=False)
+    assert res.predictions["n_ref"].iloc[0] == 26 and np.isfinite(res.predictions["pred_gfid"]).all()
+    assert any("lds is inf for point_id P03" in d for d in res.dropped)
 
 
 def test_predict_lp_fractions_alone_are_rescaled_to_the_reference():
@@ -299,6 +318,17 @@ def test_official_lp_fraction_among_percents_is_an_error(collection, tmp_path):
     clean_error(res, "best_val_acc", "dinov2-vit-b", "metrics.json", "0.717", "fractions", "percents")
 
 
+def test_official_fid_text_cell_is_a_clear_error(collection, tmp_path):
+    """A text FID ('3x.2') ended in a raw ValueError traceback."""
+    from spatialprobe.official import fid_file_name
+
+    root = _copy(collection, tmp_path)
+    (root / "data" / "stats" / "fid" / fid_file_name("pe-vit-g")).write_text("Steps,FID\n100000,3x.2\n")
+    res = runner.invoke(app, ["correlate", "--official", str(root), "--x", "lds", "--n-resamples", "1000",
+                              "--out", str(tmp_path / "o")])
+    clean_error(res, fid_file_name("pe-vit-g"), "'3x.2'", "not a number")
+
+
 def test_official_relative_path_from_another_folder(collection, tmp_path, monkeypatch):
     import os
 
@@ -310,7 +340,36 @@ def test_official_relative_path_from_another_folder(collection, tmp_path, monkey
     assert (tmp_path / "m" / "summary.csv").is_file()
 
 
+# ------------------------------------------------------------------------------- metrics on token files
+
+@pytest.mark.parametrize("name, make, names", [
+    ("z.npz", lambda p: p.write_bytes(b""), ("z.npz", "empty (0-byte)")),
+    ("z.pt", lambda p: p.write_bytes(b""), ("z.pt", "empty (0-byte)")),
+    ("t.npz", lambda p: p.write_text("hello"), ("t.npz", "could not be read as an .npz")),
+    ("t.safetensors", lambda p: p.write_text("hello"), ("t.safetensors", "could not be read as safetensors")),
+    ("s.npz", lambda p: np.savez(p, ids=np.array(["a", "b"]), patch=np.full((2, 16, 4), "x"), grid=np.array([4, 4])),
+     ("s.npz", "not numbers")),
+    ("e.npz", lambda p: np.savez(p, ids=np.array([], dtype=str), patch=np.zeros((0, 16, 4), np.float32),
+                                 grid=np.array([4, 4])), ("e.npz", "no images")),
+])
+def test_metrics_broken_token_files_are_clear_errors(tmp_path, name, make, names):
+    """Each was a raw traceback, click's bare 'Aborted.' or 'No image ... has a mask in None'."""
+    make(tmp_path / name)
+    res = runner.invoke(app, ["metrics", "--features", str(tmp_path / name), "--out", str(tmp_path / "o")])
+    clean_error(res, *names)
+
+
 # ------------------------------------------------------------------------------- fid-ref reproducible
+
+def test_fid_ref_undecodable_image_names_the_file(tmp_path):
+    """'error: a: not a recognised image format' named neither the folder nor the file."""
+    (tmp_path / "imgs").mkdir()
+    for n in ("a", "b"):
+        (tmp_path / "imgs" / f"{n}.png").write_text("not a png")
+    res = runner.invoke(app, ["fid-ref", str(tmp_path / "imgs"), "--random-init", "--pr-images", "2",
+                              "--resolution", "64", "--no-progress", "--out", str(tmp_path / "r.npz")])
+    clean_error(res, str(tmp_path / "imgs" / "a.png"), "could not be decoded")
+
 
 def test_fid_ref_sha256_identifies_the_statistics(tmp_path):
     """Two identical builds differed (the build's seconds were in the file, and the zip entries' times)."""

@@ -166,8 +166,8 @@ class Collection(CollectionLayout):
                 with Image.open(img) as im:
                     size = f" (its image {img.name} is {im.size[0]}x{im.size[1]})"
             raise DataError(f"Official mask {str(path)!r} is {w}x{h} pixels, not square{size}: the collection's "
-                            "masks are the masks of its square 256x256 images, row i of the features = image i = "
-                            "mask i. Replace it with the square mask of image i (e.g. re-download data/masks).")
+                            "masks are the masks of its square images (256x256), row i of the features = image i "
+                            "= mask i. Replace it with the square mask of that image (e.g. re-download data/masks).")
         return m
 
     # -- stats
@@ -199,4 +199,9 @@ class Collection(CollectionLayout):
         if row.empty:
             raise DataError(f"{str(path)!r} has no row at Steps == {steps} (it has {', '.join(map(str, df['Steps']))}); "
                             "pick one with --steps.")
-        return float(row["FID"].iloc[0])
+        value = row["FID"].iloc[0]
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{str(path)!r}: FID at Steps == {steps} is {value!r}, not a number; fix or re-download "
+                            "the file.") from None
