@@ -130,9 +130,9 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
         raise ColumnError(f"Id column {id_col!r} is not in the table. Columns: {', '.join(map(str, df.columns))}.")
     labels = (f"{id_col} " + df[id_col].astype(str)) if id_col else ("row " + df.index.astype(str).to_series(index=df.index))
     for col in dict.fromkeys([*cfg.x, *cfg.y, *([cfg.control] if cfg.control else [])]):
-        values = numeric_column(df, col, what=f"table {what}", labels=labels)  # missing or text: named here
+        values = numeric_column(df, col, what=f"the table {what}", labels=labels)  # missing or text: named here
         if col == "lp_acc":  # r is scale-free, but not over a mix of two scales
-            lp_acc_scale(values, labels, what=f"table {what}")
+            lp_acc_scale(values, labels, what=f"the table {what}")
     check_duplicates(df, id_col, allow=cfg.allow_duplicates, what=f"table {what}")
     result = correlation_table(df, cfg.x, cfg.y, family_col=family_col, control=cfg.control,
                                id_col=id_col, n_resamples=cfg.n_resamples,
