@@ -255,6 +255,8 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
             raise InputFileError(f"Folder {str(p)!r} holds no summary.csv (a `spatialprobe metrics` output), "
                                  "official_table.csv (`correlate --official`) or results.csv (a study); pass one "
                                  "of those or a CSV file.")
+        if name == "results.csv" and {"encoder", "method"} <= set(df.columns):
+            df = _one_row_per_encoder(df, p / name)
         if "setting" in df.columns and df["setting"].nunique() > 1:
             default = df[df["setting"] == "default"]
             if default.empty:
@@ -276,6 +278,27 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
         dup = sorted(df.loc[df["encoder"].duplicated(), "encoder"].astype(str).unique())
         raise DataError(f"{str(p)!r} lists encoder(s) {', '.join(dup)} more than once; keep one row each.")
     return df.reset_index(drop=True), proto, source
+
+
+def _one_row_per_encoder(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A study's ``results.csv`` has one row per encoder × method × seed, each repeating the encoder's
+    properties: keep one row per encoder (the properties), without the teacher-free baseline rows, which
+    have none. Rows of one encoder whose properties differ are an error naming them."""
+    props = [c for c in PROPERTIES if c in df.columns]
+    keep = [c for c in ("encoder", "family") if c in df.columns] + props
+    values = df[props].apply(pd.to_numeric, errors="coerce") if props else df[props]
+    no_props = values.isna().all(axis=1) if props else pd.Series(True, index=df.index)
+    baseline = df["method"].astype(str).eq("none") | df["encoder"].astype(str).eq("none")
+    dropped = sorted(set(df.loc[no_props & baseline, "encoder"].astype(str)))
+    if dropped:
+        log.info("%s: rows of %s (no teacher, no properties) are not predicted", path, ", ".join(dropped))
+    out = df.loc[~(no_props & baseline), keep].drop_duplicates()
+    dup = out["encoder"][out["encoder"].duplicated()].astype(str).unique()
+    if len(dup):
+        raise DataError(f"{str(path)!r}: the properties of encoder(s) {', '.join(sorted(dup))} differ between their "
+                        "method/seed rows, so there is no one value to predict from; pass a table with one row "
+                        "per encoder.")
+    return out.reset_index(drop=True)
 
 
 def load_reference(name: str) -> tuple[pd.DataFrame, dict[str, str | None], dict[str, Any]]:

@@ -208,6 +208,32 @@ def test_predict_reference_inf_is_left_out_and_named(tmp_path):
     assert any("lds is inf for point_id P03" in d for d in res.dropped)
 
 
+def test_predict_from_a_study_folder_uses_one_row_per_encoder(tmp_path):
+    """Documented, but a study's results.csv (encoder × method × seed) always failed with 'lists encoder(s)
+    ... more than once'."""
+    rows = []
+    for enc, lds, cds in (("hog", 0.23, 0.027), ("sift", 0.44, 0.052), ("pixels", 0.28, 0.025)):
+        for method in ("repa", "irepa"):
+            for seed in (0, 1):
+                rows.append({"encoder": enc, "family": "Classical", "method": method, "seed": seed, "lds": lds,
+                             "cds": cds, "fd_digits": 800.0 + seed})
+    rows.append({"encoder": "none", "family": "Baseline", "method": "none", "seed": 0, "fd_digits": 1000.0})
+    (tmp_path / "study").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "study" / "results.csv", index=False)
+    res = runner.invoke(app, ["predict", "--table", str(tmp_path / "study"), "--x", "lds,cds", "--n-boot", "500",
+                              "--no-figure", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    p = pd.read_csv(tmp_path / "o" / "predictions.csv")
+    assert sorted(p["encoder"].unique()) == ["hog", "pixels", "sift"] and len(p) == 6
+    # properties that differ between one encoder's rows have no one value: an error naming the encoder
+    bad = pd.DataFrame(rows)
+    bad.loc[(bad.encoder == "sift") & (bad.seed == 1), "lds"] = 0.5
+    bad.to_csv(tmp_path / "study" / "results.csv", index=False)
+    res = runner.invoke(app, ["predict", "--table", str(tmp_path / "study"), "--x", "lds", "--n-boot", "500",
+                              "--no-figure", "--out", str(tmp_path / "o2")])
+    clean_error(res, "results.csv", "sift", "differ")
+
+
 def test_predict_lp_fractions_alone_are_rescaled_to_the_reference():
     from spatialprobe.predict import predict
 
