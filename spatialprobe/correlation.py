@@ -13,7 +13,7 @@ from .config import comma_list, resolve, sha256_file, write_config
 from .errors import ColumnError, ConfigError, DataError
 from .io import read_table  # noqa: F401 - re-exported: the table reader lives in spatialprobe.io
 from .schema import CONFIG_JSON, CORRELATIONS_CSV, GFID, PROPERTIES
-from .stats import correlation_table
+from .stats import correlation_table, lp_acc_scale, numeric_column
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,22 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
     else:
         df = read_table(cfg.table)
         source = {"table": cfg.table, "sha256": sha256_file(cfg.table)}
+    what = repr(source.get("table") or source.get("reference"))
+    if not df.index.is_unique:  # rows are named by index label below
+        df = df.reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"Table {what} has no rows (a header only?): nothing to correlate. Pass a table with "
+                        "one row per encoder.")
     family_col = _pick(df, cfg.family_col, ("family",))
     id_col = _pick(df, cfg.id_col, ("point_id", "id", "encoder"))
     if id_col is not None and id_col not in df.columns:
         raise ColumnError(f"Id column {id_col!r} is not in the table. Columns: {', '.join(map(str, df.columns))}.")
-    check_duplicates(df, id_col, allow=cfg.allow_duplicates,
-                     what=f"table {source.get('table') or source.get('reference')!r}")
+    labels = (f"{id_col} " + df[id_col].astype(str)) if id_col else ("row " + df.index.astype(str).to_series(index=df.index))
+    for col in dict.fromkeys([*cfg.x, *cfg.y, *([cfg.control] if cfg.control else [])]):
+        values = numeric_column(df, col, what=f"the table {what}", labels=labels)  # missing or text: named here
+        if col == "lp_acc":  # r is scale-free, but not over a mix of two scales
+            lp_acc_scale(values, labels, what=f"the table {what}")
+    check_duplicates(df, id_col, allow=cfg.allow_duplicates, what=f"table {what}")
     result = correlation_table(df, cfg.x, cfg.y, family_col=family_col, control=cfg.control,
                                id_col=id_col, n_resamples=cfg.n_resamples,
                                confidence=cfg.confidence, seed=cfg.seed)
@@ -120,7 +130,7 @@ def correlate(table: pd.DataFrame | str | Path | None = None, *, config: str | P
             for yname in cfg.y:
                 stem = "correlation_panel" if len(cfg.y) == 1 else f"correlation_panel_{yname}"
                 paths = correlation_panel(df, cfg.x, yname, result[result["y"] == yname],
-                                          family_col=family_col, out=out / stem)
+                                          family_col=family_col, label_col=cfg.id_col, out=out / stem)
                 extra.setdefault("figures", []).extend(str(p) for p in paths)
         write_config(out / CONFIG_JSON, cfg, **extra)
         log.info("wrote %s", out)

@@ -131,6 +131,9 @@ def read_table(path: str | Path) -> "pd.DataFrame":
     if not p.is_file():
         raise InputFileError(f"Table file {str(p)!r} does not exist.")
     suffix = p.suffix.lower()
+    if p.stat().st_size == 0:
+        raise DataError(f"Table file {str(p)!r} is empty (0 bytes); pass a table with a header and one row per "
+                        "encoder.")
     try:
         if suffix == ".parquet":
             return pd.read_parquet(p)

@@ -34,6 +34,7 @@ from .errors import ColumnError, ConfigError, DataError, InputFileError
 from .io import read_table
 from .schema import (CONFIG_JSON, MANIFEST_JSON, OFFICIAL_TABLE_CSV, PREDICTIONS_CSV, PROPERTIES, RESULTS_CSV,
                      SUMMARY_CSV)
+from .stats import LP_SCALE_RULE, lp_acc_scale, numeric_column
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class PredictResult:
     protocol_new: dict[str, str | None]
     protocol_reference: dict[str, str | None]
     fits: pd.DataFrame  #: per property: n, slope, intercept, residual s, Pearson r of the reference
+    dropped: list[str] = field(default_factory=list)  #: values left out (NaN/inf), one sentence each
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -249,6 +251,8 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
             raise InputFileError(f"Folder {str(p)!r} holds no summary.csv (a `spatialprobe metrics` output), "
                                  "official_table.csv (`correlate --official`) or results.csv (a study); pass one "
                                  "of those or a CSV file.")
+        if name == "results.csv" and {"encoder", "method"} <= set(df.columns):
+            df = _one_row_per_encoder(df, p / name)
         if "setting" in df.columns and df["setting"].nunique() > 1:
             default = df[df["setting"] == "default"]
             if default.empty:
@@ -270,6 +274,27 @@ def load_new(table: str | Path) -> tuple[pd.DataFrame, dict[str, str | None], di
         dup = sorted(df.loc[df["encoder"].duplicated(), "encoder"].astype(str).unique())
         raise DataError(f"{str(p)!r} lists encoder(s) {', '.join(dup)} more than once; keep one row each.")
     return df.reset_index(drop=True), proto, source
+
+
+def _one_row_per_encoder(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A study's ``results.csv`` has one row per encoder × method × seed, each repeating the encoder's
+    properties: keep one row per encoder (the properties), without the teacher-free baseline rows, which
+    have none. Rows of one encoder whose properties differ are an error naming them."""
+    props = [c for c in PROPERTIES if c in df.columns]
+    keep = [c for c in ("encoder", "family") if c in df.columns] + props
+    values = df[props].apply(pd.to_numeric, errors="coerce") if props else df[props]
+    no_props = values.isna().all(axis=1) if props else pd.Series(True, index=df.index)
+    baseline = df["method"].astype(str).eq("none") | df["encoder"].astype(str).eq("none")
+    dropped = sorted(set(df.loc[no_props & baseline, "encoder"].astype(str)))
+    if dropped:
+        log.info("%s: rows of %s (no teacher, no properties) are not predicted", path, ", ".join(dropped))
+    out = df.loc[~(no_props & baseline), keep].drop_duplicates()
+    dup = out["encoder"][out["encoder"].duplicated()].astype(str).unique()
+    if len(dup):
+        raise DataError(f"{str(path)!r}: the properties of encoder(s) {', '.join(sorted(dup))} differ between their "
+                        "method/seed rows, so there is no one value to predict from; pass a table with one row "
+                        "per encoder.")
+    return out.reset_index(drop=True)
 
 
 def load_reference(name: str) -> tuple[pd.DataFrame, dict[str, str | None], dict[str, Any]]:
@@ -326,13 +351,33 @@ def protocol_caveats(new: dict[str, str | None], ref: dict[str, str | None],
 
 # ----------------------------------------------------------------------------- main entry
 
-def _as_reference_scale(col: str, new: pd.Series, ref: pd.Series) -> pd.Series:
-    """LP accuracy as a fraction (``probe`` writes 0.69) against a reference in percent (69.1)."""
-    if col == "lp_acc" and new.notna().any() and new.max() <= 1.0 and ref.min() > 1.0:
-        log.info("lp_acc of the new encoders looks like a fraction and the reference's like a percentage: "
-                 "multiplying by 100")
-        return new * 100
+def _as_reference_scale(col: str, new: pd.Series, ref: pd.Series, new_labels, ref_labels, *,
+                        new_what: str, ref_what: str) -> pd.Series:
+    """LP accuracy of the new encoders in the reference's scale. Each side must use one scale
+    (:func:`spatialprobe.stats.lp_acc_scale`: a fraction beside percents is an error naming the rows);
+    a fraction table (``probe`` writes 0.69) against a percent reference (69.1) is multiplied by 100, and
+    the other way round divided, with a log line saying so."""
+    if col != "lp_acc":
+        return new
+    s_new = lp_acc_scale(new, new_labels, what=new_what)
+    s_ref = lp_acc_scale(ref, ref_labels, what=ref_what)
+    if s_new and s_ref and s_new != s_ref:
+        log.info("lp_acc of the new encoders is a %s and the reference's a %s (%s): %s by 100", s_new, s_ref,
+                 LP_SCALE_RULE, "multiplying" if s_new == "fraction" else "dividing")
+        return new * 100 if s_new == "fraction" else new / 100
     return new
+
+
+def _finite_values(values: pd.Series, labels: pd.Series, col: str, what: str) -> tuple[pd.Series, list[str]]:
+    """``values`` with NaN and ±inf masked out, and one sentence per kind naming the rows left out."""
+    arr = values.to_numpy(float)
+    notes = []
+    for kind, mask in (("inf", np.isinf(arr)), ("missing (NaN or empty)", np.isnan(arr))):
+        if mask.any():
+            names = labels[mask].astype(str).tolist()
+            notes.append(f"{what}: {col} is {kind} for {', '.join(names[:10])}"
+                         f"{f' (+{len(names) - 10} more)' if len(names) > 10 else ''}: left out")
+    return values.where(np.isfinite(arr)), notes
 
 
 def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Path | None = None,
@@ -360,7 +405,14 @@ def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Pat
         proto_new["radii"] = "|".join(sorted({r for r in (_radii_of(row) for _, row in new.iterrows()) if r})) or None
     else:
         new, proto_new, source = load_new(cfg.table)
+    new_what = source.get("table") or f"{source.get('folder')}/{source.get('file')}"
+    if new.empty:
+        raise DataError(f"The new-encoder input {new_what!r} has no rows (a header only?): nothing to predict. "
+                        "Pass a table with one row per encoder.")
     ref, proto_ref, ref_source = load_reference(cfg.reference)
+    ref_what = f"reference {cfg.reference!r}"
+    if ref.empty:
+        raise DataError(f"The {ref_what} has no rows (a header only?); pass a table of reference points.")
     if cfg.y not in ref.columns:
         raise ColumnError(f"Reference {cfg.reference!r} has no {cfg.y!r} column (columns: {', '.join(map(str, ref.columns))}).")
     missing_ref = [c for c in cfg.x if c not in ref.columns]
@@ -374,15 +426,26 @@ def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Pat
     if skipped:
         log.info("the new encoders have no %s: no prediction from %s", ", ".join(skipped),
                  "it" if len(skipped) == 1 else "them")
-    rows, fits = [], []
-    yref_all = pd.to_numeric(ref[cfg.y], errors="coerce")
+    rows, fits, dropped = [], [], []
+    ref_id = next((c for c in ("point_id", "encoder", "id") if c in ref.columns), None)
+    ref_labels = (f"{ref_id} " + ref[ref_id].astype(str)) if ref_id else ("row " + ref.index.astype(str).to_series(index=ref.index))
+    new_labels = "encoder " + new["encoder"].astype(str)
+    yref_all, why = _finite_values(numeric_column(ref, cfg.y, what=ref_what, labels=ref_labels), ref_labels, cfg.y, ref_what)
+    dropped += why
     for k, col in enumerate(xs):
-        xr = pd.to_numeric(ref[col], errors="coerce")
+        xr, why = _finite_values(numeric_column(ref, col, what=ref_what, labels=ref_labels), ref_labels, col, ref_what)
+        dropped += why
         ok = xr.notna() & yref_all.notna()
         xv, yv = xr[ok].to_numpy(float), yref_all[ok].to_numpy(float)
+        if len(xv) < 3:
+            raise DataError(f"The {ref_what} has {len(xv)} row(s) with finite {col} and {cfg.y}; a prediction "
+                            "interval needs at least 3.")
         fit = ols_fit(xv, yv)
         fits.append({"x": col, **{k2: fit[k2] for k2 in ("n", "slope", "intercept", "s", "r")}})
-        vals = _as_reference_scale(col, pd.to_numeric(new[col], errors="coerce"), xr)
+        raw, why = _finite_values(numeric_column(new, col, what=repr(new_what), labels=new_labels),
+                                  new_labels, col, repr(new_what))
+        dropped += why
+        vals = _as_reference_scale(col, raw, xr, new_labels, ref_labels, new_what=repr(new_what), ref_what=ref_what)
         have = vals.notna()
         if not have.any():
             continue
@@ -398,19 +461,24 @@ def predict(table: pd.DataFrame | str | Path | None = None, *, config: str | Pat
             if outside[j]:
                 log.info("%s: %s = %.4g lies outside the reference range [%.4g, %.4g] (extrapolation)",
                          enc, col, x0[j], xv.min(), xv.max())
+    for d in dropped:
+        log.warning("%s", d)
     pred = pd.DataFrame(rows, columns=list(COLUMNS) + list(EXTRA_COLUMNS))
+    if pred.empty:
+        raise DataError(f"No prediction: {new_what!r} has no finite value of {', '.join(xs)}"
+                        f"{' (' + '; '.join(dropped) + ')' if dropped else ''}. Fill in the properties.")
     caveats = protocol_caveats(proto_new, proto_ref, relevant_fields(pred["x"].unique()))
     if caveats:
         log.warning("the new encoders' protocol differs from the reference's or is unrecorded (%s): the x-axes "
                     "may not be comparable", ", ".join(c.split(":")[0].split(" ")[0] for c in caveats))
     result = PredictResult(predictions=pred, caveats=caveats, protocol_new=proto_new,
-                           protocol_reference=proto_ref, fits=pd.DataFrame(fits))
+                           protocol_reference=proto_ref, fits=pd.DataFrame(fits), dropped=dropped)
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         pred.to_csv(out / PREDICTIONS_CSV, index=False)
         extra: dict[str, Any] = {"input": source, "reference_input": ref_source, "protocol_new": proto_new,
-                                 "protocol_reference": proto_ref, "caveats": caveats,
+                                 "protocol_reference": proto_ref, "caveats": caveats, "dropped": dropped,
                                  "fits": result.fits.to_dict(orient="records")}
         if cfg.figure:
             from .figures import prediction_panel

@@ -20,6 +20,9 @@ def _print_table(df) -> None:
         cols += ["control", "partial_r"]
     show = df[cols].copy()
     typer.echo(show.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    for _, r in df.iterrows():  # below MIN_N_FOR_CI the CI and p columns are "-": say why
+        if isinstance(r.get("note"), str) and r["note"]:
+            typer.echo(f"note: {r['x']} vs {r['y']}: r = {r['pearson_r']:.3f}, {r['note']}")
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:

@@ -64,6 +64,8 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         show = p[["encoder", "x", "value", "pred_gfid", "pi_low", "pi_high", "boot_low", "boot_high", "rank"]]
         typer.echo(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         typer.echo(f"(rank r = the predicted gFID would be r-th best among the {n_ref} reference encoders)")
+        for d in res.dropped:
+            typer.echo(f"note: {d}")
         if res.caveats:
             typer.echo("\ncaveat: the protocol differs from the reference's or was not recorded, so the x-axes "
                        "may not be comparable:")

@@ -269,11 +269,20 @@ def _weights_desc(model: InceptionFeatures) -> dict[str, Any]:
             "weights_id": model.weights_id}
 
 
+#: the time stamp of every member of a written reference: a fixed one, so that the file's sha256 depends
+#: on its statistics only (two builds of the same images give the same bytes)
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _member(key: str) -> zipfile.ZipInfo:
+    return zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
+
+
 class _NpyStreamWriter:
     """Write one ``.npy`` member of a zip incrementally (the array shape must be known up front)."""
 
     def __init__(self, zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], dtype: Any) -> None:
-        self.fh = zf.open(f"{key}.npy", "w", force_zip64=True)
+        self.fh = zf.open(_member(key), "w", force_zip64=True)
         np.lib.format.write_array_header_2_0(
             self.fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
         self.left = int(np.prod(shape[:1]))
@@ -289,7 +298,7 @@ class _NpyStreamWriter:
 
 
 def _put(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
-    with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
+    with zf.open(_member(key), "w", force_zip64=True) as fh:
         np.lib.format.write_array(fh, np.asarray(arr), allow_pickle=False)
 
 
@@ -310,7 +319,8 @@ def build_reference(images: Any, out: str | os.PathLike, *, config: str | os.Pat
         config / overrides: :class:`FidConfig` options (``batch_size``, ``device``, ``inception_weights``, …).
 
     Returns:
-        The meta record written into the file (also has ``path`` and ``sha256``).
+        The meta record written into the file (also has ``path``, ``sha256`` and the build's ``seconds``,
+        which stay out of the file so that its sha256 identifies its statistics).
     """
     cfg = resolve(FidConfig, config, **overrides)
     from ..checks import prepare_out_file
@@ -369,11 +379,10 @@ def build_reference(images: Any, out: str | os.PathLike, *, config: str | os.Pat
                     "pr_images": int(k), "image_size": list(fp.size or ()), "images": imgs.describe(),
                     "inception": _weights_desc(model), "fd_encoder": getattr(encoder, "name", None) if encoder else None,
                     "fd_pool": cfg.fd_pool if encoder else None,
-                    "fd_encoder_weights_id": getattr(encoder, "weights_id", None) if encoder else None,
-                    "seconds": round(time.time() - t0, 2)}
-            _put(zf, _META_KEY, np.array(json.dumps(meta)))
+                    "fd_encoder_weights_id": getattr(encoder, "weights_id", None) if encoder else None}
+            _put(zf, _META_KEY, np.array(json.dumps(meta)))  # no build time in it: the sha256 names the statistics
     log.info("wrote reference %s: %d images, %d kept in arr_0", out, fp.n, k)
-    return {**meta, "path": str(out), "sha256": sha256_file(out)}
+    return {**meta, "path": str(out), "sha256": sha256_file(out), "seconds": round(time.time() - t0, 2)}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -166,10 +166,20 @@ class SourceImages:
             d.update(self.source.describe())
         return d
 
+    def _load(self, i: int) -> np.ndarray:
+        """Image ``i`` as HWC uint8 (for stacking); an undecodable file is an error naming it."""
+        from ..data.preprocess import BadImageError
+
+        try:
+            return self.source.load(i).permute(1, 2, 0).numpy()
+        except BadImageError as exc:
+            files = getattr(self.source, "files", None)
+            where = repr(str(files[i])) if files is not None else f"{exc.image_id!r} of {getattr(self.source, 'spec', '?')!r}"
+            raise DataError(f"Reference image {where} could not be decoded ({exc.reason}); replace or remove it.") from None
+
     def iter_batches(self, batch_size: int, limit: int | None = None) -> Iterator[torch.Tensor]:
         n = len(self) if limit is None else min(limit, len(self))
-        load = lambda i: self.source.load(i).permute(1, 2, 0).numpy()  # noqa: E731 - HWC for stacking
-        yield from _batches_of_equal_size(_prefetch(load, list(range(n))), batch_size, repr(self.source))
+        yield from _batches_of_equal_size(_prefetch(self._load, list(range(n))), batch_size, repr(self.source))
 
 
 class TensorImages:

@@ -143,11 +143,18 @@ class _Source:
         if suffix not in FILE_SUFFIXES:
             raise InputFileError(f"Features {str(p)!r}: unknown file type {suffix!r}; use a feature store folder or "
                                  f"{', '.join(FILE_SUFFIXES)} holding ids and patch [N,T,D].")
+        if p.stat().st_size == 0:
+            raise DataError(f"Features {str(p)!r} are an empty (0-byte) file, e.g. an interrupted copy; write or "
+                            "extract them again.")
         meta: dict[str, Any] = {}
         if suffix == ".safetensors":
             from safetensors import safe_open
 
-            self._fh = safe_open(str(p), framework="pt")
+            try:
+                self._fh = safe_open(str(p), framework="pt")
+            except Exception as exc:  # noqa: BLE001 - a broken header is the user's file
+                raise DataError(f"Features {str(p)!r} could not be read as safetensors ({type(exc).__name__}: "
+                                f"{str(exc)[:160]}); write them again.") from None
             keys = list(self._fh.keys())
             meta = dict(self._fh.metadata() or {})
             key = next((k for k in TOKEN_KEYS if k in keys), None)
@@ -162,11 +169,19 @@ class _Source:
             if suffix == ".npz":
                 import numpy as np
 
-                with np.load(p, allow_pickle=False) as z:
-                    data = {k: z[k] for k in z.files}
+                try:  # an empty, truncated or pickled file is the user's input problem, not a crash
+                    with np.load(p, allow_pickle=False) as z:
+                        data = {k: z[k] for k in z.files}
+                except (OSError, ValueError, EOFError) as exc:
+                    raise DataError(f"Features {str(p)!r} could not be read as an .npz without pickles "
+                                    f"({type(exc).__name__}: {str(exc)[:160] or 'empty file'}); save ids, patch [N,T,D] "
+                                    "and grid with numpy.savez.") from None
                 key = next((k for k in TOKEN_KEYS if k in data), None)
                 if key is None:
                     raise DataError(f"{str(p)!r} has no token array ({' / '.join(TOKEN_KEYS)}); it has {list(data)}.")
+                if data[key].dtype.kind not in "fiu":
+                    raise DataError(f"Features {str(p)!r}: {key!r} holds {data[key].dtype} values, not numbers; "
+                                    "save the tokens as a float array [N, T, D].")
                 tokens = torch.from_numpy(data[key])
             else:
                 try:
@@ -190,6 +205,9 @@ class _Source:
                 grid = grid.tolist()
         if len(shape) != 3:
             raise DataError(f"{str(p)!r}: tokens must be [N, T, D]; got shape {shape}.")
+        if shape[0] == 0:
+            raise DataError(f"Features {str(p)!r} hold no images (tokens of shape {shape}); pass a file with at "
+                            "least one image's tokens.")
         if ids is None:
             raise DataError(f"{str(p)!r} has no image ids; add 'ids' (a list of strings; for safetensors a JSON "
                             "list in the metadata) so results and masks join by id, never by position.")

@@ -94,6 +94,9 @@ class Collection(CollectionLayout):
         path = self.data / "features" / f"{encoder}.pt"
         if not path.is_file():
             self.select([encoder])
+        if path.stat().st_size == 0:
+            raise DataError(f"Features {str(path)!r} are an empty (0-byte) file, e.g. an interrupted download; "
+                            f"download data/features/{encoder}.pt again (or remove it to skip {encoder}).")
         try:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -102,9 +105,10 @@ class Collection(CollectionLayout):
                     raise
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any load error is the file's problem
+            first = (str(exc).strip().splitlines() or [""])[0][:200]  # some load errors have no message
             raise DataError(f"Features {str(path)!r} could not be loaded safely with torch.load(weights_only=True) "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); the official layout holds one "
-                            "tensor [N, 256, D] per encoder.") from None
+                            f"({type(exc).__name__}{': ' + first if first else ''}); the official layout holds one "
+                            "tensor [N, 256, D] per encoder: download the file again.") from None
         if not isinstance(obj, torch.Tensor):
             raise DataError(f"Features {str(path)!r} hold a {type(obj).__name__}, not a tensor; the official layout "
                             "holds one tensor [N, 256, D] per encoder (row i = image i).")
@@ -139,17 +143,39 @@ class Collection(CollectionLayout):
         cache = self.__dict__.setdefault("_mask_cache", {})
         if key not in cache:
             ids = list(self.mask_files)
-            cache[key] = (ids, torch.stack([patch_mask(read_mask(self.mask_files[i]), grid, rule=rule)
-                                            for i in ids]))
+            cache[key] = (ids, torch.stack([patch_mask(self.square_mask(i), grid, rule=rule) for i in ids]))
         ids, m = cache[key]
         if lexicographic:
             order = sorted(range(len(ids)), key=lambda k: self.mask_files[ids[k]].name)
             return [ids[k] for k in order], m[order]
         return list(ids), m
 
+    def square_mask(self, image_id: str) -> torch.Tensor:
+        """Mask ``<image_id>.png`` as a bool tensor; the collection's masks are of its square images, so a
+        non-square one is a :class:`DataError` (it would be cropped or stretched onto another image's
+        pixels, as the non-official path refuses a mask whose shape does not match its image)."""
+        path = self.mask_files[image_id]
+        m = read_mask(path)
+        h, w = int(m.shape[0]), int(m.shape[1])
+        if h != w:
+            size = ""
+            img = self.image_files.get(image_id) if (self.data / "images").is_dir() else None
+            if img is not None:
+                from PIL import Image
+
+                with Image.open(img) as im:
+                    size = f" (its image {img.name} is {im.size[0]}x{im.size[1]})"
+            raise DataError(f"Official mask {str(path)!r} is {w}x{h} pixels, not square{size}: the collection's "
+                            "masks are the masks of its square images (256x256), row i of the features = image i "
+                            "= mask i. Replace it with the square mask of that image (e.g. re-download data/masks).")
+        return m
+
     # -- stats
+    def lp_acc_path(self, encoder: str):
+        return self.data / "stats" / "lp" / f"{encoder}-none-mean" / "metrics.json"
+
     def lp_acc(self, encoder: str) -> float:
-        path = self.data / "stats" / "lp" / f"{encoder}-none-mean" / "metrics.json"
+        path = self.lp_acc_path(encoder)
         if not path.is_file():
             raise InputFileError(f"LP accuracy of {encoder!r} is missing: {str(path)!r} does not exist.")
         try:
@@ -173,4 +199,9 @@ class Collection(CollectionLayout):
         if row.empty:
             raise DataError(f"{str(path)!r} has no row at Steps == {steps} (it has {', '.join(map(str, df['Steps']))}); "
                             "pick one with --steps.")
-        return float(row["FID"].iloc[0])
+        value = row["FID"].iloc[0]
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{str(path)!r}: FID at Steps == {steps} is {value!r}, not a number; fix or re-download "
+                            "the file.") from None

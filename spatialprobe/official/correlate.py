@@ -27,6 +27,7 @@ from ..metrics.masks import min_patches
 from ..metrics.spatial import aggregate
 from ..reference import encoder_families, family_of
 from ..schema import CONFIG_JSON, OFFICIAL_TABLE_CSV, SPATIAL_METRICS
+from ..stats import lp_acc_scale
 from .collection import CORRECTED_XL, MODELS, PROPERTIES, Collection, fid_file_name
 from .metrics import encoder_metrics
 
@@ -81,6 +82,9 @@ def collection_table(cfg: OfficialConfig, *, join: str = "id", collection: Colle
             rec["n_images"] = len(res["ids"])
         rows.append(rec)
     df = pd.DataFrame(rows)
+    if "lp_acc" in df.columns:  # one best_val_acc stored as 0.717 among percents would be read as 0.7 %
+        lp_acc_scale(df["lp_acc"], [f"{e} ({col.lp_acc_path(e).relative_to(col.data)})" for e in df["encoder"]],
+                     column="best_val_acc", what=f"the official collection {str(col.root)!r}")
     if join == "id" and cfg.model == "sit-xl-2" and not cfg.corrected_fid_names and "spatialpe-vit-l" in encs:
         log.warning("spatialpe-vit-l is scored with LangPE-L's FID file, as in the official script "
                     "(irepa-spec §9.5); corrected_fid_names=True reads %s", CORRECTED_XL["spatialpe-vit-l"])

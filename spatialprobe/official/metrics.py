@@ -66,6 +66,7 @@ def encoder_metrics(col: Collection, encoder: str, *, settings: list[dict[str, i
     if not rows:
         raise DataError(f"No image of the official collection passes the >= {min_fraction:.0%} FG and BG patch "
                         "filter; check data/masks.")
+    _check_finite(col, encoder, x, rows, chunk_size)
     acc: list[list[dict[str, torch.Tensor]]] = [[] for _ in settings]
     dev = torch.device(device)
     for a in range(0, len(rows), chunk_size):
@@ -77,6 +78,20 @@ def encoder_metrics(col: Collection, encoder: str, *, settings: list[dict[str, i
             store.append({k: v.cpu() for k, v in o.items()})
     per = [{k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} for chunks in acc]
     return {"ids": kept_ids, "rows": rows, "grid": grid, "per_setting": per}
+
+
+def _check_finite(col: Collection, encoder: str, x: torch.Tensor, rows: list[int], chunk_size: int) -> None:
+    """Non-finite tokens in the rows used are an error naming the file and the image ids (row i = image i)."""
+    bad: list[int] = []
+    for a in range(0, len(rows), chunk_size):
+        r = rows[a:a + chunk_size]
+        finite = torch.isfinite(x[r].reshape(len(r), -1)).all(1)
+        bad += [row for row, ok in zip(r, finite.tolist()) if not ok]
+    if bad:
+        raise DataError(f"Features {str(col.data / 'features' / f'{encoder}.pt')!r}: the tokens of image id(s) "
+                        f"{', '.join(map(str, bad[:10]))}{f' (+{len(bad) - 10} more)' if len(bad) > 10 else ''} "
+                        "(row i = image i) are non-finite (NaN or inf). The file is broken, not the metric: "
+                        "download it again.")
 
 
 def official_metrics(cfg: MetricsConfig) -> MetricsResult:

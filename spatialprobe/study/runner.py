@@ -3,7 +3,6 @@ results table and the correlations."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time

@@ -377,7 +377,6 @@ def _check_disk_budget(cfg: TrainConfig, out: Path, model_args: dict[str, Any], 
     """Estimate the disk the run needs (checkpoints at their peak, a latent cache still to write), log it,
     and refuse before any training when the output filesystem lacks the space."""
     from .budget import check_disk, latent_cache_bytes, run_disk_estimate
-    from .checkpoint import checkpoint_files
     from .vae import latent_cache_dir
 
     existing = checkpoint_files(out)
