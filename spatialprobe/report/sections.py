@@ -698,8 +698,8 @@ def robustness(ctx: Context):
             inf = influence(pts, r["x"], r["y"], id_col) if pts is not None and {r["x"], r["y"]} <= set(pts.columns) \
                 else {"most_influential": None, "r_without_it": np.nan}
             rows.append({"x": r["x"], "y": r["y"], "n": r["n"], "pearson_r": r["pearson_r"],
-                         "ci": f"[{r['pearson_ci_low']:.2f}, {r['pearson_ci_high']:.2f}]",
-                         "loo": f"[{r['loo_min']:.2f}, {r['loo_max']:.2f}]",
+                         "ci": MISSING if pd.isna(r["pearson_ci_low"]) else f"[{r['pearson_ci_low']:.2f}, {r['pearson_ci_high']:.2f}]",
+                         "loo": MISSING if pd.isna(r["loo_min"]) else f"[{r['loo_min']:.2f}, {r['loo_max']:.2f}]",
                          "lofo": "-" if pd.isna(r.get("lofo_min")) else f"[{r['lofo_min']:.2f}, {r['lofo_max']:.2f}]",
                          **inf})
     tab = pd.DataFrame(rows)
