@@ -69,12 +69,13 @@ def temp_name(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on a clean exit it is fsynced and renamed over
     ``path`` (then the folder is fsynced), on an error it is removed. For writers that take a file name
-    (``torch.save``, ``safetensors.save_file``, ``zipfile``, ``shutil.copy2``)."""
+    (``torch.save``, ``safetensors.save_file``, ``zipfile``, ``shutil.copy2``). ``tmp`` names the temporary
+    file where a caller cleans up its own leftovers by name (default: :func:`temp_name`)."""
     path = Path(path)
-    tmp = temp_name(path)
+    tmp = temp_name(path) if tmp is None else Path(tmp)
     try:
         yield tmp
         with builtins.open(tmp, "rb") as fh:

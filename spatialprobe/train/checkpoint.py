@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import pickle
 import time
 import zipfile
@@ -25,6 +24,7 @@ import torch
 
 from ..checks import writing
 from ..errors import InputFileError, OutputError
+from ..io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,6 @@ def newest_intact_checkpoint(out: str | Path, map_location: str | torch.device =
     return None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_back(path: Path, step: int) -> str:
     """Why the checkpoint file at ``path`` is not an intact checkpoint of ``step`` ('' when it is)."""
     try:
@@ -133,26 +125,21 @@ def _read_back(path: Path, step: int) -> str:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file, flushed to disk, loaded back (memory-mapped)
-    to check that it holds the checkpoint keys and the step, then renamed into place.
+    """Write ``state`` to ``path`` atomically through :func:`spatialprobe.io.atomic_path`: a temporary file,
+    loaded back (memory-mapped) to check that it holds the checkpoint keys and the step, then flushed to disk
+    and renamed into place.
 
     A failed write (full disk, a kill) leaves no partial file at ``path`` and never touches the other
     checkpoints; a write that does not read back raises :class:`~spatialprobe.errors.OutputError`."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with writing(path, tmp, what="checkpoint"):
+    tmp = path.with_suffix(path.suffix + ".tmp")  # named, so retention can remove a killed write's leftover
+    with writing(path, tmp, what="checkpoint"), atomic_path(path, tmp):
         torch.save(state, tmp)
-        _fsync(tmp)
         if "step" in state:
             why = _read_back(tmp, int(state["step"]))
-            if why:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            if why:  # atomic_path removes the temporary file
                 raise OutputError(f"checkpoint: {str(path)!r} did not read back after writing ({why}); the "
                                   "previous checkpoints are kept. Check the disk, or choose another --out.")
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # make the rename durable (not every filesystem allows it)
-            _fsync(path.parent)
     return path
 
 
