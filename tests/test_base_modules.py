@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import spatialprobe.io as sp_io
+import spatialprobe.config as sp_config
 from spatialprobe import runtime, schema, tokens
 from spatialprobe.errors import ConfigError, DataError, InputFileError, StoreError
 
@@ -147,12 +148,13 @@ def test_sha256_of_a_missing_file_raises(tmp_path, counted_reads):
 
 
 def test_weights_checksum_uses_the_one_cache(tmp_path, counted_reads):
-    from spatialprobe.config import sha256_file
     from spatialprobe.encoders.weights import sha256 as weights_sha256
 
     f = tmp_path / "ckpt.safetensors"
     f.write_bytes(b"\0" * 100)
-    assert weights_sha256 is sp_io.sha256 and sha256_file is sp_io.sha256_file
+    # config is imported at the top of this module, before the fixture patches io.sha256_file
+    assert weights_sha256 is sp_io.sha256 and (sp_config.sha256_file.__module__, sp_config.sha256_file.__name__) \
+        == ("spatialprobe.io", "sha256_file")
     assert weights_sha256(f) == weights_sha256(f) and counted_reads == ["ckpt.safetensors"]
 
 
