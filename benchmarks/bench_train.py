@@ -161,7 +161,7 @@ class Step:
 
     def __init__(self, model: str, method: str, teacher, *, batch: int, device: torch.device, compile_: bool,
                  img_res: int) -> None:
-        from spatialprobe.train import presets
+        from spatialprobe.train import pixelrepa, presets
         from spatialprobe.train.models import build, family
 
         self.fam = family(model)
@@ -169,13 +169,19 @@ class Step:
         self.pre = pre
         self.teachers = [teacher] if pre.align else []
         extra = {"encoder_depth": 4} if model in ("sit-b/2", "jit-b/16") else {}
-        kw = dict(num_classes=1000, z_dims=[t.embed_dim for t in self.teachers], projector=pre.projector,
-                  kernel_size=pre.kernel_size, **extra)
+        self.method = method
+        if method == pixelrepa.METHOD:  # no projector: the masked adapter aligns instead
+            kw = dict(num_classes=1000, z_dims=[], mask_token=True, **extra)
+        else:
+            kw = dict(num_classes=1000, z_dims=[t.embed_dim for t in self.teachers], projector=pre.projector,
+                      kernel_size=pre.kernel_size, **extra)
         self.model = build(model, **kw).to(device)
         self.ema = build(model, **kw).to(device).requires_grad_(False)
-        self.net = torch.compile(self.model) if compile_ else self.model
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        run = types.SimpleNamespace(method=method, adapter_depth=pre.adapter_depth, mask_ratio=pre.mask_ratio)
+        trainee, self.adapter = pixelrepa.attach(self.model, run, self.teachers)
+        self.net = torch.compile(trainee) if compile_ else trainee
+        self.opt = torch.optim.AdamW(trainee.parameters(), lr=1e-4)
+        self.params = [p for p in trainee.parameters() if p.requires_grad]
         self.ac = torch.bfloat16 if device.type == "cuda" else None
         side, ch = self.model.cfg.input_size, self.model.cfg.in_channels
         gen = torch.Generator().manual_seed(0)
@@ -193,7 +199,7 @@ class Step:
         out = step_losses(self.net, self.fam, self.x, self.y, teachers=self.teachers, teacher_images=self.imgs,
                           grid=self.model.grid, spnorm=pre.spnorm, gamma=pre.gamma, proj_coeff=pre.proj_coeff,
                           generator=step_generator(0, self.s, 0, self.device), null_class=1000,
-                          label_dropout=0.1, autocast_dtype=self.ac)
+                          label_dropout=0.1, autocast_dtype=self.ac, method=self.method)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -209,11 +215,15 @@ def _projector_pass(st: Step):
     the student besides the teacher)."""
     m = st.model
     z = torch.randn(st.x.shape[0], m.grid[0] * m.grid[1], m.cfg.hidden, device=st.x.device, requires_grad=True)
+    t = torch.rand(st.x.shape[0], device=st.x.device)
 
     def run():
         ctx = torch.autocast(z.device.type, dtype=st.ac) if st.ac else contextlib.nullcontext()
         with ctx:
-            loss = sum(p(z).float().square().mean() for p in m.projectors)
+            if st.adapter is not None:  # PixelREPA: the masked transformer adapter takes the projector's place
+                loss = st.adapter(z, t, st.y).float().square().mean()
+            else:
+                loss = sum(p(z).float().square().mean() for p in m.projectors)
         loss.backward()
 
     return run
@@ -274,6 +284,8 @@ def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, 
             rows.append({"model": model, "what": f"{m} step", "s": None, "batch": batch, "syncs": None,
                          "note": f"skipped: no '{m}' training method in this version"})
             continue
+        if m == "pixelrepa" and not model.startswith("jit"):
+            continue  # a pixel-space (JiT) method only
         st = Step(model, m, teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)
         sec = seconds_per_call(st, **timing)
         n, where = syncs_per_call(st)
