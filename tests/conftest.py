@@ -1,3 +1,4 @@
+import logging
 import os
 
 import pytest
@@ -23,3 +24,14 @@ def smoke(tmp_path_factory):
     res = CliRunner().invoke(app, ["study", "run", "mini", "--smoke", "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture
+def fresh_log_handler():
+    """The CLI binds its log handler to the stderr of the first invocation; give each test its own
+    (files that read the CLI's log lines use it for every test: ``pytestmark = usefixtures(...)``)."""
+    logger = logging.getLogger("spatialprobe")
+    saved = list(logger.handlers)
+    logger.handlers.clear()
+    yield
+    logger.handlers[:] = saved

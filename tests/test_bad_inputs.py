@@ -22,14 +22,7 @@ runner = CliRunner()
 HAS_CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """The CLI binds its log handler to the stderr of the first invocation; give each test its own."""
-    logger = logging.getLogger("spatialprobe")
-    saved = list(logger.handlers)
-    logger.handlers.clear()
-    yield
-    logger.handlers[:] = saved
+pytestmark = pytest.mark.usefixtures("fresh_log_handler")
 
 
 @pytest.fixture(scope="module")

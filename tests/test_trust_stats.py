@@ -22,17 +22,9 @@ from typer.testing import CliRunner
 
 from spatialprobe import reference
 from spatialprobe.cli import app
-from spatialprobe.errors import ColumnError, DataError
 from spatialprobe.stats import MIN_N_FOR_CI, SMALL_N_NOTE, correlation_table
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """The CLI binds its log handler to the stderr of the first invocation; give each test its own."""
-    logger = logging.getLogger("spatialprobe")
-    saved = list(logger.handlers)
-    logger.handlers.clear()
-    yield
-    logger.handlers[:] = saved
+pytestmark = pytest.mark.usefixtures("fresh_log_handler")
 
 
 class _Runner:
