@@ -197,19 +197,13 @@ def correlation_panel(df: pd.DataFrame, xs: list[str], y: str, stats: pd.DataFra
         seen: set = set()
         unknown = False
         for ax, xname in zip(axes[0], xs):
-            xv, yv, ok = _family_scatter(ax, df, xname, y, fam, colours, s=28)
-            seen.update(f for f in fam[ok] if _known(f))
-            unknown |= any(not _known(f) for f in fam[ok])
-            _fit_line(ax, xv, yv)
-            row = stats[(stats["x"] == xname) & (stats["y"] == y)]
-            if len(row):
-                r = row.iloc[0]
+            r, known, unk = _correlation_axis(ax, df, xname, y, fam, colours, stats, s=28, jobs=jobs,
+                                              label_col=label_col, labels=labels)
+            seen |= known
+            unknown |= unk
+            if r is not None:
                 ax.set_title(f"{describe_r(r, sep=chr(10) if int(r.n) < _MIN_N_FOR_CI else '  ')}\n"
                              f"ρ = {r.spearman_rho:.2f}, n = {int(r.n)}")
-            ax.set_xlabel(AXIS_LABELS.get(xname, xname))
-            lab = _point_labels(df, label_col, ok) if labels else None
-            if lab:
-                jobs.append((ax, _texts(ax, xv, yv, lab), xv, yv))
         axes[0][0].set_ylabel(AXIS_LABELS.get(y, y))
         handles = _legend_handles(colours, seen, unknown)
         if handles:
@@ -220,6 +214,22 @@ def correlation_panel(df: pd.DataFrame, xs: list[str], y: str, stats: pd.DataFra
             fig.tight_layout()
         _place_labels(jobs)
         return _save(fig, out, formats)
+
+
+def _correlation_axis(ax, df: pd.DataFrame, xname: str, y: str, fam: pd.Series, colours: dict,
+                      stats: pd.DataFrame, *, s: int, jobs: list, label_col: str | None, labels: bool):
+    """One x-vs-y axis of a correlation figure: the family-coloured points, the fit line, the x label and
+    (with ``labels``) the point labels queued in ``jobs`` for placement. Returns the axis' correlation
+    row (or None), the known families drawn and whether an unidentified point was drawn."""
+    xv, yv, ok = _family_scatter(ax, df, xname, y, fam, colours, s=s)
+    _fit_line(ax, xv, yv)
+    ax.set_xlabel(AXIS_LABELS.get(xname, xname))
+    lab = _point_labels(df, label_col, ok) if labels else None
+    if lab:
+        jobs.append((ax, _texts(ax, xv, yv, lab), xv, yv))
+    row = stats[(stats["x"] == xname) & (stats["y"] == y)]
+    known = {f for f in fam[ok] if _known(f)}
+    return (row.iloc[0] if len(row) else None), known, any(not _known(f) for f in fam[ok])
 
 
 def _families(df: pd.DataFrame, family_col: str | None) -> tuple[pd.Series, dict]:
@@ -355,21 +365,15 @@ def correlation_grid(tables: dict[str, pd.DataFrame], xs: list[str], stats: dict
                 if xname not in df.columns or y not in df.columns:
                     ax.set_axis_off()
                     continue
-                xv, yv, ok = _family_scatter(ax, df, xname, y, fam, colours, s=24)
-                seen.update(f for f in fam[ok] if _known(f))
-                unknown |= any(not _known(f) for f in fam[ok])
-                _fit_line(ax, xv, yv)
-                row = st[(st["x"] == xname) & (st["y"] == y)]
-                if len(row):
-                    r = row.iloc[0]
+                r, known, unk = _correlation_axis(ax, df, xname, y, fam, colours, st, s=24, jobs=jobs,
+                                                  label_col=label_col, labels=labels)
+                seen |= known
+                unknown |= unk
+                if r is not None:
                     ax.set_title(describe_r(r, sep="\n" if int(r.n) < _MIN_N_FOR_CI else "  ")
                                  + f"{chr(10) if int(r.n) < _MIN_N_FOR_CI else ', '}n = {int(r.n)}")
-                ax.set_xlabel(AXIS_LABELS.get(xname, xname))
                 if j == 0:
                     ax.set_ylabel(AXIS_LABELS.get(y, y))
-                lab = _point_labels(df, label_col, ok) if labels else None
-                if lab:
-                    jobs.append((ax, _texts(ax, xv, yv, lab), xv, yv))
         handles = _legend_handles(colours, seen, unknown)
         if handles:
             fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), bbox_to_anchor=(0.5, 0.0))
