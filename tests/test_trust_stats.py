@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from spatialprobe import reference
 from spatialprobe.cli import app
 from spatialprobe.stats import MIN_N_FOR_CI, SMALL_N_NOTE, correlation_table
+from test_bad_inputs import assert_clean_error  # the one definition of "one clean error line"
 
 pytestmark = pytest.mark.usefixtures("fresh_log_handler")
 
@@ -36,18 +37,6 @@ class _Runner:
 
 
 runner = _Runner()
-
-
-def clean_error(res, *names: str) -> str:
-    """Exit 2, exactly one ``error:`` line naming every one of ``names``, no traceback."""
-    out = res.output + (res.stderr or "")
-    assert res.exit_code == 2, (res.exit_code, out, res.exception)
-    assert "Traceback" not in out, out
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, res.stderr
-    for n in names:
-        assert n.lower() in lines[0].lower(), (n, lines[0])
-    return lines[0]
 
 
 N3 = pd.DataFrame({"encoder": ["a", "b", "c"], "lds": [0.1, 0.2, 0.3], "gfid": [20.0, 15.2, 9.6]})
@@ -111,14 +100,14 @@ def test_correlate_text_cell_names_value_and_row(tmp_path):
     (tmp_path / "t.csv").write_text("encoder,lds,gfid\na,0.1,20\nb,0.3O,15\nc,0.3,10\nd,0.4,8\n")
     res = runner.invoke(app, ["correlate", "--table", str(tmp_path / "t.csv"), "--x", "lds", "--out",
                               str(tmp_path / "o")])
-    clean_error(res, "'0.3O'", "encoder b", "lds", "t.csv")
+    assert_clean_error(res, "'0.3O'", "encoder b", "lds", "t.csv")
 
 
 def test_correlate_header_only_table_names_the_file(tmp_path):
     (tmp_path / "h.csv").write_text("encoder,lds,gfid\n")
     res = runner.invoke(app, ["correlate", "--table", str(tmp_path / "h.csv"), "--x", "lds", "--out",
                               str(tmp_path / "o")])
-    clean_error(res, "h.csv", "no rows")
+    assert_clean_error(res, "h.csv", "no rows")
     assert not (tmp_path / "o" / "correlations.csv").exists()
 
 
@@ -128,14 +117,14 @@ def test_correlate_lp_fraction_among_percents_is_an_error(tmp_path):
     ref.to_csv(tmp_path / "t.csv", index=False)
     res = runner.invoke(app, ["correlate", "--table", str(tmp_path / "t.csv"), "--x", "lp_acc", "--out",
                               str(tmp_path / "o")])
-    clean_error(res, "lp_acc", "fractions", "P03", "percents")
+    assert_clean_error(res, "lp_acc", "fractions", "P03", "percents")
 
 
 def test_correlate_zero_byte_table_is_a_clear_error(tmp_path):
     (tmp_path / "z.csv").write_bytes(b"")
     res = runner.invoke(app, ["correlate", "--table", str(tmp_path / "z.csv"), "--x", "lds", "--out",
                               str(tmp_path / "o")])
-    clean_error(res, "z.csv", "empty (0 bytes)")
+    assert_clean_error(res, "z.csv", "empty (0 bytes)")
 
 
 def test_correlate_drops_and_names_inf():
@@ -175,7 +164,7 @@ def test_predict_empty_or_text_input_is_an_error_not_an_empty_result(tmp_path, b
     (tmp_path / "h.csv").write_text(body)
     res = runner.invoke(app, ["predict", "--table", str(tmp_path / "h.csv"), "--x", "lds", "--n-boot", "500",
                               "--out", str(tmp_path / "o")])
-    clean_error(res, *names)
+    assert_clean_error(res, *names)
     assert not (tmp_path / "o" / "predictions.csv").exists()
     assert not (tmp_path / "o" / "prediction_panel.png").exists()
 
@@ -185,7 +174,7 @@ def test_predict_lp_fraction_among_percents_is_an_error(tmp_path):
     (tmp_path / "n.csv").write_text("encoder,lp_acc\nmine,0.70\nother,69.0\n")
     res = runner.invoke(app, ["predict", "--table", str(tmp_path / "n.csv"), "--x", "lp_acc", "--n-boot", "500",
                               "--out", str(tmp_path / "o")])
-    clean_error(res, "lp_acc", "fractions encoder mine (0.7)", "percents encoder other (69)", "one scale")
+    assert_clean_error(res, "lp_acc", "fractions encoder mine (0.7)", "percents encoder other (69)", "one scale")
 
 
 def test_predict_reference_inf_is_left_out_and_named(tmp_path):
@@ -223,7 +212,7 @@ def test_predict_from_a_study_folder_uses_one_row_per_encoder(tmp_path):
     bad.to_csv(tmp_path / "study" / "results.csv", index=False)
     res = runner.invoke(app, ["predict", "--table", str(tmp_path / "study"), "--x", "lds", "--n-boot", "500",
                               "--no-figure", "--out", str(tmp_path / "o2")])
-    clean_error(res, "results.csv", "sift", "differ")
+    assert_clean_error(res, "results.csv", "sift", "differ")
 
 
 def test_predict_lp_fractions_alone_are_rescaled_to_the_reference():
@@ -292,7 +281,7 @@ def test_official_non_square_mask_is_refused_not_stretched(collection, tmp_path)
     Image.fromarray(m).save(root / "data" / "masks" / "4.png")
     res = runner.invoke(app, ["metrics", "--features", f"official:{root}:mae-vit-l", "--metrics", "srss",
                               "--out", str(tmp_path / "o")])
-    clean_error(res, "4.png", "256x128", "not square", "4.png is 256x256")
+    assert_clean_error(res, "4.png", "256x128", "not square", "4.png is 256x256")
 
 
 def test_official_empty_pt_is_a_clear_error(collection, tmp_path):
@@ -300,9 +289,9 @@ def test_official_empty_pt_is_a_clear_error(collection, tmp_path):
     root = _copy(collection, tmp_path)
     (root / "data" / "features" / "pe-vit-g.pt").write_bytes(b"")
     res = runner.invoke(app, ["metrics", "--features", f"official:{root}:pe-vit-g", "--out", str(tmp_path / "o")])
-    clean_error(res, "pe-vit-g.pt", "empty (0-byte)", "download")
+    assert_clean_error(res, "pe-vit-g.pt", "empty (0-byte)", "download")
     res = runner.invoke(app, ["correlate", "--official", str(root), "--out", str(tmp_path / "o2")])
-    clean_error(res, "pe-vit-g.pt", "empty (0-byte)")
+    assert_clean_error(res, "pe-vit-g.pt", "empty (0-byte)")
 
 
 def test_official_truncated_pt_is_a_clear_error(collection, tmp_path):
@@ -310,7 +299,7 @@ def test_official_truncated_pt_is_a_clear_error(collection, tmp_path):
     p = root / "data" / "features" / "pe-vit-g.pt"
     p.write_bytes(p.read_bytes()[:100])
     res = runner.invoke(app, ["metrics", "--features", f"official:{root}:pe-vit-g", "--out", str(tmp_path / "o")])
-    clean_error(res, "pe-vit-g.pt", "could not be loaded safely", "download the file again")
+    assert_clean_error(res, "pe-vit-g.pt", "could not be loaded safely", "download the file again")
 
 
 def test_official_nan_features_name_file_and_image_ids(collection, tmp_path):
@@ -323,7 +312,7 @@ def test_official_nan_features_name_file_and_image_ids(collection, tmp_path):
     torch.save(x, p)
     res = runner.invoke(app, ["metrics", "--features", f"official:{root}:mae-vit-l", "--chunk-size", "4",
                               "--out", str(tmp_path / "o")])
-    line = clean_error(res, "mae-vit-l.pt", "image id(s) 7, 9", "non-finite")
+    line = assert_clean_error(res, "mae-vit-l.pt", "image id(s) 7, 9", "non-finite")
     assert "batch index" not in line
 
 
@@ -333,7 +322,7 @@ def test_official_lp_fraction_among_percents_is_an_error(collection, tmp_path):
     (root / "data" / "stats" / "lp" / "dinov2-vit-b-none-mean" / "metrics.json").write_text('{"best_val_acc": 0.717}')
     res = runner.invoke(app, ["correlate", "--official", str(root), "--x", "lp_acc", "--n-resamples", "1000",
                               "--out", str(tmp_path / "o")])
-    clean_error(res, "best_val_acc", "dinov2-vit-b", "metrics.json", "0.717", "fractions", "percents")
+    assert_clean_error(res, "best_val_acc", "dinov2-vit-b", "metrics.json", "0.717", "fractions", "percents")
 
 
 def test_official_fid_text_cell_is_a_clear_error(collection, tmp_path):
@@ -344,7 +333,7 @@ def test_official_fid_text_cell_is_a_clear_error(collection, tmp_path):
     (root / "data" / "stats" / "fid" / fid_file_name("pe-vit-g")).write_text("Steps,FID\n100000,3x.2\n")
     res = runner.invoke(app, ["correlate", "--official", str(root), "--x", "lds", "--n-resamples", "1000",
                               "--out", str(tmp_path / "o")])
-    clean_error(res, fid_file_name("pe-vit-g"), "'3x.2'", "not a number")
+    assert_clean_error(res, fid_file_name("pe-vit-g"), "'3x.2'", "not a number")
 
 
 def test_official_relative_path_from_another_folder(collection, tmp_path, monkeypatch):
@@ -374,7 +363,7 @@ def test_metrics_broken_token_files_are_clear_errors(tmp_path, name, make, names
     """Each was a raw traceback, click's bare 'Aborted.' or 'No image ... has a mask in None'."""
     make(tmp_path / name)
     res = runner.invoke(app, ["metrics", "--features", str(tmp_path / name), "--out", str(tmp_path / "o")])
-    clean_error(res, *names)
+    assert_clean_error(res, *names)
 
 
 # ------------------------------------------------------------------------------- fid-ref reproducible
@@ -386,7 +375,7 @@ def test_fid_ref_undecodable_image_names_the_file(tmp_path):
         (tmp_path / "imgs" / f"{n}.png").write_text("not a png")
     res = runner.invoke(app, ["fid-ref", str(tmp_path / "imgs"), "--random-init", "--pr-images", "2",
                               "--resolution", "64", "--no-progress", "--out", str(tmp_path / "r.npz")])
-    clean_error(res, str(tmp_path / "imgs" / "a.png"), "could not be decoded")
+    assert_clean_error(res, str(tmp_path / "imgs" / "a.png"), "could not be decoded")
 
 
 def test_fid_ref_sha256_identifies_the_statistics(tmp_path):
