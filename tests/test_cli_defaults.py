@@ -28,7 +28,7 @@ from spatialprobe.official import OfficialConfig
 from spatialprobe.predict import PredictConfig
 from spatialprobe.probe import ProbeConfig
 from spatialprobe.report.build import ReportConfig
-from spatialprobe.report.similarity import VizConfig
+from spatialprobe.viz import VizConfig
 from spatialprobe.train.checkpoint import default_ckpt_every
 from spatialprobe.train import config as train_config
 from spatialprobe.train.config import JIT_BLR, MODEL_DEFAULTS, SampleConfig, TrainConfig

@@ -9,7 +9,7 @@ import typer
 
 from ._common import cli_errors, config_option, device_option, help_default
 
-CONFIG = "spatialprobe.report.similarity:VizConfig"
+CONFIG = "spatialprobe.viz:VizConfig"
 
 
 def register(app: typer.Typer, ls_app: typer.Typer) -> None:

@@ -80,7 +80,7 @@ def _run_extract(spec, node, work, out, by_name):
     if s["limit"] is not None:
         source = source.subset(s["limit"])
     workers = -1
-    if spec.properties.decode_cache:  # every extraction node reads one decoded copy (see study/images.py)
+    if spec.properties.decode_cache:  # every extraction node reads one decoded copy (see data/cache.py)
         from ..data.cache import DecodedCache
 
         source = DecodedCache(source, out / "cache" / "images")
