@@ -13,7 +13,7 @@ from typing import Any
 from ..checks import check_device, prepare_out_dir
 from ..config import resolve
 from ..errors import ConfigError, InputFileError, OutputError, StoreError
-from ..io import FileLock, atomic_write
+from ..io import LOCK_NAME, FileLock, atomic_write
 from ..schema import CORRELATIONS_CSV, DONE_JSON, PLAN_JSON, RESULTS_CSV, RESULTS_PARQUET, WIDE_CSV
 from .launchers import LAUNCHERS
 from .plan import JOB_KINDS, Node, build_plan, canonical_id, register_defined
@@ -239,7 +239,7 @@ def controller_lock(out: Path) -> FileLock:
     try:
         return FileLock(out).acquire()
     except StoreError:
-        who = read_json(out / ".lock") or {}
+        who = read_json(out / LOCK_NAME) or {}
         raise OutputError(f"{str(out)!r} is being run by pid {who.get('pid', '?')} on host {who.get('host', '?')} "
                           f"(since {who.get('since', '?')}); wait for it to finish (`spatialprobe study status "
                           f"{out}`), or choose another --out.") from None
