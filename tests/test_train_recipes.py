@@ -337,7 +337,7 @@ def test_heun_corrector_guides_by_t_cur():
     calls = []
 
     class Net(nn.Module):
-        def forward(self, x, t, y):
+        def forward(self, x, t, y, project=True):
             calls.append(x.shape[0])
             return torch.zeros_like(x), []
 

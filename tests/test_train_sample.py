@@ -16,7 +16,7 @@ MU, SIGMA = 1.5, 0.5
 class SiTGaussian(torch.nn.Module):
     """Optimal SiT velocity for x0 ~ N(MU, SIGMA²): x_t = (1−t)x0 + tε, v = E[ε − x0 | x_t]."""
 
-    def forward(self, x, t, y):
+    def forward(self, x, t, y, project=True):
         tb = t.view(-1, *[1] * (x.dim() - 1)).double()
         a, b = 1 - tb, tb
         s2 = a ** 2 * SIGMA ** 2 + b ** 2
@@ -29,7 +29,7 @@ class SiTGaussian(torch.nn.Module):
 class JiTGaussian(torch.nn.Module):
     """Optimal JiT x̂ for x ~ N(MU, SIGMA²): z = t·x + (1−t)ε, x̂ = E[x | z]."""
 
-    def forward(self, z, t, y):
+    def forward(self, z, t, y, project=True):
         tb = t.view(-1, *[1] * (z.dim() - 1)).double()
         s2 = tb ** 2 * SIGMA ** 2 + (1 - tb) ** 2
         return (MU + tb * SIGMA ** 2 / s2 * (z.double() - tb * MU)).to(z.dtype), []
@@ -63,7 +63,7 @@ def test_sit_sde_samples_the_data_distribution():
 def test_sit_score_of_the_linear_path():
     # for N(0, 1) data x_t ~ N(0, (1−t)² + t²): score = −x/((1−t)² + t²)
     class Std(torch.nn.Module):
-        def forward(self, x, t, y):
+        def forward(self, x, t, y, project=True):
             tb = t.view(-1, 1)
             s2 = (1 - tb) ** 2 + tb ** 2
             return (tb / s2 - (1 - tb) / s2) * x, []
@@ -92,7 +92,7 @@ def _recorder(kind):
     seen = []
 
     class Net(torch.nn.Module):
-        def forward(self, x, t, y):
+        def forward(self, x, t, y, project=True):
             seen.append((float(t[0]), x.shape[0]))
             return torch.zeros_like(x), []
 
@@ -117,7 +117,7 @@ def test_guidance_interval_uses_each_family_time_convention():
 
 def test_cfg_combines_conditional_and_unconditional():
     class Net(torch.nn.Module):
-        def forward(self, x, t, y):  # conditional velocity 1, unconditional (null = 7) velocity 0
+        def forward(self, x, t, y, project=True):  # conditional velocity 1, unconditional (null = 7) velocity 0
             return (y != 7).double().view(-1, 1).expand_as(x).clone(), []
 
     y = torch.zeros(3, dtype=torch.long)
@@ -148,3 +148,27 @@ def test_sample_command_writes_adm_npz_and_pngs(tmp_path, model, sampler):
     else:  # REPA's generate.py: randint(0, C), seeded by --seed
         assert d["labels"].tolist() == S.random_labels(12, 10, seed=0).tolist()
     assert len(list((out / "png").glob("*.png"))) == 12
+
+
+@pytest.mark.parametrize("name", ["sit-tiny", "jit-tiny"])
+def test_sampling_never_runs_the_alignment_projectors(name):
+    """The REPA projector (an MLP of a few M parameters) is training-only: a sampler's velocity calls skip it,
+    and the prediction equals the training forward's."""
+    from spatialprobe.train.models import build
+
+    torch.manual_seed(0)
+    net = build(name, z_dims=[32, 16], projector="mlp").eval()
+    calls = []
+    for proj in net.projectors:
+        proj.register_forward_hook(lambda *_: calls.append(1))
+    size = net.cfg.input_size
+    x = torch.randn(2, 4 if name == "sit-tiny" else 3, size, size)
+    t, y = torch.full((2,), 0.5), torch.tensor([1, 2])
+    with torch.no_grad():
+        full, zs = net(x, t, y)
+        assert len(zs) == 2 and len(calls) == 2
+        fn = (S.sit_velocity_fn if name == "sit-tiny" else S.jit_velocity_fn)(net, y, null_class=net.null_class)
+        v = fn(x, 0.5)
+    assert len(calls) == 2, "a sampling step ran a projector"
+    expected = full if name == "sit-tiny" else (full - x) / 0.5
+    torch.testing.assert_close(v, expected)

@@ -118,10 +118,11 @@ def sit_velocity_fn(net, y: torch.Tensor, *, null_class: int, cfg: float = 1.0,
     def fn(x: torch.Tensor, t: float, t_guide: float | None = None) -> torch.Tensor:
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
         if cfg != 1.0 and sit_guidance_active(t if t_guide is None else t_guide, interval):
-            v = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null_class)]))[0]
+            v = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null_class)]),
+                    project=False)[0]
             v_c, v_u = v.chunk(2)
             return v_u + cfg * (v_c - v_u)
-        return net(x, tt, y)[0]
+        return net(x, tt, y, project=False)[0]
 
     return fn
 
@@ -133,11 +134,12 @@ def jit_velocity_fn(net, y: torch.Tensor, *, null_class: int, cfg: float = 1.0,
     def fn(z: torch.Tensor, t: float) -> torch.Tensor:
         tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.float32)
         if cfg != 1.0 and jit_guidance_active(t, interval):
-            xh = net(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null_class)]))[0]
+            xh = net(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([y, torch.full_like(y, null_class)]),
+                     project=False)[0]
             x_c, x_u = xh.chunk(2)
             x_hat = x_u + cfg * (x_c - x_u)
         else:
-            x_hat = net(z, tt, y)[0]
+            x_hat = net(z, tt, y, project=False)[0]
         return (x_hat - z) / max(1.0 - t, t_eps)
 
     return fn

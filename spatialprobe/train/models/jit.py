@@ -217,30 +217,32 @@ class JiT(DiffusionBackbone):
         """Blocks before the in-context tokens are prepended (JiT's "encoder"; PixelREPA's alignment point)."""
         return min(self.cfg.in_context_start, self.cfg.depth) if self.cfg.in_context_len else self.cfg.depth
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.forward_decoder(*self.forward_encoder(z, t, y))
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = True
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(x̂, zs)``; ``project=False`` (sampling) skips the alignment projectors and returns ``zs = []``."""
+        return self.forward_decoder(*self.forward_encoder(z, t, y, project=project))
 
-    def forward_encoder(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+    def forward_encoder(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = True):
         """First half of :meth:`forward`: ``(patch tokens after blocks[:split_at], c, y_emb, zs)``.
 
         The tokens are taken before the in-context class tokens are prepended; ``zs`` holds the projector
-        outputs when ``encoder_depth`` falls inside this half.
+        outputs when ``encoder_depth`` falls inside this half (``None`` when ``project`` is off).
         """
         x = self.x_embedder(z) + self.pos_embed.to(z.dtype)
         y_emb = self.y_embedder(y)
         c = self.t_embedder(t) + y_emb
-        zs: list[torch.Tensor] = []
+        zs: list[torch.Tensor] | None = [] if project else None
         return self._blocks(x, c, y_emb, 0, self.split_at, zs), c, y_emb, zs
 
-    def forward_decoder(self, x: torch.Tensor, c: torch.Tensor, y_emb: torch.Tensor, zs: list[torch.Tensor]
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_decoder(self, x: torch.Tensor, c: torch.Tensor, y_emb: torch.Tensor,
+                        zs: list[torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Second half of :meth:`forward`: in-context tokens, blocks[split_at:], final layer -> ``(x̂, zs)``."""
         x = self._blocks(x, c, y_emb, self.split_at, self.cfg.depth, zs)
         x = x[:, x.shape[1] - self.cfg.grid[0] * self.cfg.grid[1]:]
-        return self.unpatchify(self.final_layer(x, c)), zs
+        return self.unpatchify(self.final_layer(x, c)), zs if zs is not None else []
 
     def _blocks(self, x: torch.Tensor, c: torch.Tensor, y_emb: torch.Tensor, lo: int, hi: int,
-                zs: list[torch.Tensor]) -> torch.Tensor:
+                zs: list[torch.Tensor] | None) -> torch.Tensor:
         cfg = self.cfg
         for i in range(lo, hi):
             if cfg.in_context_len and i == cfg.in_context_start:
@@ -249,7 +251,7 @@ class JiT(DiffusionBackbone):
             n_ctx = cfg.in_context_len if cfg.in_context_len and i >= cfg.in_context_start else 0
             rope = (self.rope_ctx_cos, self.rope_ctx_sin) if n_ctx else (self.rope_cos, self.rope_sin)
             x = self.blocks[i](x, c, rope)
-            if i + 1 == cfg.encoder_depth and len(self.projectors):
+            if zs is not None and i + 1 == cfg.encoder_depth and len(self.projectors):
                 patch_tokens = x[:, n_ctx:]
                 zs.extend(proj(patch_tokens) for proj in self.projectors)
         return x

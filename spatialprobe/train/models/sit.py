@@ -108,13 +108,14 @@ class SiT(DiffusionBackbone):
     def _embed_convs(self) -> list[nn.Conv2d]:
         return [self.x_embedder]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = True
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(y)
         zs: list[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):
             x = blk(x, c)
-            if i + 1 == self.cfg.encoder_depth and len(self.projectors):
+            if project and i + 1 == self.cfg.encoder_depth and len(self.projectors):
                 zs = [proj(x) for proj in self.projectors]
         return self.unpatchify(self.final_layer(x, c)), zs
 
