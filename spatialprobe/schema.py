@@ -25,6 +25,11 @@ FID_METRICS = ("fid", *EXTRA_QUALITY)
 #: every quality column a results table may hold, the headline ones first
 QUALITY = (GFID, FD_DIGITS, *EXTRA_QUALITY)
 
+#: alignment methods of a training run (``none``: the no-alignment baseline) and how reports name them
+METHOD_LABELS = {"repa": "REPA", "irepa": "iREPA", "pixelrepa": "PixelREPA", "none": "no alignment"}
+#: methods compared with REPA: with both trained, a study adds ``<q>_repa_minus_<method>`` columns
+COMPARED_WITH_REPA = ("irepa", "pixelrepa")
+
 #: how a study runs its nodes (``launcher:`` in study.yaml)
 LAUNCHERS = ("local", "submitit")
 

@@ -30,7 +30,7 @@ from spatialprobe.probe import ProbeConfig
 from spatialprobe.report.build import ReportConfig
 from spatialprobe.viz import VizConfig
 from spatialprobe.train.checkpoint import default_ckpt_every
-from spatialprobe.train import config as train_config
+from spatialprobe.train import config as train_config, presets as train_presets
 from spatialprobe.train.config import JIT_BLR, MODEL_DEFAULTS, SampleConfig, TrainConfig
 from spatialprobe.train.models import names as model_names, variant
 from spatialprobe.train.models.common import BackboneConfig
@@ -82,6 +82,8 @@ FIELDS: dict[tuple[str, str], tuple[Any, str, Any]] = {
     ("train", "--teacher-resolution"): (train_config, "TEACHER_MIN_SIDE", lambda v: f"max({v}, --resolution)"),
     ("train", "--noise-scale"): (train_config, "JIT_NOISE_SCALE",
                                  lambda v: ", ".join(f"{s:g} at {side} px" for side, s in v.items())),
+    ("train", "--mask-ratio"): (train_presets, "PIXELREPA_MASK_RATIO", lambda v: f"{v:g} (the pixelrepa preset)"),
+    ("train", "--adapter-depth"): (train_presets, "PIXELREPA_DEPTH", lambda v: f"{v} (the pixelrepa preset)"),
     ("train", "--latent-norm"): (TrainConfig, "latent_norm", None),
     ("train", "--seed"): (TrainConfig, "seed", None),
     ("train", "--device"): (TrainConfig, "device", None),

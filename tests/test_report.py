@@ -151,8 +151,9 @@ def test_inject_parameters_goes_after_the_parameters_cell():
 # ------------------------------------------------------------------------------------------ sections, no kernel
 
 
-def _study_like(root):
-    """A folder with the study layout: study.yaml, results.csv, correlate/<y>/ for REPA and iREPA."""
+def _study_like(root, methods=(("repa", 6.0), ("irepa", 3.0))):
+    """A folder with the study layout: study.yaml, results.csv, correlate/<y>/ for REPA and iREPA (each method
+    shifts the toy FD by its offset)."""
     from spatialprobe.correlation import correlate
 
     rng = np.random.default_rng(0)
@@ -161,7 +162,7 @@ def _study_like(root):
     lds = rng.uniform(0.05, 0.5, len(encs))
     rows = []
     for e, f, l in zip(encs, fams, lds):
-        for method, off in (("repa", 6.0), ("irepa", 3.0)):
+        for method, off in methods:
             for seed in (0, 1):
                 rows.append({"encoder": e, "family": f, "method": method, "seed": seed, "lds": l,
                              "lp_acc": rng.uniform(50, 80), "fd_digits": 30 - 20 * l + off + rng.normal(0, 0.5)})
@@ -170,10 +171,10 @@ def _study_like(root):
     (root / "study.yaml").write_text("name: toy\n")
     res.to_csv(root / "results.csv", index=False)
     wide = res.pivot_table(index=["encoder", "family"], columns="method", values="fd_digits").reset_index()
-    wide = wide.rename(columns={"repa": "fd_digits_repa", "irepa": "fd_digits_irepa"})
+    wide = wide.rename(columns={m: f"fd_digits_{m}" for m, _ in methods})
     wide = wide.merge(res.groupby("encoder")[["lds", "lp_acc"]].mean().reset_index(), on="encoder")
     wide.to_csv(root / "table.csv", index=False)
-    for y in ("fd_digits_repa", "fd_digits_irepa"):
+    for y in (f"fd_digits_{m}" for m, _ in methods):
         correlate(table=str(root / "table.csv"), x=["lp_acc", "lds"], y=[y], n_resamples=1000,
                   out=str(root / "correlate" / y), figure=False)
     inj = root / "nodes" / "inject" / "k1"
@@ -196,7 +197,7 @@ def test_sections_of_a_study_folder(tmp_path):
     corr = S.correlations(ctx)
     assert len(corr) == 1 and isinstance(corr[0], Image)  # REPA and iREPA in one figure
     assert (root / "figures" / "correlations_fd_digits_repa_vs_fd_digits_irepa.pdf").is_file()
-    fig, diff = S.repa_minus_irepa(ctx)
+    fig, diff = S.methods_per_encoder(ctx)
     col = "fd_digits_repa − fd_digits_irepa"
     assert len(diff) == 8 and diff[col].between(1.0, 5.0).all()  # the toy offset is 3
     assert isinstance(S.injection(ctx), Image) and (root / "figures" / "injection_curves.png").is_file()
@@ -205,12 +206,32 @@ def test_sections_of_a_study_folder(tmp_path):
     assert len(rob) == 4 and rob["most_influential"].str.startswith("enc").all()
 
 
+def test_three_methods_side_by_side(tmp_path):
+    """A study with REPA, iREPA and PixelREPA: one correlation figure holds the three methods, each of iREPA and
+    PixelREPA gets its own REPA − X bars and column, and the finding counts the teachers each method wins."""
+    from IPython.display import Image
+
+    root = _study_like(tmp_path / "study", methods=(("repa", 6.0), ("irepa", 3.0), ("pixelrepa", 1.0)))
+    ctx = S.load(root)
+    corr = S.correlations(ctx)
+    assert len(corr) == 1 and isinstance(corr[0], Image)
+    assert (root / "figures" / "correlations_fd_digits_repa_vs_fd_digits_irepa_vs_fd_digits_pixelrepa.png").is_file()
+    *figs, tab = S.methods_per_encoder(ctx)
+    assert len(figs) == 2 and all(isinstance(f, Image) for f in figs)
+    assert {(root / "figures" / f"repa_minus_{m}.png").is_file() for m in ("irepa", "pixelrepa")} == {True}
+    assert tab["fd_digits_repa − fd_digits_irepa"].between(1.0, 5.0).all()  # toy offsets 6 − 3
+    assert tab["fd_digits_repa − fd_digits_pixelrepa"].between(3.0, 7.0).all()  # 6 − 1
+    text = " ".join(p.data for p in S.findings(ctx) if hasattr(p, "data") and isinstance(p.data, str))
+    assert "REPA vs PixelREPA per teacher" in text and "PixelREPA beats REPA with 8 of 8 teacher(s)" in text
+    assert "iREPA beats REPA with 8 of 8 teacher(s)" in text
+
+
 def test_sections_say_when_data_are_absent(tmp_path):
     (tmp_path / "summary.csv").write_text("encoder,setting,n_images,lds\nhog,default,3,0.1\n")
     (tmp_path / "per_image.csv").write_text("encoder,id,lds\nhog,a,0.1\n")
     ctx = S.load(tmp_path)
     assert ctx.kind == "metrics"
-    for fn in (S.provenance, S.correlations, S.repa_minus_irepa, S.injection, S.similarity, S.robustness):
+    for fn in (S.provenance, S.correlations, S.methods_per_encoder, S.injection, S.similarity, S.robustness):
         out = fn(ctx)
         assert isinstance(out, S.Absent), fn.__name__
         assert out._repr_markdown_().startswith("*Not in this folder:*") and "\n" not in out.message

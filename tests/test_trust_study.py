@@ -395,6 +395,27 @@ def test_best_predictor_per_method_and_repa_vs_irepa():
     assert "iREPA beats REPA with 2 of 2 teacher(s)" in lines[-1]
 
 
+def test_pixelrepa_and_its_gap_are_named_and_ordered_after_repa_and_irepa():
+    assert [F.method_label(y) for y in ("gfid_pixelrepa", "gfid_repa_minus_pixelrepa", "gfid_irepa", "gfid_repa",
+                                        "gfid_repa_minus_irepa", "gfid_none", "gfid")] == [
+        "PixelREPA", "REPA − PixelREPA", "iREPA", "REPA", "REPA − iREPA", "no alignment", "gfid"]
+    stats = pd.DataFrame([{"x": "lds", "y": y, "n": 8, "pearson_r": r, "pearson_ci_low": r - 0.1,
+                           "pearson_ci_high": r + 0.1}
+                          for y, r in (("fd_digits_repa_minus_pixelrepa", 0.6), ("fd_digits_pixelrepa", -0.5),
+                                       ("fd_digits_repa_minus_irepa", -0.4), ("fd_digits_repa", -0.7))])
+    best = F.best_predictors(stats)
+    assert list(best.method) == ["REPA", "PixelREPA", "REPA − iREPA", "REPA − PixelREPA"]
+    assert best.direction[3] == "higher lds goes with a larger REPA − PixelREPA gap"
+    assert F.target_words("REPA − PixelREPA", "fd_digits_repa_minus_pixelrepa") == "the REPA − PixelREPA gap"
+    res = pd.DataFrame([{"encoder": e, "method": m, "seed": 0, "fd_digits": v + {"repa": 0, "pixelrepa": 3}[m]}
+                        for e, v in (("a", 10), ("b", 20)) for m in ("repa", "pixelrepa")])
+    cmp_ = F.repa_vs(res, "pixelrepa")
+    assert list(cmp_["better"]) == ["REPA", "REPA"] and list(cmp_["REPA − PixelREPA"]) == [-3, -3]
+    assert F.repa_vs(res, "irepa") is None
+    assert F.headline_lines(stats, res)[-1] == ("PixelREPA beats REPA with 0 of 2 teacher(s) on fd_digits "
+                                                "(mean REPA − PixelREPA −3)")
+
+
 def test_report_tables_have_no_index_and_a_dash_for_missing():
     df = pd.DataFrame({"encoder": ["a", "b"], "lds": [0.123456, np.nan], "note": [None, "x"]})
     html = S.table_html(df)
@@ -432,7 +453,8 @@ def test_study_sections_lead_with_the_finding_and_say_what_was_run(tmp_path):
     found = S.findings(ctx)
     text = " ".join(p.data for p in found if isinstance(p, Markdown))
     assert "**lds** predicts fd_digits best" in text and F.SMALL_N in text and "[0.90" not in text
-    assert "REPA vs iREPA per teacher" in text and "iREPA better with 3 of 3" in text
+    assert "REPA vs iREPA per teacher" in text and "iREPA beats REPA with 3 of 3 teacher(s)" in text
+    assert "PixelREPA" not in text  # no PixelREPA runs in this folder, so no PixelREPA line
     run = S.what_was_run(ctx).data
     for needle in ("**smoke** run", "`jit-tiny`", "6 steps", "batch 16", "seeds 0", "`builtin:digits`",
                    "the first 200", "fd_digits", "digits-cnn-fd-v1", "Encoders (2)"):

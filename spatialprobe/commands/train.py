@@ -81,6 +81,13 @@ def _teacher_side() -> str:
     return f"max({show_value(TEACHER_MIN_SIDE)}, --resolution)"
 
 
+def _pixelrepa_preset(name: str) -> str:
+    """A field of the ``pixelrepa`` preset, as ``spatialprobe ls presets`` lists it."""
+    from ..train.presets import get
+
+    return f"{show_value(getattr(get('pixelrepa', 'jit'), name))} (the pixelrepa preset)"
+
+
 def _noise_scale() -> str:
     """JiT's noise std by image side, as ``train.config.JIT_NOISE_SCALE`` holds it."""
     from ..train.config import JIT_NOISE_SCALE
@@ -159,10 +166,12 @@ def register(app: typer.Typer, ls_app: typer.Typer) -> None:
         spnorm: Optional[bool] = typer.Option(None, "--spnorm/--no-spnorm", help="Override the target spatial norm."),
         gamma: Optional[float] = typer.Option(None, "--gamma", help="Override the spatial-norm gamma."),
         proj_coeff: Optional[float] = typer.Option(None, "--proj-coeff", help="Override the projection-loss weight."),
-        mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="PixelREPA: share of the adapter's input "
-                                                   "tokens masked (preset 0.2)."),
-        adapter_depth: Optional[int] = typer.Option(None, "--adapter-depth", help="PixelREPA: blocks of the Masked "
-                                                    "Transformer Adapter (preset 2)."),
+        mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help=help_derived(
+            "spatialprobe.train.presets:PIXELREPA_MASK_RATIO", "PixelREPA: share of the adapter's input tokens masked",
+            lambda: _pixelrepa_preset("mask_ratio"))),
+        adapter_depth: Optional[int] = typer.Option(None, "--adapter-depth", help=help_derived(
+            "spatialprobe.train.presets:PIXELREPA_DEPTH", "PixelREPA: blocks of the Masked Transformer Adapter",
+            lambda: _pixelrepa_preset("adapter_depth"))),
         proj_dropout: Optional[float] = typer.Option(None, "--proj-dropout", help="JiT: dropout in the middle half "
                                                      "of the blocks (none when unset; the JiT-H recipe uses 0.2)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side fed to the model (SiT: to the VAE)."),

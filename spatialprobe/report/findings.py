@@ -1,5 +1,5 @@
 """The headline of a result folder in words: which property predicts quality best under each method
-(Pearson r with its CI, or the small-n note), and REPA against iREPA per teacher.
+(Pearson r with its CI, or the small-n note), and REPA against iREPA and PixelREPA per teacher.
 
 Plain pandas, no notebook: the report's first section ("What was found") and the closing lines of
 ``spatialprobe study run`` both read it, so they say the same thing.
@@ -11,6 +11,8 @@ import math
 from typing import Any
 
 import pandas as pd
+
+from ..schema import COMPARED_WITH_REPA, METHOD_LABELS
 
 try:
     from ..stats import MIN_N_FOR_CI
@@ -30,14 +32,35 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
+def gap_method(y: str) -> str | None:
+    """The method m of a ``<q>_repa_minus_<m>`` column (``gfid_repa_minus_pixelrepa`` -> ``pixelrepa``), else None."""
+    return next((m for m in COMPARED_WITH_REPA if y.endswith(f"_repa_minus_{m}")), None)
+
+
+def gap_label(method: str) -> str:
+    """``irepa`` -> ``REPA − iREPA``."""
+    return f"REPA − {METHOD_LABELS.get(method, method)}"
+
+
 def method_label(y: str) -> str:
     """``fd_digits_repa`` -> ``REPA``; ``gfid_repa_minus_irepa`` -> ``REPA − iREPA``; ``gfid`` -> ``gfid``."""
-    if y.endswith("_repa_minus_irepa"):
-        return "REPA − iREPA"
-    for suffix, name in (("_irepa", "iREPA"), ("_repa", "REPA"), ("_none", "no alignment")):
-        if y.endswith(suffix):
-            return name
+    gap = gap_method(y)
+    if gap:
+        return gap_label(gap)
+    for key in sorted(METHOD_LABELS, key=len, reverse=True):  # the longest suffix first (pixelrepa before repa)
+        if y.endswith("_" + key):
+            return METHOD_LABELS[key]
     return y
+
+
+#: the order methods are listed in: each method, then each gap to REPA
+METHOD_ORDER = [METHOD_LABELS[m] for m in ("repa", *COMPARED_WITH_REPA, "none")] + [gap_label(m)
+                                                                                    for m in COMPARED_WITH_REPA]
+
+
+def target_words(method: str, y: str) -> str:
+    """What a best predictor predicts: ``the REPA − iREPA gap`` or the quality metric (``fd_digits``)."""
+    return f"the {method} gap" if gap_method(y) else quality_of(y)
 
 
 def quality_of(y: str) -> str:
@@ -68,8 +91,8 @@ def best_predictors(stats: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if stats is None or not len(stats):
         return pd.DataFrame(columns=["method", "y", "x", "n", "r", "text", "direction"])
-    order = {"REPA": 0, "iREPA": 1, "REPA − iREPA": 2}
-    ys = sorted(stats["y"].astype(str).unique(), key=lambda y: (order.get(method_label(y), 3), y))
+    order = {label: i for i, label in enumerate(METHOD_ORDER)}
+    ys = sorted(stats["y"].astype(str).unique(), key=lambda y: (order.get(method_label(y), len(order)), y))
     for y in ys:
         g = stats[stats["y"].astype(str) == y]
         g = g.assign(_abs=pd.to_numeric(g["pearson_r"], errors="coerce").abs())
@@ -78,8 +101,9 @@ def best_predictors(stats: pd.DataFrame) -> pd.DataFrame:
             continue
         best = g.sort_values("_abs", ascending=False, kind="stable").iloc[0]
         q, r = quality_of(str(y)), float(best["pearson_r"])
-        if str(y).endswith("_repa_minus_irepa"):
-            direction = f"higher {best['x']} goes with a {'larger' if r > 0 else 'smaller'} REPA − iREPA gap"
+        if gap_method(str(y)):
+            direction = (f"higher {best['x']} goes with a {'larger' if r > 0 else 'smaller'} "
+                         f"{method_label(str(y))} gap")
         else:
             good = (r < 0) == (q in LOWER_IS_BETTER)
             direction = (f"higher {best['x']} goes with {'better' if good else 'worse'} {q} "
@@ -89,26 +113,42 @@ def best_predictors(stats: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def repa_vs_irepa(results: pd.DataFrame, quality: str | None = None) -> pd.DataFrame | None:
-    """Per teacher: mean quality under REPA and iREPA (over seeds), the difference and which is better.
-    None when the table lacks either method."""
+def repa_vs(results: pd.DataFrame, method: str = "irepa", quality: str | None = None) -> pd.DataFrame | None:
+    """Per teacher: mean quality under REPA and ``method`` (iREPA, PixelREPA; over seeds), the difference
+    ``REPA − <method>`` and which is better. None when the table lacks either method."""
     if results is None or "method" not in results.columns:
         return None
     q = quality or next((c for c in (*LOWER_IS_BETTER, "is", "precision", "recall") if c in results.columns
                          and pd.to_numeric(results[c], errors="coerce").notna().any()), None)
-    if q is None or not {"repa", "irepa"} <= set(results["method"].astype(str)):
+    if q is None or not {"repa", method} <= set(results["method"].astype(str)):
         return None
     keys = ["encoder"] + (["family"] if "family" in results.columns else [])
-    sub = results[results["method"].isin(["repa", "irepa"])]
+    label, gap = METHOD_LABELS.get(method, method), gap_label(method)
+    sub = results[results["method"].isin(["repa", method])]
     wide = sub.pivot_table(index=keys, columns="method", values=q, aggfunc="mean").reset_index()
     wide.columns.name = None
-    wide = wide[keys + ["repa", "irepa"]].dropna(subset=["repa", "irepa"])
-    wide["repa_minus_irepa"] = wide["repa"] - wide["irepa"]
+    wide = wide[keys + ["repa", method]].dropna(subset=["repa", method])
+    wide[gap] = wide["repa"] - wide[method]
     lower = q in LOWER_IS_BETTER
-    wide["better"] = [("iREPA" if (d > 0) == lower else "REPA") if d != 0 else "tie" for d in wide["repa_minus_irepa"]]
-    wide = wide.rename(columns={"repa": f"{q} REPA", "irepa": f"{q} iREPA", "repa_minus_irepa": "REPA − iREPA"})
+    wide["better"] = [(label if (d > 0) == lower else "REPA") if d != 0 else "tie" for d in wide[gap]]
+    wide = wide.rename(columns={"repa": f"{q} REPA", method: f"{q} {label}"})
     wide.attrs["quality"] = q
+    wide.attrs["method"] = method
     return wide.reset_index(drop=True)
+
+
+def repa_vs_irepa(results: pd.DataFrame, quality: str | None = None) -> pd.DataFrame | None:
+    """:func:`repa_vs` for iREPA."""
+    return repa_vs(results, "irepa", quality)
+
+
+def versus_line(cmp_: pd.DataFrame) -> str:
+    """``iREPA beats REPA with 2 of 3 teacher(s) on fd_digits (mean REPA − iREPA 12.5)``."""
+    m = cmp_.attrs["method"]
+    label, gap = METHOD_LABELS.get(m, m), gap_label(m)
+    n_better = int((cmp_["better"] == label).sum())
+    return (f"{label} beats REPA with {n_better} of {len(cmp_)} teacher(s) on {cmp_.attrs['quality']} "
+            f"(mean {gap} {cmp_[gap].mean():.3g})".replace("-", "−"))
 
 
 def headline_lines(stats: pd.DataFrame | None, results: pd.DataFrame | None = None) -> list[str]:
@@ -117,13 +157,12 @@ def headline_lines(stats: pd.DataFrame | None, results: pd.DataFrame | None = No
     best = best_predictors(stats) if stats is not None else None
     if best is not None and len(best):
         for _, b in best.iterrows():
-            target = "the REPA − iREPA gap" if b["method"] == "REPA − iREPA" else quality_of(str(b["y"]))
-            lines.append(f"{b['method']}: {b['x']} predicts {target} best, {b['text']} ({b['direction']})")
+            lines.append(f"{b['method']}: {b['x']} predicts {target_words(b['method'], str(b['y']))} best, "
+                         f"{b['text']} ({b['direction']})")
     else:
         lines.append("no correlations (too few encoders with a quality number, or none measured)")
-    cmp_ = repa_vs_irepa(results) if results is not None else None
-    if cmp_ is not None and len(cmp_):
-        n_i = int((cmp_["better"] == "iREPA").sum())
-        lines.append(f"iREPA beats REPA with {n_i} of {len(cmp_)} teacher(s) on {cmp_.attrs['quality']} "
-                     f"(mean REPA − iREPA {cmp_['REPA − iREPA'].mean():.3g})".replace("-", "−"))
+    for m in COMPARED_WITH_REPA:
+        cmp_ = repa_vs(results, m) if results is not None else None
+        if cmp_ is not None and len(cmp_):
+            lines.append(versus_line(cmp_))
     return lines

@@ -27,9 +27,9 @@ import pandas as pd
 
 from ..errors import DataError, InputFileError
 from ..io import read_table
-from ..schema import (CONFIG_JSON, CORRELATIONS_CSV, FID_JSON, GRID_CSV, INJECTION_CSV, MANIFEST_JSON, PER_IMAGE_CSV,
+from ..schema import (COMPARED_WITH_REPA, CONFIG_JSON, CORRELATIONS_CSV, FID_JSON, GRID_CSV, INJECTION_CSV, MANIFEST_JSON, PER_IMAGE_CSV,
                       PLAN_JSON, PREDICTIONS_CSV, PROPERTIES, QUALITY, RESULT_JSON, RESULTS_CSV, SIMILARITY_MAPS_NPZ,
-                      STUDY_YAML, SUMMARY_CSV)
+                      METHOD_LABELS, STUDY_YAML, SUMMARY_CSV)
 from .findings import MIN_N_FOR_CI
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "viz": (SIMILARITY_MAPS_NPZ,),
 }
 #: section titles, in report order (the HTML test checks each one is there)
-SECTIONS = ("What was found", "What was run", "Results", "Correlations", "REPA − iREPA per encoder",
+SECTIONS = ("What was found", "What was run", "Results", "Correlations",
+            "REPA − iREPA and REPA − PixelREPA per encoder",
             "Injection curves", "Similarity maps", "Outliers and leave-one-family-out",
             "Appendix: checksums and fingerprints")
 #: what a missing value prints as in every report table
@@ -518,17 +519,35 @@ def predict_notes(folder: Path, pred: pd.DataFrame, rec: dict | None = None) -> 
 # ------------------------------------------------------------------------------------------ correlations
 
 
-def _method_pair(names: Iterable[str]) -> tuple[str, str] | None:
-    """('gfid_repa', 'gfid_irepa') or the fd_digits equivalents when both are present."""
+def _method_groups(names: Iterable[str]) -> list[list[str]]:
+    """The y columns as figure groups: one quality's methods together (REPA, iREPA, PixelREPA), their gaps to
+    REPA together, any other column alone."""
+    names = list(names)
+    present, groups = set(names), []
+    for q in QUALITY:
+        for cols in ([f"{q}_{m}" for m in ("repa", *COMPARED_WITH_REPA)],
+                     [f"{q}_repa_minus_{m}" for m in COMPARED_WITH_REPA]):
+            g = [c for c in cols if c in present]
+            if g:
+                groups.append(g)
+    used = {y for g in groups for y in g}
+    return groups + [[y] for y in names if y not in used]
+
+
+def _method_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
+    """[('gfid_repa', 'gfid_irepa'), ('gfid_repa', 'gfid_pixelrepa')] for the first quality with REPA and another
+    method both present (the fd_digits equivalents likewise)."""
     s = set(names)
     for q in QUALITY:
-        if f"{q}_repa" in s and f"{q}_irepa" in s:
-            return f"{q}_repa", f"{q}_irepa"
-    return None
+        pairs = [(f"{q}_repa", f"{q}_{m}") for m in COMPARED_WITH_REPA if f"{q}_repa" in s and f"{q}_{m}" in s]
+        if pairs:
+            return pairs
+    return []
 
 
 def correlations(ctx: Context):
-    """Correlation panels with the CI of r in every title; REPA above iREPA when both exist."""
+    """Correlation panels with the CI of r in every title: the methods of a study in one figure (REPA above
+    iREPA above PixelREPA), their gaps to REPA in another."""
     from ..figures import correlation_grid
 
     folders = _correlate_folders(ctx)
@@ -550,15 +569,12 @@ def correlations(ctx: Context):
                 stats[str(y)] = st[st["y"] == y]
     if not tables:
         return Absent("the correlation points are not on disk (" + "; ".join(missing) + ").")
-    pair = _method_pair(tables)
-    order = list(pair) + [y for y in tables if y not in pair] if pair else list(tables)
+    groups = _method_groups(tables)
+    order = [y for g in groups for y in g]
     xs = [x for x in PROPERTIES if any(x in stats[y]["x"].values for y in order)]
     xs += [x for y in order for x in stats[y]["x"].unique() if x not in xs]
     out = []
-    groups = [order[:2], order[2:]] if pair else [[y] for y in order]
     for g in groups:
-        if not g:
-            continue
         fig = correlation_grid({y: tables[y] for y in g}, xs, {y: stats[y] for y in g}, family_col=family)
         out.append(show(ctx, fig, "correlations_" + "_vs_".join(g) if len(g) > 1 else f"correlations_{g[0]}"))
     if missing:
@@ -566,36 +582,48 @@ def correlations(ctx: Context):
     return out
 
 
-def repa_minus_irepa(ctx: Context):
-    """REPA − iREPA of the quality metric per encoder (positive: iREPA is better for gFID/FD)."""
+def methods_per_encoder(ctx: Context):
+    """REPA − iREPA and REPA − PixelREPA of the quality metric per encoder (positive: the other method reaches
+    the lower, better gFID / FD), one bar figure per pair, and the methods side by side in one table."""
     from ..figures import paired_difference
 
     df = None
     if ctx.kind == "study":
         res = _read_csv(ctx.dir / RESULTS_CSV)
         q = _quality_col(res)
-        if q and "method" in res.columns and {"repa", "irepa"} <= set(res["method"].astype(str)):
+        methods = set(res["method"].astype(str)) if "method" in res.columns else set()
+        if q and "repa" in methods and methods & set(COMPARED_WITH_REPA):
             keys = ["encoder"] + (["family"] if "family" in res.columns else [])
-            wide = res.pivot_table(index=keys, columns="method", values=q, aggfunc="mean").reset_index()
-            wide = wide.rename(columns={"repa": f"{q}_repa", "irepa": f"{q}_irepa"})
+            sub = res[res["method"].isin(["repa", *COMPARED_WITH_REPA])]
+            wide = sub.pivot_table(index=keys, columns="method", values=q, aggfunc="mean").reset_index()
+            wide = wide.rename(columns={m: f"{q}_{m}" for m in ("repa", *COMPARED_WITH_REPA)})
             wide.columns.name = None
-            df = wide.dropna(subset=[f"{q}_repa", f"{q}_irepa"], how="all")
+            df = wide.dropna(subset=[c for c in wide.columns if c not in keys], how="all")
     else:
         for folder in _correlate_folders(ctx).values():
             pts, _, _ = correlate_points(folder, ctx.records if folder == ctx.dir else None)
-            if pts is not None and _method_pair(pts.columns):
+            if pts is not None and _method_pairs(pts.columns):
                 df = pts
                 break
-    pair = _method_pair(df.columns) if df is not None else None
-    if pair is None:
-        return Absent(f"no REPA − iREPA comparison: this {ctx.kind} folder has no quality numbers for both methods "
-                      "(a study with methods repa and irepa, or a table with gfid_repa and gfid_irepa columns).")
-    a, b = pair
+    pairs = _method_pairs(df.columns) if df is not None else []
+    if not pairs:
+        return Absent(f"no REPA − iREPA or REPA − PixelREPA comparison: this {ctx.kind} folder has no quality "
+                      "numbers for REPA and another method (a study with methods repa and irepa or pixelrepa, "
+                      "or a table with gfid_repa and gfid_irepa columns).")
     label = "encoder" if "encoder" in df.columns else df.columns[0]
-    fig = paired_difference(df, a, b, label_col=label, family_col="family" if "family" in df.columns else None)
-    tab = df[[c for c in (label, "family", a, b) if c in df.columns]].copy()
-    tab[f"{a} − {b}"] = pd.to_numeric(tab[a], errors="coerce") - pd.to_numeric(tab[b], errors="coerce")
-    return [show(ctx, fig, "repa_minus_irepa"), tab.sort_values(f"{a} − {b}", ascending=False).round(3)]
+    family = "family" if "family" in df.columns else None
+    figs = [show(ctx, paired_difference(df, a, b, label_col=label, family_col=family), "repa_minus_" + b.rsplit("_", 1)[1])
+            for a, b in pairs]
+    cols = [pairs[0][0]] + [b for _, b in pairs]
+    tab = df[[c for c in (label, "family", *cols) if c in df.columns]].copy()
+    for a, b in pairs:
+        tab[f"{a} − {b}"] = pd.to_numeric(tab[a], errors="coerce") - pd.to_numeric(tab[b], errors="coerce")
+    first = f"{pairs[0][0]} − {pairs[0][1]}"
+    return [*figs, tab.sort_values(first, ascending=False).round(3)]
+
+
+#: the section's earlier name (REPA − iREPA only), kept for reports built from an older template
+repa_minus_irepa = methods_per_encoder
 
 
 # ------------------------------------------------------------------------------------------ injection
@@ -790,7 +818,7 @@ def findings(ctx: Context):
         best = F.best_predictors(stats)
         lines = []
         for _, b in best.iterrows():
-            target = "the REPA − iREPA gap" if b["method"] == "REPA − iREPA" else F.quality_of(str(b["y"]))
+            target = F.target_words(b["method"], str(b["y"]))
             lines.append(f"- **{b['method']}**: **{b['x']}** predicts {target} best — {b['text']}; {b['direction']}.")
         small = best["n"].lt(F.MIN_N_FOR_CI).any() if len(best) else False
         if small:
@@ -799,13 +827,12 @@ def findings(ctx: Context):
         out.append(Markdown("\n".join(lines) if lines else "No correlation could be computed."))
     if ctx.kind == "study":
         res = _read_csv(ctx.dir / RESULTS_CSV)
-        cmp_ = F.repa_vs_irepa(res)
-        if cmp_ is not None and len(cmp_):
-            q = cmp_.attrs["quality"]
-            n_i = int((cmp_["better"] == "iREPA").sum())
-            out.append(Markdown(f"**REPA vs iREPA per teacher** ({q}, mean over seeds; iREPA better with {n_i} of "
-                                f"{len(cmp_)}):"))
-            out.append(cmp_.round(3))
+        for m in COMPARED_WITH_REPA:
+            cmp_ = F.repa_vs(res, m)
+            if cmp_ is not None and len(cmp_):
+                out.append(Markdown(f"**REPA vs {METHOD_LABELS[m]} per teacher** ({cmp_.attrs['quality']}, mean over "
+                                    f"seeds): {F.versus_line(cmp_)}."))
+                out.append(cmp_.round(3))
     return out
 
 

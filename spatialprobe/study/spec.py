@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import check_types, comma_list
 from ..errors import ConfigError, InputFileError, SpatialProbeError
-from ..schema import FD_DIGITS, GFID, LAUNCHERS, PROPERTIES
+from ..schema import COMPARED_WITH_REPA, FD_DIGITS, GFID, LAUNCHERS, PROPERTIES
 
 PACKAGED = ("mini",)
 CLUSTERS = ("slurm", "local", "debug")
@@ -89,9 +89,6 @@ class TrainingSpec:
     fid: dict[str, Any] = field(default_factory=lambda: {"protocol": "digits"})  #: protocol + its options
     teacher_cache_mb: int = 2048  #: in-memory cache of teacher tokens per image (0 = off)
 
-
-#: methods compared with REPA: with both trained, the correlate step adds ``<q>_repa_minus_<method>``
-COMPARED_WITH_REPA = ("irepa", "pixelrepa")
 
 
 def repa_differences(methods: list[str]) -> list[str]:
