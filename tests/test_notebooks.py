@@ -1,6 +1,7 @@
 """Notebooks run top to bottom in a real Jupyter kernel (nbclient + ipykernel), once each per session,
 and are stored with their outputs so that they read on GitHub."""
 
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -36,10 +37,14 @@ def test_stored_notebook_shows_its_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes_in_a_kernel(path, tmp_path, monkeypatch):
-    # 04 runs the mini study into tmp_path/runs/mini: at its smoke size here (about a minute)
+def test_notebook_executes_in_a_kernel(path, tmp_path, monkeypatch, request):
+    # 04 runs the mini study into tmp_path/runs/mini at its smoke size. The session's smoke study (conftest)
+    # is copied there first, so the notebook's run_study call finds every node done and reuses it (the
+    # resume path; the run itself is tested in test_study.py)
     monkeypatch.setenv("SPATIALPROBE_NOTEBOOK_SMOKE", "1")
     monkeypatch.delenv("SPATIALPROBE_MINI_STUDY", raising=False)
+    if path.name == "04_mini_study.ipynb":
+        shutil.copytree(request.getfixturevalue("smoke"), tmp_path / "runs" / "mini", symlinks=True)
     nb = nbformat.read(path, as_version=4)
     for c in _code(nb):
         c.outputs, c.execution_count = [], None

@@ -4,6 +4,7 @@ resume after SIGKILL, the submitit launcher, properties-only studies and the up-
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -96,10 +97,9 @@ def test_changing_one_encoder_reruns_only_its_nodes(tmp_path):
 @pytest.mark.slow
 def test_mini_smoke_runs_the_whole_study(smoke):
     df = pd.read_csv(smoke / "results.csv")
-    assert sorted(zip(df.encoder, df.method)) == [("hog", "irepa"), ("hog", "repa"), ("none", "none"),
-                                                  ("pixels", "irepa"), ("pixels", "repa"),
-                                                  ("pixels@mix_mean=0.75", "irepa"),
-                                                  ("pixels@mix_mean=0.75", "repa")]
+    assert sorted(zip(df.encoder, df.method)) == sorted(
+        [(e, m) for e in ("hog", "pixels", "pixels@mix_mean=0.75") for m in ("repa", "irepa", "pixelrepa")]
+        + [("none", "none")])
     assert df["fd_digits"].notna().all() and (df["fd_digits"] > 0).all()
     assert df["protocol"].str.startswith("digits-cnn-fd").all()
     assert df.loc[df.encoder == "hog", "lp_acc"].iloc[0] > 30  # HOG on digits: far above 10 % chance
@@ -107,7 +107,10 @@ def test_mini_smoke_runs_the_whole_study(smoke):
     assert pd.read_parquet(smoke / "results.parquet").shape == df.shape
     plan = json.loads((smoke / "plan.json").read_text())
     assert all(n["state"] == "done" for n in plan["nodes"])
-    for y in ("fd_digits_repa", "fd_digits_irepa", "fd_digits_repa_minus_irepa"):
+    ys = ("fd_digits_repa", "fd_digits_irepa", "fd_digits_pixelrepa", "fd_digits_repa_minus_irepa",
+          "fd_digits_repa_minus_pixelrepa")
+    assert sorted(p.name for p in (smoke / "correlate").iterdir() if p.is_dir()) == sorted(ys)
+    for y in ys:
         corr = pd.read_csv(smoke / "correlate" / y / "correlations.csv")
         assert (corr.n == 3).all() and corr.pearson_r.notna().all(), y
     st = runner.invoke(app, ["study", "status", str(smoke)])
@@ -121,8 +124,17 @@ def test_mini_smoke_runs_the_whole_study(smoke):
 
 @pytest.mark.slow
 def test_sigkill_mid_training_then_rerun_reuses_finished_nodes(smoke, tmp_path):
+    # start from a copy of the session's smoke study without one teacher's training runs and the
+    # results, so the run below has those left to do (the from-scratch run is the smoke fixture itself)
     out = tmp_path / "run"
-    victim = out / "nodes" / "train" / "pixels@mix_mean=0.75.repa.s0.partial"
+    shutil.copytree(smoke, out, symlinks=True)
+    teacher = "pixels@mix_mean=0.75"
+    for d in [*(out / "nodes").glob(f"*/{teacher}.*"), out / "nodes" / "table", out / "nodes" / "correlate",
+              out / "correlate"]:
+        shutil.rmtree(d)
+    for f in ("results.csv", "results.parquet", "summary.json"):
+        (out / f).unlink()
+    victim = out / "nodes" / "train" / f"{teacher}.repa.s0.partial"
     cmd = [sys.executable, "-m", "spatialprobe.cli", "study", "run", "mini", "--smoke", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -137,13 +149,16 @@ def test_sigkill_mid_training_then_rerun_reuses_finished_nodes(smoke, tmp_path):
             proc.kill()
     assert victim.is_dir() and not (victim / "done.json").exists()  # killed inside the node
     finished = {p: json.loads(p.read_text())["finished"] for p in (out / "nodes").glob("*/*/done.json")}
-    assert len(finished) >= 10  # properties and the hog runs were done
+    assert len(finished) >= 25  # the properties and the other teachers' runs
     res = runner.invoke(app, ["study", "run", "mini", "--smoke", "--out", str(out)])
     assert res.exit_code == 0, res.output
     for p, when in finished.items():  # every finished node was reused, not recomputed
         assert json.loads(p.read_text())["finished"] == when, p
     assert not victim.exists()
     assert (out / "results.csv").read_text() == (smoke / "results.csv").read_text()
+    for y in ("fd_digits_repa", "fd_digits_repa_minus_pixelrepa"):
+        assert (out / "correlate" / y / "correlations.csv").read_bytes() == \
+            (smoke / "correlate" / y / "correlations.csv").read_bytes(), y
 
 
 @pytest.mark.slow
@@ -152,7 +167,7 @@ def test_submitit_local_executor_gives_the_same_results(smoke, tmp_path):
     res = run_study(spec="mini", smoke=True, out=str(out), launcher="submitit", cluster="local")
     assert not res.failed, res.failed
     jobs = list((out / "submitit").glob("*_result.pkl"))
-    assert len(jobs) == 3 + 7  # one job per extraction and per training run (with its sampling and scoring)
+    assert len(jobs) == 3 + 10  # one job per extraction and per training run (with its sampling and scoring)
     assert (out / "results.csv").read_text() == (smoke / "results.csv").read_text()
 
 

@@ -113,7 +113,7 @@ def test_smoke_through_slurm_survives_a_killed_controller_without_duplicate_jobs
             rec = _recorded(out) if (out / "nodes").is_dir() else {}
             train_ids = {v for k, v in rec.items() if k.startswith("train/") and v}
             q = _squeue()
-            if len(train_ids) == 7 and any(q.get(i) == "RUNNING" for i in train_ids) \
+            if len(train_ids) == 10 and any(q.get(i) == "RUNNING" for i in train_ids) \
                     and any(q.get(i) == "PENDING" for i in train_ids):
                 break
             time.sleep(0.5)
@@ -137,13 +137,15 @@ def test_smoke_through_slurm_survives_a_killed_controller_without_duplicate_jobs
     assert rerun.returncode == 0, text[-4000:]
     assert "reattached to job" in text
 
-    # one allocation per job-node over both controllers: 3 extraction jobs + 7 training chains
+    # one allocation per job-node over both controllers: 3 extraction jobs + 10 training chains
+    # (3 teachers x REPA, iREPA, PixelREPA + the no-alignment baseline)
     allocs = _allocations(log, offset)
     recorded = set(_recorded(out).values())
-    assert len(recorded) == 3 + 7, recorded
+    assert len(recorded) == 3 + 10, recorded
     assert sorted(allocs) == sorted(recorded), (allocs, recorded)
     assert (out / "results.csv").read_bytes() == (smoke / "results.csv").read_bytes()
-    for y in ("fd_digits_repa", "fd_digits_irepa", "fd_digits_repa_minus_irepa"):
+    for y in ("fd_digits_repa", "fd_digits_irepa", "fd_digits_pixelrepa", "fd_digits_repa_minus_irepa",
+              "fd_digits_repa_minus_pixelrepa"):
         assert (out / "correlate" / y / "correlations.csv").read_bytes() == \
             (smoke / "correlate" / y / "correlations.csv").read_bytes(), y
 
