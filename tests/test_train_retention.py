@@ -269,14 +269,6 @@ def test_cached_permutation_gives_the_same_batches_as_the_per_step_one(n, gb, wo
 # ---------------------------------------------------------------- compile
 
 
-def _inductor_works() -> bool:
-    try:
-        f = torch.compile(lambda x: torch.sin(x) + 1)
-        return bool(torch.allclose(f(torch.zeros(3)), torch.ones(3)))
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def test_compile_default_is_on_cuda_only_for_the_full_models():
     from spatialprobe.train.loop import default_compile
 
@@ -307,18 +299,33 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tmp_path, data, mo
     _same_weights(read_checkpoint(res.checkpoint), read_checkpoint(eager.checkpoint))
 
 
-@pytest.mark.slow
-def test_compiled_tiny_model_matches_eager(tmp_path, data):
-    if not _inductor_works():
-        pytest.skip("torch.compile (inductor) cannot compile on this machine")
+def _compiled_equals_eager(tmp_path, data, *, tol: float = 1e-4, **kw) -> None:
     src, t = data
-    kw = dict(KW, steps=2, log_every=1)
+    kw = dict(KW, steps=2, log_every=1, **kw)
     comp = train(out=str(tmp_path / "c"), source=src, teachers=[t], compile=True, **kw)
     eager = train(out=str(tmp_path / "e"), source=src, teachers=[t], compile=False, **kw)
     assert json.loads((tmp_path / "c" / "config.json").read_text())["config"]["compile"] is True
     a, b = read_checkpoint(comp.checkpoint), read_checkpoint(eager.checkpoint)
+    assert a["model"].keys() == b["model"].keys()  # no ``_orig_mod.`` prefix in a compiled run's checkpoint
     for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=tol, atol=tol / 10)
     la = [json.loads(x) for x in comp.log_path.read_text().splitlines()]
     lb = [json.loads(x) for x in eager.log_path.read_text().splitlines()]
-    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-4)
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=tol)
+
+
+@pytest.mark.slow
+def test_compiled_tiny_model_matches_eager(tmp_path, data, monkeypatch):
+    """The compiled training path (graph capture, AOT autograd, the ``_orig_mod`` wrapper in checkpoints) equals
+    eager. On CPU the graphs run through the ``aot_eager`` backend: inductor's C++ code generation adds ~60 s
+    here, and inductor is what CUDA runs use (the gpu-marked test below)."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, **{"backend": "aot_eager", **kw}))
+    _compiled_equals_eager(tmp_path, data)
+
+
+@pytest.mark.gpu
+def test_inductor_compiled_tiny_model_matches_eager_on_cuda(tmp_path, data):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    _compiled_equals_eager(tmp_path, data, device="cuda", tol=1e-3)
