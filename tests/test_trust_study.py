@@ -509,3 +509,12 @@ def test_study_run_ends_with_the_results_and_the_finding(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "results (mean over seeds)" in out and "fd_digits_repa_sd" not in out and "hog" in out
     assert "what was found" in out and "REPA: lds predicts fd_digits best, r = −0.90" in out and F.SMALL_N in out
+
+
+def test_what_was_run_leaves_out_empty_options(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"table": [None, ""], "out": "o", "x": ["a", None],
+                                                                 "empty": {}, "none": None}}))
+    (tmp_path / "correlations.csv").write_text("x,y,n,pearson_r\nlds,gfid,3,0.5\n")
+    text = S.what_was_run(S.load(tmp_path)).data
+    assert "`table`" not in text and "`empty`" not in text and "`none`" not in text, text
+    assert "`out` = o" in text and "`x` = a." in text, text

@@ -256,6 +256,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (list, tuple)):
+        v = [x for x in v if x not in (None, "")]
         return ", ".join(map(_fmt, v)) if len(v) <= 12 else f"[{len(v)} items]"
     if isinstance(v, dict):
         return json.dumps(v, sort_keys=True)[:200]
@@ -865,7 +866,7 @@ def what_was_run(ctx: Context):
         cfg = rec.get("config") or {}
         if not cfg:
             return Absent("no config.json in this folder, so the options of the run are unknown.")
-        parts = [f"`{k}` = {_fmt(v)}" for k, v in cfg.items() if v not in (None, "", [], {})]
+        parts = [f"`{k}` = {_fmt(v)}" for k, v in cfg.items() if _fmt(v) not in ("None", "", "{}")]
         notes = rec.get("notes") or []
         text = f"A **{ctx.kind}** run with " + ", ".join(parts) + "."
         if notes:
