@@ -4,7 +4,6 @@ resume after SIGKILL, the submitit launcher, properties-only studies and the up-
 from __future__ import annotations
 
 import json
-import shutil
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from spatialprobe.cli import app
 from spatialprobe.errors import ConfigError
 from spatialprobe.study import TEMPLATE, build_plan, load_spec, node_state, parse_spec, run_study
 from spatialprobe.study.state import node_dir, write_json_atomic
+from study_copies import TEACHER, copy_without_teacher
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -124,17 +124,10 @@ def test_mini_smoke_runs_the_whole_study(smoke):
 
 @pytest.mark.slow
 def test_sigkill_mid_training_then_rerun_reuses_finished_nodes(smoke, tmp_path):
-    # start from a copy of the session's smoke study without one teacher's training runs and the
-    # results, so the run below has those left to do (the from-scratch run is the smoke fixture itself)
+    # the smoke study with one teacher left to do (study_copies): kill it inside that teacher's training
     out = tmp_path / "run"
-    shutil.copytree(smoke, out, symlinks=True)
-    teacher = "pixels@mix_mean=0.75"
-    for d in [*(out / "nodes").glob(f"*/{teacher}.*"), out / "nodes" / "table", out / "nodes" / "correlate",
-              out / "correlate"]:
-        shutil.rmtree(d)
-    for f in ("results.csv", "results.parquet", "summary.json"):
-        (out / f).unlink()
-    victim = out / "nodes" / "train" / f"{teacher}.repa.s0.partial"
+    copy_without_teacher(smoke, out)
+    victim = out / "nodes" / "train" / f"{TEACHER}.repa.s0.partial"
     cmd = [sys.executable, "-m", "spatialprobe.cli", "study", "run", "mini", "--smoke", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -149,7 +142,7 @@ def test_sigkill_mid_training_then_rerun_reuses_finished_nodes(smoke, tmp_path):
             proc.kill()
     assert victim.is_dir() and not (victim / "done.json").exists()  # killed inside the node
     finished = {p: json.loads(p.read_text())["finished"] for p in (out / "nodes").glob("*/*/done.json")}
-    assert len(finished) >= 25  # the properties and the other teachers' runs
+    assert len(finished) >= 27  # the other teachers' nodes and this one's properties
     res = runner.invoke(app, ["study", "run", "mini", "--smoke", "--out", str(out)])
     assert res.exit_code == 0, res.output
     for p, when in finished.items():  # every finished node was reused, not recomputed
@@ -163,12 +156,18 @@ def test_sigkill_mid_training_then_rerun_reuses_finished_nodes(smoke, tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_executor_gives_the_same_results(smoke, tmp_path):
+    # one teacher's whole pipeline through submitit's local executor, the rest reused (study_copies)
     out = tmp_path / "run"
+    removed = copy_without_teacher(smoke, out)
     res = run_study(spec="mini", smoke=True, out=str(out), launcher="submitit", cluster="local")
     assert not res.failed, res.failed
     jobs = list((out / "submitit").glob("*_result.pkl"))
-    assert len(jobs) == 3 + 10  # one job per extraction and per training run (with its sampling and scoring)
+    # one job per extraction and per training run (with its sampling and scoring)
+    assert len(jobs) == 1 + 3 and len([n for n in removed if n.startswith("train/")]) == 3
     assert (out / "results.csv").read_text() == (smoke / "results.csv").read_text()
+    for y in ("fd_digits_irepa", "fd_digits_repa_minus_pixelrepa"):
+        assert (out / "correlate" / y / "correlations.csv").read_bytes() == \
+            (smoke / "correlate" / y / "correlations.csv").read_bytes(), y
 
 
 # ------------------------------------------------------------------------------- properties only

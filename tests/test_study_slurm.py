@@ -27,6 +27,7 @@ from spatialprobe.errors import ConfigError
 from spatialprobe.study import run_study
 from spatialprobe.study.scheduler import slurm_available
 from spatialprobe.study.spec import read_spec_data
+from study_copies import TEACHER, copy_without_teacher
 
 pytestmark = [pytest.mark.slurm,
               pytest.mark.skipif(not slurm_available(), reason="no SLURM scheduler answers sinfo "
@@ -100,8 +101,10 @@ def test_a_wrong_partition_or_gres_is_one_error_before_anything_is_submitted(tmp
 
 @pytest.mark.slow
 def test_smoke_through_slurm_survives_a_killed_controller_without_duplicate_jobs(smoke, tmp_path):
+    # the smoke study with one teacher's pipeline left to do (study_copies): 1 extraction + 3 training jobs
     spec = _mini_spec(tmp_path / "study.yaml")
     out = tmp_path / "run"
+    copy_without_teacher(smoke, out)
     log = _ctld_log()
     offset = log.stat().st_size
     first = _study("run", str(spec), "--smoke", "--out", str(out), start_new_session=True)
@@ -113,7 +116,7 @@ def test_smoke_through_slurm_survives_a_killed_controller_without_duplicate_jobs
             rec = _recorded(out) if (out / "nodes").is_dir() else {}
             train_ids = {v for k, v in rec.items() if k.startswith("train/") and v}
             q = _squeue()
-            if len(train_ids) == 10 and any(q.get(i) == "RUNNING" for i in train_ids) \
+            if len(train_ids) == 3 and any(q.get(i) == "RUNNING" for i in train_ids) \
                     and any(q.get(i) == "PENDING" for i in train_ids):
                 break
             time.sleep(0.5)
@@ -137,11 +140,11 @@ def test_smoke_through_slurm_survives_a_killed_controller_without_duplicate_jobs
     assert rerun.returncode == 0, text[-4000:]
     assert "reattached to job" in text
 
-    # one allocation per job-node over both controllers: 3 extraction jobs + 10 training chains
-    # (3 teachers x REPA, iREPA, PixelREPA + the no-alignment baseline)
+    # one allocation per job-node over both controllers: the teacher's extraction job + its REPA, iREPA and
+    # PixelREPA training chains
     allocs = _allocations(log, offset)
     recorded = set(_recorded(out).values())
-    assert len(recorded) == 3 + 10, recorded
+    assert len(recorded) == 1 + 3, recorded
     assert sorted(allocs) == sorted(recorded), (allocs, recorded)
     assert (out / "results.csv").read_bytes() == (smoke / "results.csv").read_bytes()
     for y in ("fd_digits_repa", "fd_digits_irepa", "fd_digits_pixelrepa", "fd_digits_repa_minus_irepa",
@@ -163,8 +166,8 @@ def test_smoke_through_slurm_survives_a_killed_controller_without_duplicate_jobs
     st = _study("status", str(out))
     table, _ = st.communicate(timeout=120)
     assert st.returncode == 0, table
-    row = next(ln for ln in table.splitlines() if ln.strip().startswith("train/hog.repa.s0"))
-    assert _recorded(out)["train/hog.repa.s0.job.json"] in row.split() and " done " in row
+    row = next(ln for ln in table.splitlines() if ln.strip().startswith(f"train/{TEACHER}.repa.s0"))
+    assert _recorded(out)[f"train/{TEACHER}.repa.s0.job.json"] in row.split() and " done " in row
     cancel = _study("cancel", str(out))
     assert cancel.communicate(timeout=120)[0].strip() == "cancelled 0 job(s)"
 
