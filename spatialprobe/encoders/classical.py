@@ -66,9 +66,9 @@ def dense_hog(gray: np.ndarray, cell: int = 16, orientations: int = 8, sub: int 
         raise DataError(f"dense_hog: image {h}x{w} with {cell}-px patches of {sub}-px cells; the height and "
                         f"width must be non-zero multiples of {cell} (and {cell} a multiple of {sub}); "
                         f"resize the image first.")
-    k = cell // sub
+    k, chunk = cell // sub, max(1, chunk)
     out = np.empty((b, h // cell, w // cell, k, k, orientations), np.float32)
-    for a in range(0, b, max(1, chunk)):
+    for a in range(0, b, chunk):
         f = _hog_cells(g[a:a + chunk], orientations, sub)  # [n, h/sub, w/sub, O] float64
         f = f.reshape(-1, h // cell, k, w // cell, k, orientations).transpose(0, 1, 3, 2, 4, 5)
         out[a:a + chunk] = f  # float64 -> float32, as the per-image code's .astype(np.float32)
