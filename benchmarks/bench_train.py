@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import os
 import platform
 import sys
@@ -156,15 +157,20 @@ def available_methods() -> set[str]:
 
 
 class Step:
-    """One training step as the loop does it: losses (teacher targets, denoising, projection), backward,
-    grad clip, AdamW, EMA; on fixed inputs so only the step is measured."""
+    """One training step as the loop does it: losses (teacher targets, denoising, projection), backward, and
+    the loop's update (its AdamW, the family's gradient clipping and EMA decays: SiT clips at 1.0 and keeps
+    one EMA, JiT does not clip and keeps two); on fixed inputs so only the step is measured."""
 
     def __init__(self, model: str, method: str, teacher, *, batch: int, device: torch.device, compile_: bool,
                  img_res: int) -> None:
         from spatialprobe.train import pixelrepa, presets
+        from spatialprobe.train.config import MODEL_DEFAULTS
+        from spatialprobe.train.loop import make_optimizer
         from spatialprobe.train.models import build, family
 
         self.fam = family(model)
+        recipe = MODEL_DEFAULTS[self.fam]
+        self.grad_clip, self.decays = recipe["grad_clip"], list(recipe["ema_decays"])
         pre = presets.get(method, self.fam)
         self.pre = pre
         self.teachers = [teacher] if pre.align else []
@@ -176,11 +182,11 @@ class Step:
             kw = dict(num_classes=1000, z_dims=[t.embed_dim for t in self.teachers], projector=pre.projector,
                       kernel_size=pre.kernel_size, **extra)
         self.model = build(model, **kw).to(device)
-        self.ema = build(model, **kw).to(device).requires_grad_(False)
+        self.emas = [copy.deepcopy(self.model).eval().requires_grad_(False) for _ in self.decays]
         run = types.SimpleNamespace(method=method, adapter_depth=pre.adapter_depth, mask_ratio=pre.mask_ratio)
         trainee, self.adapter = pixelrepa.attach(self.model, run, self.teachers)
         self.net = torch.compile(trainee) if compile_ else trainee
-        self.opt = torch.optim.AdamW(trainee.parameters(), lr=1e-4)
+        self.opt = make_optimizer(trainee, lr=1e-4, betas=recipe["betas"], weight_decay=0.0)
         self.params = [p for p in trainee.parameters() if p.requires_grad]
         self.ac = torch.bfloat16 if device.type == "cuda" else None
         side, ch = self.model.cfg.input_size, self.model.cfg.in_channels
@@ -193,7 +199,7 @@ class Step:
         self.device, self.s = device, 0
 
     def __call__(self) -> None:
-        from spatialprobe.train.loop import step_generator, step_losses
+        from spatialprobe.train.loop import apply_update, step_generator, step_losses
 
         pre = self.pre
         out = step_losses(self.net, self.fam, self.x, self.y, teachers=self.teachers, teacher_images=self.imgs,
@@ -202,11 +208,7 @@ class Step:
                           label_dropout=0.1, autocast_dtype=self.ac, method=self.method)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
-                pe.lerp_(pm.detach(), 1e-4)
+        apply_update(self.params, self.opt, self.grad_clip, self.model, self.emas, self.decays)
         self.s += 1
 
 

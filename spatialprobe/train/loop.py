@@ -402,12 +402,18 @@ def _build(cfg: TrainConfig, model_args: dict[str, Any], teachers: list, device:
     cfg.encoder_depth = model.cfg.encoder_depth
     emas = [copy.deepcopy(model).eval().requires_grad_(False) for _ in cfg.ema_decays]
     trainee, adapter = pixelrepa.attach(model, cfg, teachers)  # (model, None) unless PixelREPA; EMA: model only
+    opt = make_optimizer(trainee, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return model, emas, trainee, adapter, opt
+
+
+def make_optimizer(trainee: nn.Module, *, lr: float, betas: Sequence[float], weight_decay: float):
+    """AdamW over ``trainee``'s parameters: ``weight_decay`` on the weights, none on biases and 1-d
+    parameters. The loop's optimizer, shared with the benchmark."""
     decay, no_decay = [], []
     for n_, p in trainee.named_parameters():
         (no_decay if p.ndim < 2 or n_.endswith(".bias") else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
-    return model, emas, trainee, adapter, opt
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
 
 
 def _resume(cfg: TrainConfig, out: Path, model: nn.Module, emas: list, adapter: nn.Module | None, opt,
@@ -553,19 +559,26 @@ def _forward_backward(run: _Run, batch: dict[str, torch.Tensor], step: int) -> t
     return losses, lr
 
 
-def _update(run: _Run, need_norm: bool) -> torch.Tensor | None:
-    """Clip (when ``grad_clip`` is set), the optimizer step and the EMAs; returns the gradient norm before
-    clipping, computed only when clipping or ``need_norm`` (a logged step) asks for it."""
+def apply_update(params: list, opt, grad_clip: float, model: nn.Module, emas: list, decays: Sequence[float],
+                 need_norm: bool = False) -> torch.Tensor | None:
+    """Clip ``params``' gradients (when ``grad_clip`` is set), step ``opt`` and move each EMA copy of
+    ``model`` towards it with its decay; returns the gradient norm before clipping, computed only when
+    clipping or ``need_norm`` (a logged step) asks for it. The loop's update, shared with the benchmark."""
     gn = None
-    if run.cfg.grad_clip or need_norm:
+    if grad_clip or need_norm:
         # with clipping off, max_norm inf scales by exactly 1.0: only the norm is wanted
-        gn = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip if run.cfg.grad_clip else math.inf)
-    run.opt.step()
+        gn = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
+    opt.step()
     with torch.no_grad():
-        for e, dk in zip(run.emas, run.cfg.ema_decays):
-            for pe, pm in zip(e.parameters(), run.model.parameters()):
+        for e, dk in zip(emas, decays):
+            for pe, pm in zip(e.parameters(), model.parameters()):
                 pe.lerp_(pm.detach(), 1.0 - dk)
     return gn
+
+
+def _update(run: _Run, need_norm: bool) -> torch.Tensor | None:
+    """:func:`apply_update` with the run's parameters, optimizer, clipping and EMAs."""
+    return apply_update(run.params, run.opt, run.cfg.grad_clip, run.model, run.emas, run.cfg.ema_decays, need_norm)
 
 
 def _compile_failed(run: _Run, exc: Exception) -> None:
