@@ -3,8 +3,11 @@
 For each model the same batch goes through: a plain step (no alignment), the teacher's forward alone
 (``repa.teacher_targets``: the teacher, resampling and spatial norm), and one step per aligned method. The
 alignment overhead of a method is ``aligned step − plain step``; it should be the teacher forward plus a
-projector, nothing more, so the table gives it as a ratio to the teacher forward and its excess
-``(aligned − plain − teacher)`` as a percentage of the plain step (target <= 10 %).
+projector, nothing more, so the table gives it as a ratio to the teacher forward, its excess
+``(aligned − plain − teacher)`` as a percentage of the plain step, and the excess beyond the teacher and the
+projector's own forward + backward (PixelREPA: its adapter's) ``(aligned − plain − teacher − projector)``
+(target <= 10 %). The steps of a model are timed in interleaved rounds (:func:`seconds_interleaved`), so
+that a busy spell of a shared machine does not land on one of them only.
 
 Host synchronisations per step are counted in a separate, untimed pass: every call of
 ``Tensor.item/.tolist/.cpu/.numpy/__float__/__int__/__bool__`` (and ``.to('cpu')``) made inside the step
@@ -36,6 +39,7 @@ import time
 import traceback
 import types
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -254,31 +258,55 @@ def syncs_per_call(fn, n: int = 2) -> tuple[float, collections.Counter]:
     return c.total / n, c.calls
 
 
+def seconds_interleaved(fns: dict, *, steps: int, warmup: int, device: torch.device, rounds: int) -> dict:
+    """Best over ``rounds`` of the mean time of ``steps`` calls, for every function of ``fns``, the rounds
+    taken in turn (round r of each function, then round r + 1): a slow spell of a shared machine hits every
+    function alike instead of the one measured during it, so the differences between them stay meaningful."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+    return best
+
+
 def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, device: torch.device,
-                compile_: bool, teacher_name: str | None = None, methods=("none",) + ALIGNED) -> list[dict]:
-    """Rows for one model: plain, teacher forward, then each aligned method (skipped when unavailable)."""
+                compile_: bool, teacher_name: str | None = None, methods=("none",) + ALIGNED,
+                rounds: int = 3) -> list[dict]:
+    """Rows for one model: plain, teacher forward, then each aligned method (skipped when unavailable).
+    Every step of the model (and each projector pass) is timed in the same interleaved rounds."""
     from spatialprobe.train import repa
 
     teacher = make_teacher(tiny, device, teacher_name)
     img_res = teacher.input_res if tiny and not teacher_name else 256
     have = available_methods()
     rows: list[dict] = []
-    plain = None
-    timing = dict(steps=steps, warmup=warmup, device=device)
+    make = lambda m: Step(model, m, teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)  # noqa: E731
+    fns: dict[str, Any] = {}
+    aligned: dict[str, Step] = {}
     if "none" in methods:
-        st = Step(model, "none", teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)
-        plain = seconds_per_call(st, **timing)
+        st = fns["none"] = make("none")
+        fns["teacher"] = lambda st=st: repa.teacher_targets(teacher, st.imgs, st.model.grid, spnorm=True, gamma=0.6,
+                                                            autocast_dtype=st.ac)
+    for m in methods:
+        if m == "none" or m not in have or (m == "pixelrepa" and not model.startswith("jit")):
+            continue  # pixelrepa: a pixel-space (JiT) method only
+        st = fns[m] = aligned[m] = make(m)
+        fns[f"{m}:projector"] = _projector_pass(st)
+    sec = seconds_interleaved(fns, steps=steps, warmup=warmup, device=device, rounds=rounds)
+    plain, tfwd = sec.get("none"), sec.get("teacher")
+    if plain is not None:
         rows.append({"model": model, "what": "plain step (no alignment)", "s": plain, "batch": batch,
-                     "syncs": syncs_per_call(st)[0]})
-        grid = st.model.grid
-        ac = st.ac
-        imgs = st.imgs
-        del st
-        tfwd = seconds_per_call(lambda: repa.teacher_targets(teacher, imgs, grid, spnorm=True, gamma=0.6,
-                                                             autocast_dtype=ac), **timing)
+                     "syncs": syncs_per_call(fns["none"])[0]})
         rows.append({"model": model, "what": "teacher forward alone", "s": tfwd, "batch": batch, "syncs": None})
-    else:
-        tfwd = None
     for m in methods:
         if m == "none":
             continue
@@ -286,28 +314,25 @@ def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, 
             rows.append({"model": model, "what": f"{m} step", "s": None, "batch": batch, "syncs": None,
                          "note": f"skipped: no '{m}' training method in this version"})
             continue
-        if m == "pixelrepa" and not model.startswith("jit"):
-            continue  # a pixel-space (JiT) method only
-        st = Step(model, m, teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)
-        sec = seconds_per_call(st, **timing)
-        n, where = syncs_per_call(st)
-        proj = seconds_per_call(_projector_pass(st), **timing)
-        row = {"model": model, "what": f"{m} step", "s": sec, "batch": batch, "syncs": n,
+        if m not in aligned:
+            continue
+        n, where = syncs_per_call(aligned[m])
+        proj = sec[f"{m}:projector"]
+        row = {"model": model, "what": f"{m} step", "s": sec[m], "batch": batch, "syncs": n,
                "sync_sites": dict(where), "projector_s": proj}
         if plain is not None and tfwd:
-            row["overhead_s"] = sec - plain
-            row["overhead_vs_teacher"] = (sec - plain) / tfwd
-            row["excess_pct_of_plain"] = 100 * (sec - plain - tfwd) / plain
-            row["excess_beyond_projector_pct"] = 100 * (sec - plain - tfwd - proj) / plain
+            row["overhead_s"] = sec[m] - plain
+            row["overhead_vs_teacher"] = (sec[m] - plain) / tfwd
+            row["excess_pct_of_plain"] = 100 * (sec[m] - plain - tfwd) / plain
+            row["excess_beyond_projector_pct"] = 100 * (sec[m] - plain - tfwd - proj) / plain
         rows.append(row)
-        del st
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     out = ["| model | step | batch | ms/step | steps/s | images/s | alignment overhead ms | overhead / teacher fwd "
-           "| excess over teacher, % of plain step | projector fwd+bwd ms | excess over teacher + projector, % of "
-           "plain step | host syncs/step |",
+           "| excess over teacher, % of plain step | projector (PixelREPA: adapter) fwd+bwd ms | excess over teacher "
+           "+ projector, % of plain step | host syncs/step |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["s"] is None:
@@ -326,27 +351,37 @@ def format_rows(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------- the real loop's syncs
-def loop_syncs(steps: int = 6) -> dict:
+def loop_syncs(steps: int = 8) -> dict:
     """Run ``train()`` (jit-tiny, iREPA, the built-in digits, a pixel teacher) for ``steps`` steps, logging only
     at step 1 and the last, and count host-sync calls per step; returns the per-step counts of the steps
-    that neither log nor checkpoint, with the lines that made them."""
-    from spatialprobe.train.loop import train
+    that neither log nor checkpoint, with the lines that made them.
 
-    per_step: dict[int, collections.Counter] = {}
+    The run has no ``callback``, as a study's runs: a callback receives each step's loss as a float (one
+    host copy per step, by design). Steps are told apart by wrapping the loop's update
+    (``loop.apply_update``): interval k runs from the end of update k − 1 to the end of update k, so it holds
+    the rest of the loop body of step k − 1 (logging, checkpoints) and step k; an interval is counted when
+    neither step logs."""
+    from spatialprobe.train import loop
+
+    counts: list[collections.Counter] = []
     counter = SyncCounter()
-    last = collections.Counter()
+    orig = loop.apply_update
 
-    def cb(step, rec):
-        nonlocal last
-        now = collections.Counter(counter.calls)
-        per_step[step] = now - last
-        last = now
+    def counted(*a, **k):
+        out = orig(*a, **k)
+        counts.append(collections.Counter(counter.calls))
+        return out
 
-    with tempfile.TemporaryDirectory() as tmp, counter:
-        train(model="jit-tiny", method="irepa", teacher="pixels", images="builtin:digits", out=tmp, steps=steps,
-              log_every=10 * steps, ckpt_every=10 * steps, workers=0, max_images=64, batch_size=8,
-              teacher_pretrained=False, callback=cb)
-    quiet = {s: c for s, c in per_step.items() if 1 < s < steps}
+    loop.apply_update = counted
+    try:
+        with tempfile.TemporaryDirectory() as tmp, counter:
+            loop.train(model="jit-tiny", method="irepa", teacher="pixels", images="builtin:digits", out=tmp,
+                       steps=steps, log_every=10 * steps, ckpt_every=10 * steps, workers=0, max_images=64,
+                       batch_size=8, teacher_pretrained=False)
+    finally:
+        loop.apply_update = orig
+    # counts[i] is the running total at the end of step i + 1; steps 1 and `steps` log
+    quiet = {k: counts[k - 1] - counts[k - 2] for k in range(3, steps)}
     sites: collections.Counter[str] = collections.Counter()
     for c in quiet.values():
         sites.update(c)
@@ -446,7 +481,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=None, help="comma list (default: sit-tiny,jit-tiny with --tiny, "
                                                    "else sit-b/2,jit-b/16)")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (3 rounds, best kept)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 with --tiny, else 20)")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds per step, taken in turn across the "
+                    "steps of a model; the best is kept (default 6 with --tiny, else 3)")
     ap.add_argument("--teacher", default=None, help="zoo id of the teacher (random init); default dinov2-vit-b "
                                                     "on GPU, a stand-in with --tiny")
     ap.add_argument("--compile", action="store_true")
@@ -479,7 +516,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for m in models:
         rows += bench_model(m, tiny=a.tiny, batch=batch, steps=steps, warmup=2 if a.tiny else 5, device=device,
-                            compile_=a.compile, teacher_name=a.teacher, methods=methods)
+                            compile_=a.compile, teacher_name=a.teacher, methods=methods,
+                            rounds=a.rounds or (6 if a.tiny else 3))
     print(format_rows(rows))
     sites = collections.Counter()
     for r in rows:
