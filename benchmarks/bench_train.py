@@ -5,9 +5,10 @@ For each model the same batch goes through: a plain step (no alignment), the tea
 alignment overhead of a method is ``aligned step − plain step``; it should be the teacher forward plus a
 projector, nothing more, so the table gives it as a ratio to the teacher forward, its excess
 ``(aligned − plain − teacher)`` as a percentage of the plain step, and the excess beyond the teacher and the
-projector's own forward + backward (PixelREPA: its adapter's) ``(aligned − plain − teacher − projector)``
-(target <= 10 %). The steps of a model are timed in interleaved rounds (:func:`seconds_interleaved`), so
-that a busy spell of a shared machine does not land on one of them only.
+projector's own forward + backward (PixelREPA: its adapter's) ``(aligned − plain − teacher − projector)``,
+then also beyond the projector's update (the loop's AdamW, and clipping where the recipe clips, over its
+parameters alone) (target <= 10 %). The steps of a model are timed in interleaved rounds
+(:func:`seconds_interleaved`), so that a busy spell of a shared machine does not land on one of them only.
 
 Host synchronisations per step are counted in a separate, untimed pass: every call of
 ``Tensor.item/.tolist/.cpu/.numpy/__float__/__int__/__bool__`` (and ``.to('cpu')``) made inside the step
@@ -235,6 +236,27 @@ def _projector_pass(st: Step):
     return run
 
 
+def _projector_update(st: Step):
+    """The update the step's projector(s) (PixelREPA: adapter) add: the loop's AdamW and, when the family's
+    recipe clips, gradient clipping over their parameters alone (on a copy, with fixed random gradients)."""
+    from spatialprobe.train.config import MODEL_DEFAULTS
+    from spatialprobe.train.loop import make_optimizer
+
+    mods = copy.deepcopy(nn.ModuleList([st.adapter] if st.adapter is not None else list(st.model.projectors)))
+    params = [p for p in mods.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).to(p.device)
+    opt = make_optimizer(mods, lr=1e-4, betas=MODEL_DEFAULTS[st.fam]["betas"], weight_decay=0.0)
+
+    def run():
+        if st.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, st.grad_clip)
+        opt.step()
+
+    return run
+
+
 def seconds_per_call(fn, *, steps: int, warmup: int, device: torch.device, rounds: int = 3) -> float:
     """Best over ``rounds`` of the mean time of ``steps`` calls (after ``warmup`` calls)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -301,6 +323,7 @@ def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, 
             continue  # pixelrepa: a pixel-space (JiT) method only
         st = fns[m] = aligned[m] = make(m)
         fns[f"{m}:projector"] = _projector_pass(st)
+        fns[f"{m}:projector update"] = _projector_update(st)
     sec = seconds_interleaved(fns, steps=steps, warmup=warmup, device=device, rounds=rounds)
     plain, tfwd = sec.get("none"), sec.get("teacher")
     if plain is not None:
@@ -317,14 +340,15 @@ def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, 
         if m not in aligned:
             continue
         n, where = syncs_per_call(aligned[m])
-        proj = sec[f"{m}:projector"]
+        proj, upd = sec[f"{m}:projector"], sec[f"{m}:projector update"]
         row = {"model": model, "what": f"{m} step", "s": sec[m], "batch": batch, "syncs": n,
-               "sync_sites": dict(where), "projector_s": proj}
+               "sync_sites": dict(where), "projector_s": proj, "projector_update_s": upd}
         if plain is not None and tfwd:
             row["overhead_s"] = sec[m] - plain
             row["overhead_vs_teacher"] = (sec[m] - plain) / tfwd
             row["excess_pct_of_plain"] = 100 * (sec[m] - plain - tfwd) / plain
             row["excess_beyond_projector_pct"] = 100 * (sec[m] - plain - tfwd - proj) / plain
+            row["excess_beyond_projector_update_pct"] = 100 * (sec[m] - plain - tfwd - proj - upd) / plain
         rows.append(row)
     return rows
 
@@ -332,18 +356,21 @@ def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, 
 def format_rows(rows: list[dict]) -> str:
     out = ["| model | step | batch | ms/step | steps/s | images/s | alignment overhead ms | overhead / teacher fwd "
            "| excess over teacher, % of plain step | projector (PixelREPA: adapter) fwd+bwd ms | excess over teacher "
-           "+ projector, % of plain step | host syncs/step |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "+ projector fwd+bwd, % of plain step | projector update (AdamW, clip) ms | excess over teacher + "
+           "projector fwd+bwd+update, % of plain step | host syncs/step |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["s"] is None:
-            out.append(f"| {r['model']} | {r['what']} | {r['batch']} | – | – | – | – | – | – | – | – "
+            out.append(f"| {r['model']} | {r['what']} | {r['batch']} | – | – | – | – | – | – | – | – | – | – "
                        f"| {r.get('note', '')} |")
             continue
         ov = r.get("overhead_s")
         cells = ["", "", ""] if ov is None else \
             [f"{1e3 * ov:.1f}", f"{r['overhead_vs_teacher']:.2f}", f"{r['excess_pct_of_plain']:+.0f} %"]
         cells += ["" if r.get("projector_s") is None else f"{1e3 * r['projector_s']:.1f}",
-                  "" if ov is None else f"{r['excess_beyond_projector_pct']:+.0f} %"]
+                  "" if ov is None else f"{r['excess_beyond_projector_pct']:+.0f} %",
+                  "" if r.get("projector_update_s") is None else f"{1e3 * r['projector_update_s']:.1f}",
+                  "" if ov is None else f"{r['excess_beyond_projector_update_pct']:+.0f} %"]
         syncs = "" if r["syncs"] is None else f"{r['syncs']:g}"
         out.append(f"| {r['model']} | {r['what']} | {r['batch']} | {1e3 * r['s']:.1f} | {1 / r['s']:.2f} "
                    f"| {r['batch'] / r['s']:.0f} | {' | '.join(cells)} | {syncs} |")
