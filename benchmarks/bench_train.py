@@ -8,7 +8,8 @@ projector, nothing more, so the table gives it as a ratio to the teacher forward
 projector's own forward + backward (PixelREPA: its adapter's) ``(aligned − plain − teacher − projector)``,
 then also beyond the projector's update (the loop's AdamW, and clipping where the recipe clips, over its
 parameters alone) (target <= 10 %). The steps of a model are timed in interleaved rounds
-(:func:`seconds_interleaved`), so that a busy spell of a shared machine does not land on one of them only.
+(:func:`seconds_interleaved`: the median of single calls), so that a busy spell of a shared machine does not
+land on one of them only.
 
 Host synchronisations per step are counted in a separate, untimed pass: every call of
 ``Tensor.item/.tolist/.cpu/.numpy/__float__/__int__/__bool__`` (and ``.to('cpu')``) made inside the step
@@ -34,6 +35,7 @@ import contextlib
 import copy
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -281,23 +283,27 @@ def syncs_per_call(fn, n: int = 2) -> tuple[float, collections.Counter]:
 
 
 def seconds_interleaved(fns: dict, *, steps: int, warmup: int, device: torch.device, rounds: int) -> dict:
-    """Best over ``rounds`` of the mean time of ``steps`` calls, for every function of ``fns``, the rounds
-    taken in turn (round r of each function, then round r + 1): a slow spell of a shared machine hits every
-    function alike instead of the one measured during it, so the differences between them stay meaningful."""
+    """The median time of one call of every function of ``fns``, over ``rounds`` × ``steps`` single calls
+    (synchronised around each on CUDA), the rounds taken in turn (round r of each function, then round r + 1).
+
+    Interleaved, a busy spell of a shared machine hits every function alike instead of the one measured
+    during it; the median of single calls ignores the odd slow call (a page-faulting allocation, another
+    job's burst), which in a mean of a few calls can move a 200 ms jit-tiny REPA step by 20 ms, half a plain
+    step. Differences between the functions of one call are what the table reports."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    best = dict.fromkeys(fns, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
             for _ in range(steps):
+                sync()
+                t0 = time.perf_counter()
                 fn()
-            sync()
-            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
-    return best
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, device: torch.device,
@@ -510,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 with --tiny, else 20)")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per step, taken in turn across the "
-                    "steps of a model; the best is kept (default 6 with --tiny, else 3)")
+                    "steps of a model; the median call is kept (default 6 with --tiny, else 3)")
     ap.add_argument("--teacher", default=None, help="zoo id of the teacher (random init); default dinov2-vit-b "
                                                     "on GPU, a stand-in with --tiny")
     ap.add_argument("--compile", action="store_true")
