@@ -172,6 +172,7 @@ class Step:
                  img_res: int) -> None:
         from spatialprobe.train import pixelrepa, presets
         from spatialprobe.train.config import MODEL_DEFAULTS
+        from spatialprobe.train.ema import DenoiserEMA
         from spatialprobe.train.loop import make_optimizer
         from spatialprobe.train.models import build, family
 
@@ -189,7 +190,7 @@ class Step:
             kw = dict(num_classes=1000, z_dims=[t.embed_dim for t in self.teachers], projector=pre.projector,
                       kernel_size=pre.kernel_size, **extra)
         self.model = build(model, **kw).to(device)
-        self.emas = [copy.deepcopy(self.model).eval().requires_grad_(False) for _ in self.decays]
+        self.emas = DenoiserEMA(self.model, self.decays)
         run = types.SimpleNamespace(method=method, adapter_depth=pre.adapter_depth, mask_ratio=pre.mask_ratio)
         trainee, self.adapter = pixelrepa.attach(self.model, run, self.teachers)
         self.net = torch.compile(trainee) if compile_ else trainee
@@ -215,7 +216,7 @@ class Step:
                           label_dropout=0.1, autocast_dtype=self.ac, method=self.method)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        apply_update(self.params, self.opt, self.grad_clip, self.model, self.emas, self.decays)
+        apply_update(self.params, self.opt, self.grad_clip, self.emas)
         self.s += 1
 
 
