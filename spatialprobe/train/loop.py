@@ -408,12 +408,36 @@ def _build(cfg: TrainConfig, model_args: dict[str, Any], teachers: list, device:
 
 def make_optimizer(trainee: nn.Module, *, lr: float, betas: Sequence[float], weight_decay: float):
     """AdamW over ``trainee``'s parameters: ``weight_decay`` on the weights, none on biases and 1-d
-    parameters. The loop's optimizer, shared with the benchmark."""
+    parameters. The loop's optimizer, shared with the benchmark.
+
+    The fused implementation where the device has it (CPU and CUDA): torch's default on CPU is a Python loop
+    over the parameters (one small op per tensor and moment), which on jit-tiny REPA took 30 ms per step
+    against 7 ms fused (4.9 M parameters, 1 thread; the foreach variant 23 ms); on CUDA fused is one kernel
+    launch per parameter group instead of foreach's several. Same update up to float rounding (≤ 2e-8 after
+    17 steps there); a given run is still bit-reproducible, and --resume bit-exact."""
     decay, no_decay = [], []
     for n_, p in trainee.named_parameters():
         (no_decay if p.ndim < 2 or n_.endswith(".bias") else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
+    except RuntimeError:  # a device without the fused kernel: torch's default (foreach where supported)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a saved optimizer state into ``opt`` and keep ``opt``'s own implementation (fused / foreach):
+    ``load_state_dict`` would take the saved groups' choice, so a checkpoint written by an earlier version
+    (or on another device) would silently switch the run back to the per-parameter loop."""
+    impl = {k: opt.defaults.get(k) for k in ("fused", "foreach")}
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        group.update(impl)
+        if impl["fused"]:  # the fused kernel keeps each step counter as a float32 tensor on the parameter's device
+            for p in group["params"]:
+                st = opt.state.get(p)
+                if st and torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(dtype=torch.float32, device=p.device)
 
 
 def _resume(cfg: TrainConfig, out: Path, model: nn.Module, emas: DenoiserEMA, adapter: nn.Module | None, opt,
@@ -431,7 +455,7 @@ def _resume(cfg: TrainConfig, out: Path, model: nn.Module, emas: DenoiserEMA, ad
         emas.load_state_dicts(state["emas"])  # projector keys of an older checkpoint's EMAs are dropped
         if adapter is not None:
             adapter.load_state_dict(state["adapter"])
-        opt.load_state_dict(state["opt"])
+        load_optimizer_state(opt, state["opt"])
         start = int(state["step"])
         if rank == 0:
             log.info("resumed %s at step %d", ckpt, start)
