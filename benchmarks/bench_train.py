@@ -21,6 +21,7 @@ teacher-token cache (a teacher run again over the same images) where it is impor
     python benchmarks/bench_train.py --tiny                      # CPU: sit-tiny + jit-tiny, stand-in teacher
     python benchmarks/bench_train.py                             # CUDA: sit-b/2 + jit-b/16, DINOv2-B teacher
     python benchmarks/bench_train.py --tiny --loop-syncs --cache
+    python benchmarks/bench_train.py --tiny --adamw              # + torch's AdamW variants (always on CUDA)
     python benchmarks/bench_train.py --batch-selection           # CPU: host cost of a step's batch at n = 1.28M
 
 PixelREPA has a slot in the table: it is measured when ``pixelrepa`` is a training method, and shown as
@@ -424,6 +425,51 @@ def loop_syncs(steps: int = 8) -> dict:
             "sites": {k: v / n for k, v in sites.most_common()}}
 
 
+# ---------------------------------------------------------------------------- AdamW implementations
+def adamw_rows(model: str, device: torch.device, *, steps: int = 5, rounds: int = 3) -> list[dict]:
+    """torch's three AdamW implementations (per-parameter loop, foreach, fused) over the parameters of the
+    model's REPA step (model + MLP projector), with fixed random gradients: the time of one ``step()`` and the
+    largest parameter difference to the per-parameter loop after the timed steps. The loop uses fused
+    (:func:`spatialprobe.train.loop.make_optimizer`); this is the measurement behind that choice."""
+    from spatialprobe.train.config import MODEL_DEFAULTS
+    from spatialprobe.train.models import build, family
+
+    extra = {"encoder_depth": 4} if model in ("sit-b/2", "jit-b/16") else {}
+    net = build(model, num_classes=1000, z_dims=[768], projector="mlp", **extra).to(device)
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen).to(device) for p in net.parameters()]
+    betas = tuple(MODEL_DEFAULTS[family(model)]["betas"])
+    params, fns = {}, {}
+    for impl, kw in (("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        ps = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        try:
+            opt = torch.optim.AdamW(ps, lr=1e-4, betas=betas, weight_decay=0.0, **kw)
+        except RuntimeError:
+            continue  # no such kernel on this device
+        params[impl], fns[impl] = ps, opt.step
+    sec = seconds_interleaved(fns, steps=steps, warmup=2, device=device, rounds=rounds)
+    ref = params["loop"]
+    row = {"model": model, "numel": sum(p.numel() for p in ref), "tensors": len(ref)}
+    for impl in ("loop", "foreach", "fused"):
+        row[impl] = sec.get(impl)
+        if impl in params and impl != "loop":
+            row[f"{impl}_diff"] = max(float((a - b).abs().max()) for a, b in zip(params[impl], ref))
+    return [row]
+
+
+def format_adamw(rows: list[dict]) -> str:
+    out = ["| model + REPA projector (768-d teacher) | parameters | tensors | per-parameter loop ms | foreach ms | fused ms "
+           "| max abs diff foreach / fused vs loop (same steps) |", "|---|---:|---:|---:|---:|---:|---|"]
+    ms = lambda v: "–" if v is None else f"{1e3 * v:.2f}"  # noqa: E731
+    for r in rows:
+        diffs = " / ".join("–" if r.get(f"{k}_diff") is None else f"{r[f'{k}_diff']:.1e}" for k in ("foreach", "fused"))
+        out.append(f"| {r['model']} | {r['numel'] / 1e6:.2f} M | {r['tensors']} | {ms(r['loop'])} | {ms(r['foreach'])} "
+                   f"| {ms(r['fused'])} | {diffs} |")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------- teacher-token cache
 def cache_bench(device: torch.device, batch: int = 16, tiny: bool = True) -> list[dict]:
     """Teacher forward over the same images: batched and uncached, through the study's token cache cold
@@ -525,6 +571,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: tiny models gain nothing from a second thread, and a shared machine makes threads wait on each other)")
     ap.add_argument("--loop-syncs", action="store_true", help="also count host syncs in train() itself")
     ap.add_argument("--cache", action="store_true", help="also time the study's teacher-token cache")
+    ap.add_argument("--adamw", action="store_true", help="also time torch's AdamW implementations (loop, foreach, "
+                    "fused) over each model's REPA parameters (always on CUDA)")
     ap.add_argument("--batch-selection", action="store_true", help="only the host cost of picking a step's batch "
                     "of dataset positions, before and after the per-epoch permutation cache (CPU)")
     ap.add_argument("--n", default="12800,1281167", help="dataset sizes of --batch-selection, comma-separated")
@@ -568,6 +616,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"checkpoints (steps {ls['steps'][0]}-{ls['steps'][-1]}):")
         for k, v in ls["sites"].items():
             print(f"- {k}: {v:g} per step")
+    if a.adamw or device.type == "cuda":
+        ar = [r for m in models for r in adamw_rows(m, device, rounds=a.rounds or 3)]
+        result["adamw"] = ar
+        print("\n" + format_adamw(ar))
     if a.cache:
         cr = cache_bench(device, tiny=a.tiny)
         result["cache"] = cr
