@@ -3,8 +3,13 @@
 For each model the same batch goes through: a plain step (no alignment), the teacher's forward alone
 (``repa.teacher_targets``: the teacher, resampling and spatial norm), and one step per aligned method. The
 alignment overhead of a method is ``aligned step − plain step``; it should be the teacher forward plus a
-projector, nothing more, so the table gives it as a ratio to the teacher forward and its excess
-``(aligned − plain − teacher)`` as a percentage of the plain step (target <= 10 %).
+projector, nothing more, so the table gives it as a ratio to the teacher forward, its excess
+``(aligned − plain − teacher)`` as a percentage of the plain step, and the excess beyond the teacher and the
+projector's own forward + backward (PixelREPA: its adapter's) ``(aligned − plain − teacher − projector)``,
+then also beyond the projector's update (the loop's AdamW, and clipping where the recipe clips, over its
+parameters alone) (target <= 10 %). The steps of a model are timed in interleaved rounds
+(:func:`seconds_interleaved`: the median of single calls), so that a busy spell of a shared machine does not
+land on one of them only.
 
 Host synchronisations per step are counted in a separate, untimed pass: every call of
 ``Tensor.item/.tolist/.cpu/.numpy/__float__/__int__/__bool__`` (and ``.to('cpu')``) made inside the step
@@ -16,6 +21,7 @@ teacher-token cache (a teacher run again over the same images) where it is impor
     python benchmarks/bench_train.py --tiny                      # CPU: sit-tiny + jit-tiny, stand-in teacher
     python benchmarks/bench_train.py                             # CUDA: sit-b/2 + jit-b/16, DINOv2-B teacher
     python benchmarks/bench_train.py --tiny --loop-syncs --cache
+    python benchmarks/bench_train.py --tiny --adamw              # + torch's AdamW variants (always on CUDA)
     python benchmarks/bench_train.py --batch-selection           # CPU: host cost of a step's batch at n = 1.28M
 
 PixelREPA has a slot in the table: it is measured when ``pixelrepa`` is a training method, and shown as
@@ -27,14 +33,17 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 import traceback
 import types
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -156,15 +165,21 @@ def available_methods() -> set[str]:
 
 
 class Step:
-    """One training step as the loop does it: losses (teacher targets, denoising, projection), backward,
-    grad clip, AdamW, EMA; on fixed inputs so only the step is measured."""
+    """One training step as the loop does it: losses (teacher targets, denoising, projection), backward, and
+    the loop's update (its AdamW, the family's gradient clipping and EMA decays: SiT clips at 1.0 and keeps
+    one EMA, JiT does not clip and keeps two); on fixed inputs so only the step is measured."""
 
     def __init__(self, model: str, method: str, teacher, *, batch: int, device: torch.device, compile_: bool,
                  img_res: int) -> None:
         from spatialprobe.train import pixelrepa, presets
+        from spatialprobe.train.config import MODEL_DEFAULTS
+        from spatialprobe.train.ema import DenoiserEMA
+        from spatialprobe.train.loop import make_optimizer
         from spatialprobe.train.models import build, family
 
         self.fam = family(model)
+        recipe = MODEL_DEFAULTS[self.fam]
+        self.grad_clip, self.decays = recipe["grad_clip"], list(recipe["ema_decays"])
         pre = presets.get(method, self.fam)
         self.pre = pre
         self.teachers = [teacher] if pre.align else []
@@ -176,11 +191,11 @@ class Step:
             kw = dict(num_classes=1000, z_dims=[t.embed_dim for t in self.teachers], projector=pre.projector,
                       kernel_size=pre.kernel_size, **extra)
         self.model = build(model, **kw).to(device)
-        self.ema = build(model, **kw).to(device).requires_grad_(False)
+        self.emas = DenoiserEMA(self.model, self.decays)
         run = types.SimpleNamespace(method=method, adapter_depth=pre.adapter_depth, mask_ratio=pre.mask_ratio)
         trainee, self.adapter = pixelrepa.attach(self.model, run, self.teachers)
         self.net = torch.compile(trainee) if compile_ else trainee
-        self.opt = torch.optim.AdamW(trainee.parameters(), lr=1e-4)
+        self.opt = make_optimizer(trainee, lr=1e-4, betas=recipe["betas"], weight_decay=0.0)
         self.params = [p for p in trainee.parameters() if p.requires_grad]
         self.ac = torch.bfloat16 if device.type == "cuda" else None
         side, ch = self.model.cfg.input_size, self.model.cfg.in_channels
@@ -193,7 +208,7 @@ class Step:
         self.device, self.s = device, 0
 
     def __call__(self) -> None:
-        from spatialprobe.train.loop import step_generator, step_losses
+        from spatialprobe.train.loop import apply_update, step_generator, step_losses
 
         pre = self.pre
         out = step_losses(self.net, self.fam, self.x, self.y, teachers=self.teachers, teacher_images=self.imgs,
@@ -202,11 +217,7 @@ class Step:
                           label_dropout=0.1, autocast_dtype=self.ac, method=self.method)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
-                pe.lerp_(pm.detach(), 1e-4)
+        apply_update(self.params, self.opt, self.grad_clip, self.emas)
         self.s += 1
 
 
@@ -225,6 +236,27 @@ def _projector_pass(st: Step):
             else:
                 loss = sum(p(z).float().square().mean() for p in m.projectors)
         loss.backward()
+
+    return run
+
+
+def _projector_update(st: Step):
+    """The update the step's projector(s) (PixelREPA: adapter) add: the loop's AdamW and, when the family's
+    recipe clips, gradient clipping over their parameters alone (on a copy, with fixed random gradients)."""
+    from spatialprobe.train.config import MODEL_DEFAULTS
+    from spatialprobe.train.loop import make_optimizer
+
+    mods = copy.deepcopy(nn.ModuleList([st.adapter] if st.adapter is not None else list(st.model.projectors)))
+    params = [p for p in mods.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).to(p.device)
+    opt = make_optimizer(mods, lr=1e-4, betas=MODEL_DEFAULTS[st.fam]["betas"], weight_decay=0.0)
+
+    def run():
+        if st.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, st.grad_clip)
+        opt.step()
 
     return run
 
@@ -252,31 +284,60 @@ def syncs_per_call(fn, n: int = 2) -> tuple[float, collections.Counter]:
     return c.total / n, c.calls
 
 
+def seconds_interleaved(fns: dict, *, steps: int, warmup: int, device: torch.device, rounds: int) -> dict:
+    """The median time of one call of every function of ``fns``, over ``rounds`` × ``steps`` single calls
+    (synchronised around each on CUDA), the rounds taken in turn (round r of each function, then round r + 1).
+
+    Interleaved, a busy spell of a shared machine hits every function alike instead of the one measured
+    during it; the median of single calls ignores the odd slow call (a page-faulting allocation, another
+    job's burst), which in a mean of a few calls can move a 200 ms jit-tiny REPA step by 20 ms, half a plain
+    step. Differences between the functions of one call are what the table reports."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(steps):
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, device: torch.device,
-                compile_: bool, teacher_name: str | None = None, methods=("none",) + ALIGNED) -> list[dict]:
-    """Rows for one model: plain, teacher forward, then each aligned method (skipped when unavailable)."""
+                compile_: bool, teacher_name: str | None = None, methods=("none",) + ALIGNED,
+                rounds: int = 3) -> list[dict]:
+    """Rows for one model: plain, teacher forward, then each aligned method (skipped when unavailable).
+    Every step of the model (and each projector pass) is timed in the same interleaved rounds."""
     from spatialprobe.train import repa
 
     teacher = make_teacher(tiny, device, teacher_name)
     img_res = teacher.input_res if tiny and not teacher_name else 256
     have = available_methods()
     rows: list[dict] = []
-    plain = None
-    timing = dict(steps=steps, warmup=warmup, device=device)
+    make = lambda m: Step(model, m, teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)  # noqa: E731
+    fns: dict[str, Any] = {}
+    aligned: dict[str, Step] = {}
     if "none" in methods:
-        st = Step(model, "none", teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)
-        plain = seconds_per_call(st, **timing)
+        st = fns["none"] = make("none")
+        fns["teacher"] = lambda st=st: repa.teacher_targets(teacher, st.imgs, st.model.grid, spnorm=True, gamma=0.6,
+                                                            autocast_dtype=st.ac)
+    for m in methods:
+        if m == "none" or m not in have or (m == "pixelrepa" and not model.startswith("jit")):
+            continue  # pixelrepa: a pixel-space (JiT) method only
+        st = fns[m] = aligned[m] = make(m)
+        fns[f"{m}:projector"] = _projector_pass(st)
+        fns[f"{m}:projector update"] = _projector_update(st)
+    sec = seconds_interleaved(fns, steps=steps, warmup=warmup, device=device, rounds=rounds)
+    plain, tfwd = sec.get("none"), sec.get("teacher")
+    if plain is not None:
         rows.append({"model": model, "what": "plain step (no alignment)", "s": plain, "batch": batch,
-                     "syncs": syncs_per_call(st)[0]})
-        grid = st.model.grid
-        ac = st.ac
-        imgs = st.imgs
-        del st
-        tfwd = seconds_per_call(lambda: repa.teacher_targets(teacher, imgs, grid, spnorm=True, gamma=0.6,
-                                                             autocast_dtype=ac), **timing)
+                     "syncs": syncs_per_call(fns["none"])[0]})
         rows.append({"model": model, "what": "teacher forward alone", "s": tfwd, "batch": batch, "syncs": None})
-    else:
-        tfwd = None
     for m in methods:
         if m == "none":
             continue
@@ -284,39 +345,40 @@ def bench_model(model: str, *, tiny: bool, batch: int, steps: int, warmup: int, 
             rows.append({"model": model, "what": f"{m} step", "s": None, "batch": batch, "syncs": None,
                          "note": f"skipped: no '{m}' training method in this version"})
             continue
-        if m == "pixelrepa" and not model.startswith("jit"):
-            continue  # a pixel-space (JiT) method only
-        st = Step(model, m, teacher, batch=batch, device=device, compile_=compile_, img_res=img_res)
-        sec = seconds_per_call(st, **timing)
-        n, where = syncs_per_call(st)
-        proj = seconds_per_call(_projector_pass(st), **timing)
-        row = {"model": model, "what": f"{m} step", "s": sec, "batch": batch, "syncs": n,
-               "sync_sites": dict(where), "projector_s": proj}
+        if m not in aligned:
+            continue
+        n, where = syncs_per_call(aligned[m])
+        proj, upd = sec[f"{m}:projector"], sec[f"{m}:projector update"]
+        row = {"model": model, "what": f"{m} step", "s": sec[m], "batch": batch, "syncs": n,
+               "sync_sites": dict(where), "projector_s": proj, "projector_update_s": upd}
         if plain is not None and tfwd:
-            row["overhead_s"] = sec - plain
-            row["overhead_vs_teacher"] = (sec - plain) / tfwd
-            row["excess_pct_of_plain"] = 100 * (sec - plain - tfwd) / plain
-            row["excess_beyond_projector_pct"] = 100 * (sec - plain - tfwd - proj) / plain
+            row["overhead_s"] = sec[m] - plain
+            row["overhead_vs_teacher"] = (sec[m] - plain) / tfwd
+            row["excess_pct_of_plain"] = 100 * (sec[m] - plain - tfwd) / plain
+            row["excess_beyond_projector_pct"] = 100 * (sec[m] - plain - tfwd - proj) / plain
+            row["excess_beyond_projector_update_pct"] = 100 * (sec[m] - plain - tfwd - proj - upd) / plain
         rows.append(row)
-        del st
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     out = ["| model | step | batch | ms/step | steps/s | images/s | alignment overhead ms | overhead / teacher fwd "
-           "| excess over teacher, % of plain step | projector fwd+bwd ms | excess over teacher + projector, % of "
-           "plain step | host syncs/step |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| excess over teacher, % of plain step | projector (PixelREPA: adapter) fwd+bwd ms | excess over teacher "
+           "+ projector fwd+bwd, % of plain step | projector update (AdamW, clip) ms | excess over teacher + "
+           "projector fwd+bwd+update, % of plain step | host syncs/step |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["s"] is None:
-            out.append(f"| {r['model']} | {r['what']} | {r['batch']} | – | – | – | – | – | – | – | – "
+            out.append(f"| {r['model']} | {r['what']} | {r['batch']} | – | – | – | – | – | – | – | – | – | – "
                        f"| {r.get('note', '')} |")
             continue
         ov = r.get("overhead_s")
         cells = ["", "", ""] if ov is None else \
             [f"{1e3 * ov:.1f}", f"{r['overhead_vs_teacher']:.2f}", f"{r['excess_pct_of_plain']:+.0f} %"]
         cells += ["" if r.get("projector_s") is None else f"{1e3 * r['projector_s']:.1f}",
-                  "" if ov is None else f"{r['excess_beyond_projector_pct']:+.0f} %"]
+                  "" if ov is None else f"{r['excess_beyond_projector_pct']:+.0f} %",
+                  "" if r.get("projector_update_s") is None else f"{1e3 * r['projector_update_s']:.1f}",
+                  "" if ov is None else f"{r['excess_beyond_projector_update_pct']:+.0f} %"]
         syncs = "" if r["syncs"] is None else f"{r['syncs']:g}"
         out.append(f"| {r['model']} | {r['what']} | {r['batch']} | {1e3 * r['s']:.1f} | {1 / r['s']:.2f} "
                    f"| {r['batch'] / r['s']:.0f} | {' | '.join(cells)} | {syncs} |")
@@ -324,33 +386,88 @@ def format_rows(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------- the real loop's syncs
-def loop_syncs(steps: int = 6) -> dict:
+def loop_syncs(steps: int = 8) -> dict:
     """Run ``train()`` (jit-tiny, iREPA, the built-in digits, a pixel teacher) for ``steps`` steps, logging only
     at step 1 and the last, and count host-sync calls per step; returns the per-step counts of the steps
-    that neither log nor checkpoint, with the lines that made them."""
-    from spatialprobe.train.loop import train
+    that neither log nor checkpoint, with the lines that made them.
 
-    per_step: dict[int, collections.Counter] = {}
+    The run has no ``callback``, as a study's runs: a callback receives each step's loss as a float (one
+    host copy per step, by design). Steps are told apart by wrapping the loop's update
+    (``loop.apply_update``): interval k runs from the end of update k − 1 to the end of update k, so it holds
+    the rest of the loop body of step k − 1 (logging, checkpoints) and step k; an interval is counted when
+    neither step logs."""
+    from spatialprobe.train import loop
+
+    counts: list[collections.Counter] = []
     counter = SyncCounter()
-    last = collections.Counter()
+    orig = loop.apply_update
 
-    def cb(step, rec):
-        nonlocal last
-        now = collections.Counter(counter.calls)
-        per_step[step] = now - last
-        last = now
+    def counted(*a, **k):
+        out = orig(*a, **k)
+        counts.append(collections.Counter(counter.calls))
+        return out
 
-    with tempfile.TemporaryDirectory() as tmp, counter:
-        train(model="jit-tiny", method="irepa", teacher="pixels", images="builtin:digits", out=tmp, steps=steps,
-              log_every=10 * steps, ckpt_every=10 * steps, workers=0, max_images=64, batch_size=8,
-              teacher_pretrained=False, callback=cb)
-    quiet = {s: c for s, c in per_step.items() if 1 < s < steps}
+    loop.apply_update = counted
+    try:
+        with tempfile.TemporaryDirectory() as tmp, counter:
+            loop.train(model="jit-tiny", method="irepa", teacher="pixels", images="builtin:digits", out=tmp,
+                       steps=steps, log_every=10 * steps, ckpt_every=10 * steps, workers=0, max_images=64,
+                       batch_size=8, teacher_pretrained=False)
+    finally:
+        loop.apply_update = orig
+    # counts[i] is the running total at the end of step i + 1; steps 1 and `steps` log
+    quiet = {k: counts[k - 1] - counts[k - 2] for k in range(3, steps)}
     sites: collections.Counter[str] = collections.Counter()
     for c in quiet.values():
         sites.update(c)
     n = max(1, len(quiet))
     return {"steps": sorted(quiet), "per_step": sum(sites.values()) / n,
             "sites": {k: v / n for k, v in sites.most_common()}}
+
+
+# ---------------------------------------------------------------------------- AdamW implementations
+def adamw_rows(model: str, device: torch.device, *, steps: int = 5, rounds: int = 3) -> list[dict]:
+    """torch's three AdamW implementations (per-parameter loop, foreach, fused) over the parameters of the
+    model's REPA step (model + MLP projector), with fixed random gradients: the time of one ``step()`` and the
+    largest parameter difference to the per-parameter loop after the timed steps. The loop uses fused
+    (:func:`spatialprobe.train.loop.make_optimizer`); this is the measurement behind that choice."""
+    from spatialprobe.train.config import MODEL_DEFAULTS
+    from spatialprobe.train.models import build, family
+
+    extra = {"encoder_depth": 4} if model in ("sit-b/2", "jit-b/16") else {}
+    net = build(model, num_classes=1000, z_dims=[768], projector="mlp", **extra).to(device)
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen).to(device) for p in net.parameters()]
+    betas = tuple(MODEL_DEFAULTS[family(model)]["betas"])
+    params, fns = {}, {}
+    for impl, kw in (("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        ps = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        try:
+            opt = torch.optim.AdamW(ps, lr=1e-4, betas=betas, weight_decay=0.0, **kw)
+        except RuntimeError:
+            continue  # no such kernel on this device
+        params[impl], fns[impl] = ps, opt.step
+    sec = seconds_interleaved(fns, steps=steps, warmup=2, device=device, rounds=rounds)
+    ref = params["loop"]
+    row = {"model": model, "numel": sum(p.numel() for p in ref), "tensors": len(ref)}
+    for impl in ("loop", "foreach", "fused"):
+        row[impl] = sec.get(impl)
+        if impl in params and impl != "loop":
+            row[f"{impl}_diff"] = max(float((a - b).abs().max()) for a, b in zip(params[impl], ref))
+    return [row]
+
+
+def format_adamw(rows: list[dict]) -> str:
+    out = ["| model + REPA projector (768-d teacher) | parameters | tensors | per-parameter loop ms | foreach ms | fused ms "
+           "| max abs diff foreach / fused vs loop (same steps) |", "|---|---:|---:|---:|---:|---:|---|"]
+    ms = lambda v: "–" if v is None else f"{1e3 * v:.2f}"  # noqa: E731
+    for r in rows:
+        diffs = " / ".join("–" if r.get(f"{k}_diff") is None else f"{r[f'{k}_diff']:.1e}" for k in ("foreach", "fused"))
+        out.append(f"| {r['model']} | {r['numel'] / 1e6:.2f} M | {r['tensors']} | {ms(r['loop'])} | {ms(r['foreach'])} "
+                   f"| {ms(r['fused'])} | {diffs} |")
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------- teacher-token cache
@@ -444,7 +561,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=None, help="comma list (default: sit-tiny,jit-tiny with --tiny, "
                                                    "else sit-b/2,jit-b/16)")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (3 rounds, best kept)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 with --tiny, else 20)")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds per step, taken in turn across the "
+                    "steps of a model; the median call is kept (default 6 with --tiny, else 3)")
     ap.add_argument("--teacher", default=None, help="zoo id of the teacher (random init); default dinov2-vit-b "
                                                     "on GPU, a stand-in with --tiny")
     ap.add_argument("--compile", action="store_true")
@@ -452,6 +571,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: tiny models gain nothing from a second thread, and a shared machine makes threads wait on each other)")
     ap.add_argument("--loop-syncs", action="store_true", help="also count host syncs in train() itself")
     ap.add_argument("--cache", action="store_true", help="also time the study's teacher-token cache")
+    ap.add_argument("--adamw", action="store_true", help="also time torch's AdamW implementations (loop, foreach, "
+                    "fused) over each model's REPA parameters (always on CUDA)")
     ap.add_argument("--batch-selection", action="store_true", help="only the host cost of picking a step's batch "
                     "of dataset positions, before and after the per-epoch permutation cache (CPU)")
     ap.add_argument("--n", default="12800,1281167", help="dataset sizes of --batch-selection, comma-separated")
@@ -477,7 +598,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for m in models:
         rows += bench_model(m, tiny=a.tiny, batch=batch, steps=steps, warmup=2 if a.tiny else 5, device=device,
-                            compile_=a.compile, teacher_name=a.teacher, methods=methods)
+                            compile_=a.compile, teacher_name=a.teacher, methods=methods,
+                            rounds=a.rounds or (6 if a.tiny else 3))
     print(format_rows(rows))
     sites = collections.Counter()
     for r in rows:
@@ -494,6 +616,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"checkpoints (steps {ls['steps'][0]}-{ls['steps'][-1]}):")
         for k, v in ls["sites"].items():
             print(f"- {k}: {v:g} per step")
+    if a.adamw or device.type == "cuda":
+        ar = [r for m in models for r in adamw_rows(m, device, rounds=a.rounds or 3)]
+        result["adamw"] = ar
+        print("\n" + format_adamw(ar))
     if a.cache:
         cr = cache_bench(device, tiny=a.tiny)
         result["cache"] = cr

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import OutputError
 from .checkpoint import DEFAULT_KEEP_LAST, default_ckpt_every
+from .ema import training_only
 
 #: bytes of the non-tensor part of a checkpoint (config, model args, pickle and zip headers); a round guess
 CHECKPOINT_OVERHEAD = 1 << 20
@@ -57,11 +58,21 @@ def default_model_args(model: str, *, num_classes: int = 1000, teacher_dims: Ite
     return args
 
 
+def training_only_bytes(model: str, **model_args: Any) -> int:
+    """Bytes of the model's training-only state (the alignment projectors), which the EMA copies leave out."""
+    from .models import build
+
+    with torch.device("meta"):
+        m = build(model, **model_args)
+    return int(sum(v.numel() * v.element_size() for k, v in m.state_dict().items() if training_only(k)))
+
+
 def checkpoint_bytes(model: str, *, n_emas: int = 1, **model_args: Any) -> int:
-    """Bytes of one training checkpoint: model + ``n_emas`` EMA copies (parameters and buffers) + AdamW's
-    ``exp_avg`` and ``exp_avg_sq`` (one parameter-sized buffer each) + a small overhead."""
+    """Bytes of one training checkpoint: model + ``n_emas`` EMA copies (parameters and buffers, without the
+    projectors) + AdamW's ``exp_avg`` and ``exp_avg_sq`` (one parameter-sized buffer each) + a small overhead."""
     params, buffers = model_state_bytes(model, **model_args)
-    return (1 + n_emas) * (params + buffers) + 2 * params + CHECKPOINT_OVERHEAD
+    ema = params + buffers - (training_only_bytes(model, **model_args) if n_emas else 0)
+    return params + buffers + n_emas * ema + 2 * params + CHECKPOINT_OVERHEAD
 
 
 def checkpoints_on_disk(steps: int, every: int, keep_last: int = DEFAULT_KEEP_LAST,
