@@ -376,3 +376,26 @@ def test_nonfinite_tokens_fail_and_huge_finite_tokens_are_scaled():
     b = spatial_metrics(big, (4, 4), lds_far=2)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_gram_is_symmetric_matches_bmm_and_leaves_thread_settings(threads):
+    """The CPU Gram (numpy's symmetric rank-k update, images spread over torch's threads) equals the
+    batched GEMM to fp32 rounding, is exactly symmetric, and restores BLAS's and torch's thread counts."""
+    from threadpoolctl import threadpool_info
+
+    from spatialprobe.metrics import spatial as sp
+
+    before_blas = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    before = torch.get_num_threads()
+    x = torch.randn(5, 64, 48, generator=torch.Generator().manual_seed(1)) * 3
+    torch.set_num_threads(threads)
+    try:
+        g = sp._raw_gram(x)
+    finally:
+        torch.set_num_threads(before)
+    ref = torch.bmm(x.double(), x.double().transpose(1, 2))
+    assert torch.allclose(g.double(), ref, rtol=1e-5, atol=1e-3)
+    assert torch.equal(g, g.transpose(1, 2))
+    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"] == before_blas
+

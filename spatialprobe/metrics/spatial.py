@@ -18,8 +18,10 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -181,14 +183,63 @@ def _rmsc_direct(x: torch.Tensor) -> torch.Tensor:
     return (xh - xh.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).sqrt().double()
 
 
+@functools.lru_cache(maxsize=1)
+def _numpy_blas():
+    """threadpoolctl's handle on the BLAS libraries numpy calls (to run them on one thread per call), or
+    None where threadpoolctl is missing or finds none."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency of scikit-learn, which spatialprobe needs
+        return None
+    ctl = ThreadpoolController().select(user_api="blas")
+    return ctl if ctl.lib_controllers else None
+
+
+@functools.lru_cache(maxsize=4)
+def _gram_pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(n, thread_name_prefix="spatialprobe-gram")
+
+
+def _raw_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x xᵀ`` per image for fp32 tokens ``x`` [c, T, D], into ``out`` [c, T, T] if given.
+
+    On a GPU one ``torch.bmm``. On a CPU numpy's matmul of each image with its own transpose, which numpy
+    hands to BLAS as a symmetric rank-k update (syrk): one triangle, half the multiply-adds of a general
+    GEMM, mirrored into the other (so ``out`` is exactly symmetric). The images are spread over
+    ``torch.get_num_threads()`` threads with BLAS on one thread per call: a threaded BLAS scales poorly on
+    one 256 × 256 product and stalls when other jobs share the machine; one image per thread does not."""
+    if x.device.type != "cpu":
+        return torch.bmm(x, x.transpose(1, 2), out=out)
+    if out is None:
+        out = x.new_empty(x.shape[0], x.shape[1], x.shape[1])
+    xn, on = x.detach().contiguous().numpy(), out.numpy()
+    blas = _numpy_blas()
+    if blas is None:  # BLAS threads as configured (OPENBLAS_NUM_THREADS, ...)
+        _np_gram(xn, on)
+        return out
+    n = min(torch.get_num_threads(), xn.shape[0])
+    with blas.limit(limits=1):
+        if n <= 1:
+            _np_gram(xn, on)
+        else:
+            list(_gram_pool(n).map(lambda k: _np_gram(xn[k], on[k]), range(xn.shape[0])))
+    return out
+
+
+def _np_gram(a: np.ndarray, out: np.ndarray) -> None:
+    # overflow (finite tokens too large for fp32 squares) shows as inf on the diagonal and is handled there
+    with np.errstate(all="ignore"):
+        np.matmul(a, np.swapaxes(a, -1, -2), out=out)
+
+
 def _cosine_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine Gram of fp32 tokens ``x`` [c, T, D] from ONE batched Gram of the raw tokens.
+    """Cosine Gram of fp32 tokens ``x`` [c, T, D] from ONE Gram of the raw tokens (:func:`_raw_gram`).
 
     cos(i, j) = G_ij / (‖x_i‖‖x_j‖) with the squared norms read off G's diagonal, scaled in place: the
     same values as ``F.normalize`` (eps 1e-8: a norm below it is clamped, so a zero token has cosine 0
     with every token) followed by a Gram, without writing a normalised copy of the tokens (which costs
     more than the Gram itself on a CPU). Returns ``(cos [c, T, T], squared norms [c, T])``."""
-    g = torch.bmm(x, x.transpose(1, 2), out=out)
+    g = _raw_gram(x, out)
     sq = torch.diagonal(g, dim1=1, dim2=2).clone()
     inv = sq.sqrt().clamp_min_(NORM_EPS).reciprocal_()
     g.mul_(inv[:, :, None]).mul_(inv[:, None, :])
