@@ -399,3 +399,18 @@ def test_cpu_gram_is_symmetric_matches_bmm_and_leaves_thread_settings(threads):
     assert torch.equal(g, g.transpose(1, 2))
     assert [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"] == before_blas
 
+
+def test_all_zero_count_checks_only_undefined_images_and_counts_exactly(tmp_path, caplog):
+    """compute_metrics counts all-zero token maps without a pass over every chunk: only images whose
+    metrics are all NaN are checked, and one whose metrics are NaN for another reason is not counted."""
+    import logging
+
+    from spatialprobe.metrics import compute_metrics
+
+    x = torch.randn(3, 16, 8)
+    x[1] = 0
+    np.savez(tmp_path / "z.npz", ids=np.array(["p", "q", "r"]), patch=x.numpy())
+    with caplog.at_level(logging.WARNING, logger="spatialprobe"):  # LDS far radius beyond the 4x4 grid: all NaN
+        s = compute_metrics(features=[str(tmp_path / "z.npz")], metrics=["lds"], lds_far=7).summary.iloc[0]
+    assert s["lds_nan"] == 3
+    assert "1 of 3 image(s) have all-zero tokens" in caplog.text

@@ -272,12 +272,22 @@ def _auto_chunk(t: int, device: torch.device) -> int:
     return max(1, _last_level_cache_bytes() // 4 // per_image)
 
 
-def _nonfinite_error(tokens: torch.Tensor) -> DataError:
+class NonFiniteTokensError(DataError):
+    """Some images' tokens are NaN or inf; ``rows`` are their batch indices (callers that know the
+    images' ids name them instead)."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
+
+
+def _nonfinite_error(tokens: torch.Tensor) -> NonFiniteTokensError:
     b = tokens.shape[0]
     bad = (~torch.isfinite(tokens.reshape(b, -1))).any(1).nonzero().flatten().tolist()
-    return DataError(f"tokens are non-finite (NaN or inf) for {len(bad)} of {b} image(s) (batch index "
-                     f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}); the input is broken, "
-                     "not the metric: re-extract those images (fp16 overflow? try fp32).")
+    return NonFiniteTokensError(
+        f"tokens are non-finite (NaN or inf) for {len(bad)} of {b} image(s) (batch index "
+        f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}); the input is broken, "
+        "not the metric: re-extract those images (fp16 overflow? try fp32).", bad)
 
 
 def _reach(sets: Sequence[Mapping[str, int]], wanted: set[str], grid_max: int) -> int:
