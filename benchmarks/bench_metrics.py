@@ -6,8 +6,10 @@ own Gram, a cached distance matrix, LDS's 4-neighbour term from shifted grids an
 masked Gram, SRSS as a Python loop over images with full [T, T] masks, CDS as one boolean-indexed mean
 per distance, called in the comparison script's order with the runner's per-metric mean.
 The shared pass is :func:`spatialprobe.metrics.spatial_metrics` (one raw Gram per chunk, scaled in place
-to cosines, plus O(B·T²) sums). The "floor" is one batched Gram of the raw tokens on the same input,
-``torch.bmm(x, x.transpose(1, 2))``: what any method that needs all pairwise cosines has to pay.
+to cosines, plus O(B·T²) sums; on a CPU that Gram is BLAS's symmetric rank-k update, one triangle).
+The "floor" is one batched Gram of the raw tokens on the same input, ``torch.bmm(x, x.transpose(1, 2))``:
+what a method that computes all pairwise cosines with a general GEMM has to pay (the shared pass's
+symmetric Gram does half its multiply-adds, so on a CPU it can come in below the floor).
 
 Run:  python benchmarks/bench_metrics.py [--sizes 128,256,512,1024] [--threads 2] [--device cpu] [--rounds 3]
 Prints a markdown table: time per method, speed-up over the baseline, ratio to the floor, largest
