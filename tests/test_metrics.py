@@ -378,26 +378,44 @@ def test_nonfinite_tokens_fail_and_huge_finite_tokens_are_scaled():
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_gram_is_symmetric_matches_bmm_and_leaves_thread_settings(threads):
-    """The CPU Gram (numpy's symmetric rank-k update, images spread over torch's threads) equals the
-    batched GEMM to fp32 rounding, is exactly symmetric, and restores BLAS's and torch's thread counts."""
-    from threadpoolctl import threadpool_info
-
+def test_cpu_gram_is_symmetric_and_matches_bmm():
+    """The CPU Gram (numpy's symmetric rank-k update) equals the batched GEMM to fp32 rounding and is
+    exactly symmetric."""
     from spatialprobe.metrics import spatial as sp
 
-    before_blas = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
-    before = torch.get_num_threads()
     x = torch.randn(5, 64, 48, generator=torch.Generator().manual_seed(1)) * 3
-    torch.set_num_threads(threads)
-    try:
-        g = sp._raw_gram(x)
-    finally:
-        torch.set_num_threads(before)
+    g = sp._raw_gram(x)
     ref = torch.bmm(x.double(), x.double().transpose(1, 2))
     assert torch.allclose(g.double(), ref, rtol=1e-5, atol=1e-3)
     assert torch.equal(g, g.transpose(1, 2))
-    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"] == before_blas
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_cpu_chunks_on_threads_match_one_thread_and_restore_blas(chunk):
+    """Chunks run on torch's threads (one BLAS thread each) give the one-thread values, and BLAS's and
+    torch's thread counts are what they were before."""
+    from threadpoolctl import threadpool_info
+
+    gen = torch.Generator().manual_seed(2)
+    tok = torch.randn(10, 36, 16, generator=gen)
+    tok[4] = 0
+    fg = torch.rand(10, 36, generator=gen) > 0.5
+
+    def blas_threads():
+        return [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before, before_blas = torch.get_num_threads(), blas_threads()
+    out = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out[n] = spatial_metrics(tok, (6, 6), fg, lds_far=3, srss_neg=3, chunk_size=chunk)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before and blas_threads() == before_blas
+    for k in out[1]:
+        assert torch.allclose(out[1][k], out[2][k], atol=1e-6, equal_nan=True), k
+        assert torch.isnan(out[2][k][4]) and torch.isfinite(out[2][k][:4]).all(), k
 
 
 def test_all_zero_count_checks_only_undefined_images_and_counts_exactly(tmp_path, caplog):

@@ -15,8 +15,10 @@ the square root. The paper's variant (r_near = r_far = H/2) is :func:`paper_radi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import queue
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,8 +198,8 @@ def _numpy_blas():
 
 
 @functools.lru_cache(maxsize=4)
-def _gram_pool(n: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(n, thread_name_prefix="spatialprobe-gram")
+def _pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(n, thread_name_prefix="spatialprobe-metrics")
 
 
 def _raw_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -205,31 +207,17 @@ def _raw_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
 
     On a GPU one ``torch.bmm``. On a CPU numpy's matmul of each image with its own transpose, which numpy
     hands to BLAS as a symmetric rank-k update (syrk): one triangle, half the multiply-adds of a general
-    GEMM, mirrored into the other (so ``out`` is exactly symmetric). The images are spread over
-    ``torch.get_num_threads()`` threads with BLAS on one thread per call: a threaded BLAS scales poorly on
-    one 256 × 256 product and stalls when other jobs share the machine; one image per thread does not."""
+    GEMM, mirrored into the other (so ``out`` is exactly symmetric). BLAS uses the threads it is allowed:
+    :func:`spatial_metrics_multi` runs chunks on ``torch.get_num_threads()`` threads with BLAS on one."""
     if x.device.type != "cpu":
         return torch.bmm(x, x.transpose(1, 2), out=out)
     if out is None:
         out = x.new_empty(x.shape[0], x.shape[1], x.shape[1])
-    xn, on = x.detach().contiguous().numpy(), out.numpy()
-    blas = _numpy_blas()
-    if blas is None:  # BLAS threads as configured (OPENBLAS_NUM_THREADS, ...)
-        _np_gram(xn, on)
-        return out
-    n = min(torch.get_num_threads(), xn.shape[0])
-    with blas.limit(limits=1):
-        if n <= 1:
-            _np_gram(xn, on)
-        else:
-            list(_gram_pool(n).map(lambda k: _np_gram(xn[k], on[k]), range(xn.shape[0])))
-    return out
-
-
-def _np_gram(a: np.ndarray, out: np.ndarray) -> None:
+    xn = x.detach().contiguous().numpy()
     # overflow (finite tokens too large for fp32 squares) shows as inf on the diagonal and is handled there
     with np.errstate(all="ignore"):
-        np.matmul(a, np.swapaxes(a, -1, -2), out=out)
+        np.matmul(xn, xn.transpose(0, 2, 1), out=out.numpy())
+    return out
 
 
 def _cosine_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,9 +345,30 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
         slot_d = torch.bucketize(torch.arange(ends[-1], device=dev), torch.tensor(ends, device=dev), right=True)
         classes = F.one_hot(slot_d, len(ends)).double()
     chunk = chunk_size or _auto_chunk(t, dev)
-    buf = torch.empty(min(chunk, b), t, t, device=dev) if need_gram and b else None
-    parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in sets]
-    for i in range(0, b, chunk):
+    # On a CPU the chunks run on torch.get_num_threads() threads, each chunk's Gram on one BLAS thread:
+    # a threaded BLAS scales poorly on one 256 x 256 product, and the many small post-Gram operations of
+    # one chunk parallelise worse than whole chunks do. At least one chunk per thread.
+    blas = _numpy_blas() if dev.type == "cpu" and need_gram else None
+    n = torch.get_num_threads() if blas is not None else 1
+    if n > 1 and chunk_size is None:
+        chunk = max(1, min(chunk, -(-b // n)))
+    starts = range(0, b, chunk)
+    n = max(1, min(n, len(starts)))
+    bufs: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(n if need_gram and b else 0):
+        bufs.put(torch.empty(min(chunk, b), t, t, device=dev))
+    srss_counts = {(s["srss_pos"], s["srss_neg"]): _srss_counts(h, w, key, s["srss_pos"], s["srss_neg"])
+                   for s in sets} if "srss" in wanted else {}
+
+    def one_chunk(i: int) -> list[dict[str, torch.Tensor]]:
+        buf = bufs.get() if need_gram else None
+        try:
+            return chunk_metrics(i, buf)
+        finally:
+            if buf is not None:
+                bufs.put(buf)
+
+    def chunk_metrics(i: int, buf: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         x = tokens[i:i + chunk].to(torch.float32)
         c = x.shape[0]
         res: list[dict[str, torch.Tensor]] = [{} for _ in sets]
@@ -415,14 +424,18 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
                 for r, s in zip(res, sets):
                     k = (s["srss_pos"], s["srss_neg"])
                     if k not in cache:
-                        cache[k] = _srss(gl, bg_row, m, window, _srss_counts(h, w, key, *k), *k)
+                        cache[k] = _srss(gl, bg_row, m, window, srss_counts[k], *k)
                     r["srss"] = cache[k]
         if zero is not None:
             for r in res:
                 for k in r:
                     r[k] = torch.where(zero.to(r[k].device), torch.full_like(r[k], float("nan")), r[k])
-        for p, r in zip(parts, res):
-            p.append(r)
+        return res
+
+    # BLAS on one thread per chunk when chunks run in parallel, on torch's threads for a single chunk
+    with blas.limit(limits=1 if n > 1 else torch.get_num_threads()) if blas is not None else contextlib.nullcontext():
+        chunks = list(_pool(n).map(one_chunk, starts)) if n > 1 else [one_chunk(i) for i in starts]
+    parts = [[res[k] for res in chunks] for k in range(len(sets))]
     out = []
     for p in parts:
         out.append({m: torch.cat([r[m] for r in p]).to(torch.float32) if p else
