@@ -1,9 +1,10 @@
 """Spatial-structure metrics of patch tokens: LDS, CDS, SRSS, RMSC (definitions: irepa-spec §2).
 
-All four come from one shared pass per chunk of images: one batched Gram of the RAW tokens (fp32),
-scaled in place to cosines by the norms on its diagonal (no normalised copy of the tokens); the cosines
-within the largest radius any setting needs, gathered once and summed per Manhattan-distance class; and
-one GEMM for the row sums and the BG row sums. Far sets (LDS far, SRSS negatives) are totals minus the
+All four come from one shared pass per chunk of images: one batched Gram of the RAW tokens (fp32; on a
+CPU a symmetric rank-k update, half the multiply-adds of a general GEMM, with the chunks spread over
+torch's threads), scaled in place to cosines by the norms on its diagonal (no normalised copy of the
+tokens); the cosines within the largest radius any setting needs, gathered once and summed per
+Manhattan-distance class; and one GEMM for the row sums and the BG row sums. Far sets (LDS far, SRSS negatives) are totals minus the
 window, so every LDS/CDS/SRSS setting (any radii) is a cheap combination of the same sums and a sweep
 costs one Gram per chunk, not one per setting.
 
@@ -459,7 +460,9 @@ def spatial_metrics(tokens: torch.Tensor, grid: tuple[int, int], masks: torch.Te
             fewer than two remain).
         srss_pos: SRSS positives are FG tokens at ``1 <= d <= srss_pos`` from a FG anchor.
         srss_neg: SRSS negatives are BG tokens at ``d >= srss_neg``.
-        chunk_size: images per chunk (Gram memory chunk·T²·4 bytes); default ~8 MiB of Gram.
+        chunk_size: images per chunk (Gram memory chunk·T²·4 bytes); default: on a CPU a quarter of the
+            last-level cache of Gram and at least one chunk per torch thread, on a GPU an eighth of the
+            free memory.
 
     Returns:
         ``{metric: float32 Tensor[B]}`` on the tokens' device. LDS is NaN when its near or far pair set
