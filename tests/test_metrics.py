@@ -432,3 +432,34 @@ def test_all_zero_count_checks_only_undefined_images_and_counts_exactly(tmp_path
         s = compute_metrics(features=[str(tmp_path / "z.npz")], metrics=["lds"], lds_far=7).summary.iloc[0]
     assert s["lds_nan"] == 3
     assert "1 of 3 image(s) have all-zero tokens" in caplog.text
+
+
+def _lds_in_child(queue, tok, fg):
+    queue.put(spatial_metrics(tok, (6, 6), fg, lds_far=3, chunk_size=3)["lds"].tolist())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_metrics_run_in_a_forked_child_after_threads_ran_in_the_parent():
+    """A forked child (a DataLoader or launcher worker) computes metrics although the parent's chunk
+    threads do not exist there: the child gets its own threads instead of waiting on dead ones."""
+    import multiprocessing as mp
+
+    tok = torch.randn(8, 36, 8, generator=torch.Generator().manual_seed(4))
+    fg = torch.rand(8, 36, generator=torch.Generator().manual_seed(5)) > 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = spatial_metrics(tok, (6, 6), fg, lds_far=3, chunk_size=3)["lds"]
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_lds_in_child, args=(q, tok, fg))
+        p.start()
+        try:
+            child = q.get(timeout=60)
+        finally:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(torch.tensor(child), parent, atol=1e-6)

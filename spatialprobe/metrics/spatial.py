@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import queue
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -199,7 +200,9 @@ def _numpy_blas():
 
 
 @functools.lru_cache(maxsize=4)
-def _pool(n: int) -> ThreadPoolExecutor:
+def _pool(n: int, pid: int) -> ThreadPoolExecutor:
+    """``n`` worker threads, one pool per process (``pid``: a forked child gets its own, as the parent's
+    threads do not exist there)."""
     return ThreadPoolExecutor(n, thread_name_prefix="spatialprobe-metrics")
 
 
@@ -364,7 +367,8 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
     def one_chunk(i: int) -> list[dict[str, torch.Tensor]]:
         buf = bufs.get() if need_gram else None
         try:
-            return chunk_metrics(i, buf)
+            with torch.no_grad():  # grad mode is per thread; the metrics are never differentiated
+                return chunk_metrics(i, buf)
         finally:
             if buf is not None:
                 bufs.put(buf)
@@ -435,7 +439,7 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
 
     # BLAS on one thread per chunk when chunks run in parallel, on torch's threads for a single chunk
     with blas.limit(limits=1 if n > 1 else torch.get_num_threads()) if blas is not None else contextlib.nullcontext():
-        chunks = list(_pool(n).map(one_chunk, starts)) if n > 1 else [one_chunk(i) for i in starts]
+        chunks = list(_pool(n, os.getpid()).map(one_chunk, starts)) if n > 1 else [one_chunk(i) for i in starts]
     parts = [[res[k] for res in chunks] for k in range(len(sets))]
     out = []
     for p in parts:
