@@ -61,7 +61,7 @@ def _distances(h: int, w: int, device) -> torch.Tensor:
 
 
 def _unit(u: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    return F.normalize(u.to(torch.float32), dim=-1, eps=eps)
+    return F.normalize(u.to(dtype=torch.float32), p=2.0, dim=-1, eps=eps)
 
 
 def _cos_gram(x: torch.Tensor) -> torch.Tensor:
@@ -77,14 +77,14 @@ def lds_baseline(u: torch.Tensor, grid, far_dist: int = 6) -> torch.Tensor:
     local = torch.cat([vert.flatten(1), horiz.flatten(1)], 1).mean(1)
     g = _cos_gram(x)
     dist = _distances(h, w, u.device)
-    far_mask = (dist >= far_dist) & (dist > 0)
-    far = g.masked_fill(~far_mask, 0.0).sum((1, 2)) / far_mask.sum().clamp(min=1)
+    far_pairs = (dist > 0) & (dist >= far_dist)
+    far = g.masked_fill(~far_pairs, 0.0).sum((1, 2)) / far_pairs.sum().clamp(min=1)
     return local - far
 
 
 def srss_baseline(u: torch.Tensor, grid, masks: torch.Tensor, d_pos: int = 1, d_pos_min: int = 1,
                   d_neg: int = 6) -> torch.Tensor:
-    if masks.ndim != 2 or masks.shape[0] != u.shape[0] or masks.shape[1] != u.shape[1]:
+    if masks.dim() != 2 or tuple(masks.shape) != tuple(u.shape[:2]):
         raise ValueError(f"masks must be [B, T]; got {tuple(masks.shape)}")
     h, w = grid
     x = F.normalize(u.to(torch.float32), dim=-1)
@@ -95,7 +95,7 @@ def srss_baseline(u: torch.Tensor, grid, masks: torch.Tensor, d_pos: int = 1, d_
     out = []
     for i in range(u.shape[0]):  # one image at a time, full [T, T] masks per image
         fg = masks[i].to(torch.bool)
-        if fg.sum() < 2 or (~fg).sum() < 1:
+        if bool(fg.sum() < 2) or bool((~fg).sum() < 1):  # two host syncs
             out.append(torch.tensor(float("nan"), device=u.device))
             continue
         pos = (fg[:, None] & fg[None, :]) & near_d
