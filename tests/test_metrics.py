@@ -376,3 +376,90 @@ def test_nonfinite_tokens_fail_and_huge_finite_tokens_are_scaled():
     b = spatial_metrics(big, (4, 4), lds_far=2)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_cpu_gram_is_symmetric_and_matches_bmm():
+    """The CPU Gram (numpy's symmetric rank-k update) equals the batched GEMM to fp32 rounding and is
+    exactly symmetric."""
+    from spatialprobe.metrics import spatial as sp
+
+    x = torch.randn(5, 64, 48, generator=torch.Generator().manual_seed(1)) * 3
+    g = sp._raw_gram(x)
+    ref = torch.bmm(x.double(), x.double().transpose(1, 2))
+    assert torch.allclose(g.double(), ref, rtol=1e-5, atol=1e-3)
+    assert torch.equal(g, g.transpose(1, 2))
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_cpu_chunks_on_threads_match_one_thread_and_restore_blas(chunk):
+    """Chunks run on torch's threads (one BLAS thread each) give the one-thread values, and BLAS's and
+    torch's thread counts are what they were before."""
+    from threadpoolctl import threadpool_info
+
+    gen = torch.Generator().manual_seed(2)
+    tok = torch.randn(10, 36, 16, generator=gen)
+    tok[4] = 0
+    fg = torch.rand(10, 36, generator=gen) > 0.5
+
+    def blas_threads():
+        return [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before, before_blas = torch.get_num_threads(), blas_threads()
+    out = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out[n] = spatial_metrics(tok, (6, 6), fg, lds_far=3, srss_neg=3, chunk_size=chunk)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before and blas_threads() == before_blas
+    for k in out[1]:
+        assert torch.allclose(out[1][k], out[2][k], atol=1e-6, equal_nan=True), k
+        assert torch.isnan(out[2][k][4]) and torch.isfinite(out[2][k][:4]).all(), k
+
+
+def test_all_zero_count_checks_only_undefined_images_and_counts_exactly(tmp_path, caplog):
+    """compute_metrics counts all-zero token maps without a pass over every chunk: only images whose
+    metrics are all NaN are checked, and one whose metrics are NaN for another reason is not counted."""
+    import logging
+
+    from spatialprobe.metrics import compute_metrics
+
+    x = torch.randn(3, 16, 8)
+    x[1] = 0
+    np.savez(tmp_path / "z.npz", ids=np.array(["p", "q", "r"]), patch=x.numpy())
+    with caplog.at_level(logging.WARNING, logger="spatialprobe"):  # LDS far radius beyond the 4x4 grid: all NaN
+        s = compute_metrics(features=[str(tmp_path / "z.npz")], metrics=["lds"], lds_far=7).summary.iloc[0]
+    assert s["lds_nan"] == 3
+    assert "1 of 3 image(s) have all-zero tokens" in caplog.text
+
+
+def _lds_in_child(queue, tok, fg):
+    queue.put(spatial_metrics(tok, (6, 6), fg, lds_far=3, chunk_size=3)["lds"].tolist())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_metrics_run_in_a_forked_child_after_threads_ran_in_the_parent():
+    """A forked child (a DataLoader or launcher worker) computes metrics although the parent's chunk
+    threads do not exist there: the child gets its own threads instead of waiting on dead ones."""
+    import multiprocessing as mp
+
+    tok = torch.randn(8, 36, 8, generator=torch.Generator().manual_seed(4))
+    fg = torch.rand(8, 36, generator=torch.Generator().manual_seed(5)) > 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = spatial_metrics(tok, (6, 6), fg, lds_far=3, chunk_size=3)["lds"]
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_lds_in_child, args=(q, tok, fg))
+        p.start()
+        try:
+            child = q.get(timeout=60)
+        finally:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(torch.tensor(child), parent, atol=1e-6)

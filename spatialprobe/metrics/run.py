@@ -23,7 +23,8 @@ from ..errors import ConfigError, DataError, InputFileError
 from ..runtime import resolve_device
 from ..schema import CONFIG_JSON, PER_IMAGE_CSV, PER_IMAGE_PARQUET, SUMMARY_CSV
 from .masks import OFFICIAL_MIN_FRACTION, RULES, join_ids, load_masks, mask_files, official_filter
-from .spatial import METRICS, OFFICIAL_RADII, RADII, aggregate, paper_radii, spatial_metrics_multi, undefined_radii
+from .spatial import (METRICS, OFFICIAL_RADII, RADII, NonFiniteTokensError, aggregate, paper_radii, spatial_metrics_multi,
+                      undefined_radii)
 
 log = logging.getLogger(__name__)
 
@@ -379,16 +380,20 @@ def compute_metrics(*, config: str | Path | None = None, **options) -> MetricsRe
                    disable=len(ids) < 2 * cfg.chunk_size)
         n_zero = 0
         for cid, x in src.chunks(ids, cfg.chunk_size):
-            finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
-            if not bool(finite.all()):
-                bad = [i for i, ok in zip(cid, finite.tolist()) if not ok]
+            m = torch.stack([masks_by_id[i] for i in cid]) if masks_by_id is not None else None
+            try:  # the pass finds non-finite tokens on its Gram's diagonal: no extra pass over the tokens here
+                out = spatial_metrics_multi(x.to(device), src.grid, None if m is None else m.to(device),
+                                            settings=settings, metrics=want)
+            except NonFiniteTokensError as exc:
+                bad = [cid[k] for k in exc.rows]
                 raise DataError(f"Features {str(src.path)!r}: the tokens of {len(bad)} image(s) are non-finite "
                                 f"(NaN or inf): {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. The input is "
-                                "broken, not the metric: re-extract those images (fp16 overflow? use --dtype fp32).")
-            n_zero += int((x.reshape(x.shape[0], -1).abs().amax(1) == 0).sum())
-            m = torch.stack([masks_by_id[i] for i in cid]) if masks_by_id is not None else None
-            out = spatial_metrics_multi(x.to(device), src.grid, None if m is None else m.to(device),
-                                        settings=settings, metrics=want)
+                                "broken, not the metric: re-extract those images (fp16 overflow? use --dtype fp32).") from None
+            # an all-zero token map makes every metric NaN; only such images are checked for it
+            undefined = torch.stack([torch.isnan(v) for v in out[0].values()]).all(0).cpu()
+            if bool(undefined.any()):
+                z = x[undefined]
+                n_zero += int((z.reshape(z.shape[0], -1).abs().amax(1) == 0).sum())
             for acc, o in zip(values, out):
                 acc.append({k: v.cpu() for k, v in o.items()})
             done_ids.extend(cid)

@@ -1,9 +1,10 @@
 """Spatial-structure metrics of patch tokens: LDS, CDS, SRSS, RMSC (definitions: irepa-spec §2).
 
-All four come from one shared pass per chunk of images: one batched Gram of the RAW tokens (fp32),
-scaled in place to cosines by the norms on its diagonal (no normalised copy of the tokens); the cosines
-within the largest radius any setting needs, gathered once and summed per Manhattan-distance class; and
-one GEMM for the row sums and the BG row sums. Far sets (LDS far, SRSS negatives) are totals minus the
+All four come from one shared pass per chunk of images: one batched Gram of the RAW tokens (fp32; on a
+CPU a symmetric rank-k update, half the multiply-adds of a general GEMM, with the chunks spread over
+torch's threads), scaled in place to cosines by the norms on its diagonal (no normalised copy of the
+tokens); the cosines within the largest radius any setting needs, gathered once and summed per
+Manhattan-distance class; and one GEMM for the row sums and the BG row sums. Far sets (LDS far, SRSS negatives) are totals minus the
 window, so every LDS/CDS/SRSS setting (any radii) is a cheap combination of the same sums and a sweep
 costs one Gram per chunk, not one per setting.
 
@@ -15,11 +16,16 @@ the square root. The paper's variant (r_near = r_far = H/2) is :func:`paper_radi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import queue
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -181,14 +187,51 @@ def _rmsc_direct(x: torch.Tensor) -> torch.Tensor:
     return (xh - xh.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).sqrt().double()
 
 
+@functools.lru_cache(maxsize=1)
+def _numpy_blas():
+    """threadpoolctl's handle on the BLAS libraries numpy calls (to run them on one thread per call), or
+    None where threadpoolctl is missing or finds none."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency of scikit-learn, which spatialprobe needs
+        return None
+    ctl = ThreadpoolController().select(user_api="blas")
+    return ctl if ctl.lib_controllers else None
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(n: int, pid: int) -> ThreadPoolExecutor:
+    """``n`` worker threads, one pool per process (``pid``: a forked child gets its own, as the parent's
+    threads do not exist there)."""
+    return ThreadPoolExecutor(n, thread_name_prefix="spatialprobe-metrics")
+
+
+def _raw_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x xᵀ`` per image for fp32 tokens ``x`` [c, T, D], into ``out`` [c, T, T] if given.
+
+    On a GPU one ``torch.bmm``. On a CPU numpy's matmul of each image with its own transpose, which numpy
+    hands to BLAS as a symmetric rank-k update (syrk): one triangle, half the multiply-adds of a general
+    GEMM, mirrored into the other (so ``out`` is exactly symmetric). BLAS uses the threads it is allowed:
+    :func:`spatial_metrics_multi` runs chunks on ``torch.get_num_threads()`` threads with BLAS on one."""
+    if x.device.type != "cpu":
+        return torch.bmm(x, x.transpose(1, 2), out=out)
+    if out is None:
+        out = x.new_empty(x.shape[0], x.shape[1], x.shape[1])
+    xn = x.detach().contiguous().numpy()
+    # overflow (finite tokens too large for fp32 squares) shows as inf on the diagonal and is handled there
+    with np.errstate(all="ignore"):
+        np.matmul(xn, xn.transpose(0, 2, 1), out=out.numpy())
+    return out
+
+
 def _cosine_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine Gram of fp32 tokens ``x`` [c, T, D] from ONE batched Gram of the raw tokens.
+    """Cosine Gram of fp32 tokens ``x`` [c, T, D] from ONE Gram of the raw tokens (:func:`_raw_gram`).
 
     cos(i, j) = G_ij / (‖x_i‖‖x_j‖) with the squared norms read off G's diagonal, scaled in place: the
     same values as ``F.normalize`` (eps 1e-8: a norm below it is clamped, so a zero token has cosine 0
     with every token) followed by a Gram, without writing a normalised copy of the tokens (which costs
     more than the Gram itself on a CPU). Returns ``(cos [c, T, T], squared norms [c, T])``."""
-    g = torch.bmm(x, x.transpose(1, 2), out=out)
+    g = _raw_gram(x, out)
     sq = torch.diagonal(g, dim1=1, dim2=2).clone()
     inv = sq.sqrt().clamp_min_(NORM_EPS).reciprocal_()
     g.mul_(inv[:, :, None]).mul_(inv[:, None, :])
@@ -221,12 +264,22 @@ def _auto_chunk(t: int, device: torch.device) -> int:
     return max(1, _last_level_cache_bytes() // 4 // per_image)
 
 
-def _nonfinite_error(tokens: torch.Tensor) -> DataError:
+class NonFiniteTokensError(DataError):
+    """Some images' tokens are NaN or inf; ``rows`` are their batch indices (callers that know the
+    images' ids name them instead)."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
+
+
+def _nonfinite_error(tokens: torch.Tensor) -> NonFiniteTokensError:
     b = tokens.shape[0]
     bad = (~torch.isfinite(tokens.reshape(b, -1))).any(1).nonzero().flatten().tolist()
-    return DataError(f"tokens are non-finite (NaN or inf) for {len(bad)} of {b} image(s) (batch index "
-                     f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}); the input is broken, "
-                     "not the metric: re-extract those images (fp16 overflow? try fp32).")
+    return NonFiniteTokensError(
+        f"tokens are non-finite (NaN or inf) for {len(bad)} of {b} image(s) (batch index "
+        f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}); the input is broken, "
+        "not the metric: re-extract those images (fp16 overflow? try fp32).", bad)
 
 
 def _reach(sets: Sequence[Mapping[str, int]], wanted: set[str], grid_max: int) -> int:
@@ -296,9 +349,31 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
         slot_d = torch.bucketize(torch.arange(ends[-1], device=dev), torch.tensor(ends, device=dev), right=True)
         classes = F.one_hot(slot_d, len(ends)).double()
     chunk = chunk_size or _auto_chunk(t, dev)
-    buf = torch.empty(min(chunk, b), t, t, device=dev) if need_gram and b else None
-    parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in sets]
-    for i in range(0, b, chunk):
+    # On a CPU the chunks run on torch.get_num_threads() threads, each chunk's Gram on one BLAS thread:
+    # a threaded BLAS scales poorly on one 256 x 256 product, and the many small post-Gram operations of
+    # one chunk parallelise worse than whole chunks do. At least one chunk per thread.
+    blas = _numpy_blas() if dev.type == "cpu" and need_gram else None
+    n = torch.get_num_threads() if blas is not None else 1
+    if n > 1 and chunk_size is None:
+        chunk = max(1, min(chunk, -(-b // n)))
+    starts = range(0, b, chunk)
+    n = max(1, min(n, len(starts)))
+    bufs: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(n if need_gram and b else 0):
+        bufs.put(torch.empty(min(chunk, b), t, t, device=dev))
+    srss_counts = {(s["srss_pos"], s["srss_neg"]): _srss_counts(h, w, key, s["srss_pos"], s["srss_neg"])
+                   for s in sets} if "srss" in wanted else {}
+
+    def one_chunk(i: int) -> list[dict[str, torch.Tensor]]:
+        buf = bufs.get() if need_gram else None
+        try:
+            with torch.no_grad():  # grad mode is per thread; the metrics are never differentiated
+                return chunk_metrics(i, buf)
+        finally:
+            if buf is not None:
+                bufs.put(buf)
+
+    def chunk_metrics(i: int, buf: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         x = tokens[i:i + chunk].to(torch.float32)
         c = x.shape[0]
         res: list[dict[str, torch.Tensor]] = [{} for _ in sets]
@@ -354,14 +429,18 @@ def spatial_metrics_multi(tokens: torch.Tensor, grid: tuple[int, int], masks: to
                 for r, s in zip(res, sets):
                     k = (s["srss_pos"], s["srss_neg"])
                     if k not in cache:
-                        cache[k] = _srss(gl, bg_row, m, window, _srss_counts(h, w, key, *k), *k)
+                        cache[k] = _srss(gl, bg_row, m, window, srss_counts[k], *k)
                     r["srss"] = cache[k]
         if zero is not None:
             for r in res:
                 for k in r:
                     r[k] = torch.where(zero.to(r[k].device), torch.full_like(r[k], float("nan")), r[k])
-        for p, r in zip(parts, res):
-            p.append(r)
+        return res
+
+    # BLAS on one thread per chunk when chunks run in parallel, on torch's threads for a single chunk
+    with blas.limit(limits=1 if n > 1 else torch.get_num_threads()) if blas is not None else contextlib.nullcontext():
+        chunks = list(_pool(n, os.getpid()).map(one_chunk, starts)) if n > 1 else [one_chunk(i) for i in starts]
+    parts = [[res[k] for res in chunks] for k in range(len(sets))]
     out = []
     for p in parts:
         out.append({m: torch.cat([r[m] for r in p]).to(torch.float32) if p else
@@ -385,7 +464,9 @@ def spatial_metrics(tokens: torch.Tensor, grid: tuple[int, int], masks: torch.Te
             fewer than two remain).
         srss_pos: SRSS positives are FG tokens at ``1 <= d <= srss_pos`` from a FG anchor.
         srss_neg: SRSS negatives are BG tokens at ``d >= srss_neg``.
-        chunk_size: images per chunk (Gram memory chunk·T²·4 bytes); default ~8 MiB of Gram.
+        chunk_size: images per chunk (Gram memory chunk·T²·4 bytes); default: on a CPU a quarter of the
+            last-level cache of Gram and at least one chunk per torch thread, on a GPU an eighth of the
+            free memory.
 
     Returns:
         ``{metric: float32 Tensor[B]}`` on the tokens' device. LDS is NaN when its near or far pair set
