@@ -785,7 +785,7 @@ def study_notes(ctx: Context) -> list[str]:
 
 def findings(ctx: Context):
     """The first section: which property predicts quality best under each method (r with its CI, or the
-    small-n note) and REPA against iREPA per teacher, with any failure or withdrawal said first."""
+    small-n note) and REPA against iREPA and PixelREPA per teacher, with any failure or withdrawal said first."""
     from IPython.display import Markdown
 
     from . import findings as F
