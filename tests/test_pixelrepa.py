@@ -189,6 +189,15 @@ def test_ema_excludes_the_adapter_and_resume_after_a_kill_is_bit_identical(tmp_p
     # one optimiser over JiT + adapter: its state covers both
     n_jit = sum(1 for k, v in build("jit-tiny", **a["model_args"]).named_parameters())
     assert len(a["opt"]["state"]) == n_jit + len(a["adapter"])
+    # the disk estimate counts the adapter and its AdamW state (to AdamW's per-parameter step counters)
+    from spatialprobe.train import budget
+
+    written = sum(v.numel() * v.element_size() for d in [a["model"], *a["emas"], a["adapter"], *a["opt"]["state"].values()]
+                  for v in d.values())
+    extra = budget.adapter_bytes("jit-tiny", out_dim=16, depth=2, **a["model_args"])
+    assert extra == sum(v.numel() * v.element_size() for v in a["adapter"].values())
+    est = budget.checkpoint_bytes("jit-tiny", n_emas=2, extra_bytes=extra, **a["model_args"]) - budget.CHECKPOINT_OVERHEAD
+    assert abs(est - written) < 0.001 * written
     rec = _log(full.log_path)
     for r in rec:
         assert r["loss"] == pytest.approx(r["denoise_loss"] + 0.1 * r["proj_loss"], rel=1e-5, abs=1e-6)

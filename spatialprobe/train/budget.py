@@ -67,12 +67,26 @@ def training_only_bytes(model: str, **model_args: Any) -> int:
     return int(sum(v.numel() * v.element_size() for k, v in m.state_dict().items() if training_only(k)))
 
 
-def checkpoint_bytes(model: str, *, n_emas: int = 1, **model_args: Any) -> int:
+def adapter_bytes(model: str, *, out_dim: int, depth: int, **model_args: Any) -> int:
+    """Bytes of PixelREPA's Masked Transformer Adapter for ``model`` aligned to ``out_dim``-wide teacher tokens
+    (built on the meta device, as :func:`spatialprobe.train.pixelrepa.attach` builds it)."""
+    from .models import build
+    from .pixelrepa import build_adapter
+
+    with torch.device("meta"):
+        net = build(model, **model_args)
+        a = build_adapter(net, out_dim, depth=depth, num_classes=net.cfg.num_classes)
+    return int(sum(v.numel() * v.element_size() for v in a.state_dict().values()))
+
+
+def checkpoint_bytes(model: str, *, n_emas: int = 1, extra_bytes: int = 0, **model_args: Any) -> int:
     """Bytes of one training checkpoint: model + ``n_emas`` EMA copies (parameters and buffers, without the
-    projectors) + AdamW's ``exp_avg`` and ``exp_avg_sq`` (one parameter-sized buffer each) + a small overhead."""
+    projectors) + AdamW's ``exp_avg`` and ``exp_avg_sq`` (one parameter-sized buffer each) + a small overhead.
+    ``extra_bytes``: trained parameters outside the model (PixelREPA's adapter, :func:`adapter_bytes`), saved
+    with their two AdamW buffers and in no EMA."""
     params, buffers = model_state_bytes(model, **model_args)
     ema = params + buffers - (training_only_bytes(model, **model_args) if n_emas else 0)
-    return params + buffers + n_emas * ema + 2 * params + CHECKPOINT_OVERHEAD
+    return params + buffers + n_emas * ema + 2 * params + 3 * extra_bytes + CHECKPOINT_OVERHEAD
 
 
 def checkpoints_on_disk(steps: int, every: int, keep_last: int = DEFAULT_KEEP_LAST,
@@ -112,13 +126,14 @@ class DiskEstimate:
 
 def run_disk_estimate(model: str, *, steps: int, ckpt_every: int | None = None, keep_last: int = DEFAULT_KEEP_LAST,
                       keep_steps: Iterable[int] = (), n_emas: int = 1, model_args: dict[str, Any] | None = None,
-                      start: int = 0, latent_bytes: int = 0) -> DiskEstimate:
-    """Disk one training run needs at its peak: its checkpoints (and a latent cache it will write)."""
+                      start: int = 0, latent_bytes: int = 0, extra_bytes: int = 0) -> DiskEstimate:
+    """Disk one training run needs at its peak: its checkpoints (and a latent cache it will write);
+    ``extra_bytes`` as in :func:`checkpoint_bytes`."""
     every = ckpt_every or default_ckpt_every(steps)
     args = model_args if model_args is not None else default_model_args(model)
     est = DiskEstimate()
     est.add("checkpoints", checkpoints_on_disk(steps, every, keep_last, keep_steps, start),
-            checkpoint_bytes(model, n_emas=n_emas, **args))
+            checkpoint_bytes(model, n_emas=n_emas, extra_bytes=extra_bytes, **args))
     est.add("latent cache", 1, latent_bytes)
     return est
 
@@ -174,5 +189,5 @@ def latent_cache_bytes(n_images: int, channels: int, side: int) -> int:
     return int(n_images) * 2 * int(channels) * int(side) ** 2 * 4
 
 
-__all__ = ["DiskEstimate", "check_disk", "checkpoint_bytes", "checkpoints_on_disk", "default_model_args",
+__all__ = ["DiskEstimate", "adapter_bytes", "check_disk", "checkpoint_bytes", "checkpoints_on_disk", "default_model_args",
            "format_bytes", "latent_cache_bytes", "model_state_bytes", "run_disk_estimate", "study_disk_estimate"]

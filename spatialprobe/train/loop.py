@@ -373,10 +373,10 @@ def _model_args(cfg: TrainConfig, lat: _Latents | None, teachers: list) -> dict[
 
 
 def _check_disk_budget(cfg: TrainConfig, out: Path, model_args: dict[str, Any], lat: _Latents | None,
-                       ids: list[str], rank: int) -> None:
-    """Estimate the disk the run needs (checkpoints at their peak, a latent cache still to write), log it,
-    and refuse before any training when the output filesystem lacks the space."""
-    from .budget import check_disk, latent_cache_bytes, run_disk_estimate
+                       ids: list[str], rank: int, teachers: list) -> None:
+    """Estimate the disk the run needs (checkpoints at their peak with PixelREPA's adapter, a latent cache
+    still to write), log it, and refuse before any training when the output filesystem lacks the space."""
+    from .budget import adapter_bytes, check_disk, latent_cache_bytes, run_disk_estimate
     from .vae import latent_cache_dir
 
     existing = checkpoint_files(out)
@@ -384,9 +384,11 @@ def _check_disk_budget(cfg: TrainConfig, out: Path, model_args: dict[str, Any], 
     lat_bytes = 0
     if lat is not None and not (latent_cache_dir(ids, lat.vae_id, cfg.resolution, lat.root) / "manifest.json").is_file():
         lat_bytes = latent_cache_bytes(len(ids), lat.channels, lat.side)
+    extra = (adapter_bytes(cfg.model, out_dim=int(teachers[0].embed_dim), depth=cfg.adapter_depth, **model_args)
+             if cfg.method == pixelrepa.METHOD and teachers else 0)
     est = run_disk_estimate(cfg.model, steps=cfg.steps, ckpt_every=cfg.ckpt_every, keep_last=cfg.keep_last,
                             keep_steps=cfg.keep_steps or (), n_emas=len(cfg.ema_decays), model_args=model_args,
-                            start=min(start, cfg.steps), latent_bytes=lat_bytes)
+                            start=min(start, cfg.steps), latent_bytes=lat_bytes, extra_bytes=extra)
     if rank == 0:
         log.info("%s", est.format())
     have = sum(p.stat().st_size for p in existing if p.is_file())
@@ -653,7 +655,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     teachers = _teachers(cfg, align, teachers, d.device)
     lat = _open_vae(cfg, vae_model, out, d.device) if fam == "sit" else None
     model_args = _model_args(cfg, lat, teachers)
-    _check_disk_budget(cfg, out, model_args, lat, [source.ids[i] for i in indices] if lat is not None else [], d.rank)
+    _check_disk_budget(cfg, out, model_args, lat, [source.ids[i] for i in indices] if lat is not None else [], d.rank,
+                       teachers)
     if lat is not None:
         _cache_latents(lat, cfg, source, indices, d)
     model, emas, trainee, adapter, opt = _build(cfg, model_args, teachers, d.device)
