@@ -21,7 +21,7 @@ from ..data.official import IMAGES_PROTOCOL, is_official, parse_spec
 from ..errors import ConfigError, DataError
 from ..metrics.masks import min_patches, official_filter
 from ..metrics.run import MetricsConfig, MetricsResult, base_radii, parse_sweeps, tabulate_setting, write_metrics
-from ..metrics.spatial import OFFICIAL_RADII, spatial_metrics_multi
+from ..metrics.spatial import OFFICIAL_RADII, NonFiniteTokensError, spatial_metrics_multi
 from ..schema import SPATIAL_METRICS
 from .collection import Collection
 
@@ -66,16 +66,21 @@ def encoder_metrics(col: Collection, encoder: str, *, settings: list[dict[str, i
     if not rows:
         raise DataError(f"No image of the official collection passes the >= {min_fraction:.0%} FG and BG patch "
                         "filter; check data/masks.")
-    _check_finite(col, encoder, x, rows, chunk_size)
     acc: list[list[dict[str, torch.Tensor]]] = [[] for _ in settings]
     dev = torch.device(device)
-    for a in range(0, len(rows), chunk_size):
-        r = rows[a:a + chunk_size]
-        xb = x[r[0]:r[0] + len(r)] if r == list(range(r[0], r[0] + len(r))) else x[r]
-        out = spatial_metrics_multi(xb.float().to(dev), grid, kept_masks[a:a + chunk_size].to(dev),
-                                    settings=settings, metrics=list(metrics))
-        for store, o in zip(acc, out):
-            store.append({k: v.cpu() for k, v in o.items()})
+    try:
+        for a in range(0, len(rows), chunk_size):
+            r = rows[a:a + chunk_size]
+            xb = x[r[0]:r[0] + len(r)] if r == list(range(r[0], r[0] + len(r))) else x[r]
+            out = spatial_metrics_multi(xb.float().to(dev), grid, kept_masks[a:a + chunk_size].to(dev),
+                                        settings=settings, metrics=list(metrics))
+            for store, o in zip(acc, out):
+                store.append({k: v.cpu() for k, v in o.items()})
+    except NonFiniteTokensError:
+        # the metric pass finds non-finite tokens itself (on its Gram's diagonal), so the file is scanned only
+        # then, to name every broken image of it rather than those of the first chunk that has one
+        _check_finite(col, encoder, x, rows, chunk_size)
+        raise
     per = [{k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} for chunks in acc]
     return {"ids": kept_ids, "rows": rows, "grid": grid, "per_setting": per}
 
