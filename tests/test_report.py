@@ -358,3 +358,12 @@ def test_the_report_kernel_is_shut_down_when_the_notebook_is_done(monkeypatch):
     B.execute_notebook(nb, cwd=".")
     assert nb.cells[0].outputs[0]["text"].strip() == "42"
     assert len(made) == 1 and not made[0].has_kernel
+
+
+def test_header_lists_the_folder_files_but_not_hidden_ones_or_the_report(tmp_path):
+    root = _study_like(tmp_path / "study")
+    for name in (".lock", "report.html"):
+        (root / name).write_text("x")
+    text = S.header(S.load(root)).data
+    assert "`results.csv`" in text and "`study.yaml`" in text
+    assert ".lock" not in text and "report.html" not in text

@@ -277,7 +277,8 @@ def _flatten(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
 def header(ctx: Context):
     from IPython.display import Markdown
 
-    files = sorted(p.name for p in ctx.dir.iterdir() if p.is_file() and not p.name.startswith("report."))
+    files = sorted(p.name for p in ctx.dir.iterdir()  # not the report itself, nor hidden files (a study's .lock)
+                   if p.is_file() and not p.name.startswith(("report.", ".")))
     return Markdown(f"**Folder:** `{ctx.dir.resolve()}`  \n**Kind:** {ctx.kind}  \n"
                     f"**Files:** {', '.join(f'`{f}`' for f in files)}")
 
