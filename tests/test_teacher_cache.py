@@ -69,3 +69,20 @@ def test_a_full_cache_forgets_the_least_recently_used_image():
     assert enc.calls == 3
     again = t(x[:1])  # the oldest was dropped: computed again, with the same tokens
     assert enc.calls == 4 and torch.equal(again.patch, out.patch[:1])
+
+
+def test_the_batch_is_hashed_from_one_host_copy_in_any_dtype(monkeypatch):
+    """One device-to-host copy per batch (not one per image), and a bfloat16 batch (numpy has no bf16)
+    is keyed by its bytes too: a changed image misses, the same images hit."""
+    copies = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: copies.append(self.shape) or real_cpu(self, *a, **k))
+    enc = Counting()
+    t = cached_teacher(enc, "test-bf16", budget_mb=1)
+    x = _images(4, 2).to(torch.bfloat16)
+    t(x)
+    assert copies == [x.shape] and enc.calls == 4
+    y = x.clone()
+    y[1, 0, 0, 0] += 1
+    t(y)
+    assert enc.calls == 5  # only the changed image is encoded again
