@@ -27,9 +27,9 @@ import pandas as pd
 
 from ..errors import DataError, InputFileError
 from ..io import read_table
-from ..schema import (COMPARED_WITH_REPA, CONFIG_JSON, CORRELATIONS_CSV, FID_JSON, GRID_CSV, INJECTION_CSV, MANIFEST_JSON, PER_IMAGE_CSV,
-                      PLAN_JSON, PREDICTIONS_CSV, PROPERTIES, QUALITY, RESULT_JSON, RESULTS_CSV, SIMILARITY_MAPS_NPZ,
-                      METHOD_LABELS, STUDY_YAML, SUMMARY_CSV)
+from ..schema import (COMPARED_WITH_REPA, CONFIG_JSON, CORRELATIONS_CSV, FID_JSON, GRID_CSV, INJECTION_CSV,
+                      MANIFEST_JSON, METHOD_LABELS, PER_IMAGE_CSV, PLAN_JSON, PREDICTIONS_CSV, PROPERTIES, QUALITY,
+                      RESULT_JSON, RESULTS_CSV, SIMILARITY_MAPS_NPZ, STUDY_YAML, SUMMARY_CSV)
 from .findings import MIN_N_FOR_CI
 
 log = logging.getLogger(__name__)
