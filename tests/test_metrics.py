@@ -294,7 +294,10 @@ def test_spatial_norm_moments(seed, t, d):
     std = x.float().std(1, unbiased=True)
     # unbiased std of the output is std/(std + 1e-6), i.e. 1 up to the epsilon
     assert torch.allclose(z.std(1, unbiased=True), std / (std + 1e-6), atol=1e-5)
-    assert torch.allclose(z.std(1, unbiased=True), torch.ones(2, d), atol=1e-4)
+    # so 1 wherever the channel varies; bf16 rounding can make all t tokens of a channel equal (seen at t = 2),
+    # and then the output is 0, not 1 (the line above holds there too)
+    varies = std > 1e-3
+    assert torch.allclose(z.std(1, unbiased=True)[varies], torch.ones(2, d)[varies], atol=1e-4)
 
 
 def test_spatial_norm_gamma_by_hand():
