@@ -56,7 +56,7 @@ def test_init_writes_a_template_that_parses(tmp_path):
     assert p.read_text() == TEMPLATE
     spec = load_spec(p)
     assert [e.id for e in spec.encoders][:3] == ["hog", "sift", "pixels"]
-    assert spec.training.methods == ["repa", "irepa"] and spec.launcher == "local"
+    assert spec.training.methods == ["repa", "irepa", "pixelrepa"] and spec.launcher == "local"
     assert runner.invoke(app, ["study", "init", str(p)]).exit_code == 2  # no silent overwrite
 
 

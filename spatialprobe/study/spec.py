@@ -602,7 +602,7 @@ properties:
 # encoder,gfid) for a properties-only study that correlates against published gFIDs.
 training:
   model: jit-tiny             # spatialprobe train --help lists the models
-  methods: [repa, irepa]
+  methods: [repa, irepa, pixelrepa]  # pixelrepa: JiT models only (drop it for a sit-* model)
   baseline: true
   steps: 80
   batch_size: 16
