@@ -30,15 +30,26 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
-def model_state_bytes(model: str, **model_args: Any) -> tuple[int, int]:
-    """``(parameter bytes, buffer bytes)`` of a model's state dict, from its config (built on ``meta``)."""
+def _meta_model(model: str, **model_args: Any) -> torch.nn.Module:
+    """The named model built on the ``meta`` device (shapes and dtypes, no memory)."""
     from .models import build
 
     with torch.device("meta"):
-        m = build(model, **model_args)
+        return build(model, **model_args)
+
+
+def _state_bytes(m: torch.nn.Module) -> tuple[int, int, int]:
+    """``(parameter bytes, buffer bytes, training-only bytes)`` of ``m``'s state dict."""
     params = sum(p.numel() * p.element_size() for p in m.parameters())
-    total = sum(v.numel() * v.element_size() for v in m.state_dict().values())
-    return int(params), int(total - params)
+    state = m.state_dict()
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    proj = sum(v.numel() * v.element_size() for k, v in state.items() if training_only(k))
+    return int(params), int(total - params), int(proj)
+
+
+def model_state_bytes(model: str, **model_args: Any) -> tuple[int, int]:
+    """``(parameter bytes, buffer bytes)`` of a model's state dict, from its config (built on ``meta``)."""
+    return _state_bytes(_meta_model(model, **model_args))[:2]
 
 
 def default_model_args(model: str, *, num_classes: int = 1000, teacher_dims: Iterable[int] = (768,),
@@ -58,23 +69,13 @@ def default_model_args(model: str, *, num_classes: int = 1000, teacher_dims: Ite
     return args
 
 
-def training_only_bytes(model: str, **model_args: Any) -> int:
-    """Bytes of the model's training-only state (the alignment projectors), which the EMA copies leave out."""
-    from .models import build
-
-    with torch.device("meta"):
-        m = build(model, **model_args)
-    return int(sum(v.numel() * v.element_size() for k, v in m.state_dict().items() if training_only(k)))
-
-
 def adapter_bytes(model: str, *, out_dim: int, depth: int, **model_args: Any) -> int:
     """Bytes of PixelREPA's Masked Transformer Adapter for ``model`` aligned to ``out_dim``-wide teacher tokens
     (built on the meta device, as :func:`spatialprobe.train.pixelrepa.attach` builds it)."""
-    from .models import build
     from .pixelrepa import build_adapter
 
+    net = _meta_model(model, **model_args)
     with torch.device("meta"):
-        net = build(model, **model_args)
         a = build_adapter(net, out_dim, depth=depth, num_classes=net.cfg.num_classes)
     return int(sum(v.numel() * v.element_size() for v in a.state_dict().values()))
 
@@ -84,8 +85,8 @@ def checkpoint_bytes(model: str, *, n_emas: int = 1, extra_bytes: int = 0, **mod
     projectors) + AdamW's ``exp_avg`` and ``exp_avg_sq`` (one parameter-sized buffer each) + a small overhead.
     ``extra_bytes``: trained parameters outside the model (PixelREPA's adapter, :func:`adapter_bytes`), saved
     with their two AdamW buffers and in no EMA."""
-    params, buffers = model_state_bytes(model, **model_args)
-    ema = params + buffers - (training_only_bytes(model, **model_args) if n_emas else 0)
+    params, buffers, proj = _state_bytes(_meta_model(model, **model_args))  # one meta build
+    ema = params + buffers - proj
     return params + buffers + n_emas * ema + 2 * params + 3 * extra_bytes + CHECKPOINT_OVERHEAD
 
 
