@@ -105,6 +105,16 @@ def _uint8_gradient_tables(orientations: int) -> tuple[np.ndarray, np.ndarray]:
     return mag.ravel(), _hog_orientation_bins(ori, orientations).ravel()
 
 
+def _central_differences(gray: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(g_row, g_col)`` of a batch ``[B, H, W]`` in ``dtype``: x[i+1] − x[i−1] along rows and columns, zero on
+    the outer rows and columns (skimage's ``_hog_channel_gradient``)."""
+    img = gray.astype(dtype)
+    g_row, g_col = np.zeros_like(img), np.zeros_like(img)
+    g_row[:, 1:-1, :] = img[:, 2:, :] - img[:, :-2, :]
+    g_col[:, :, 1:-1] = img[:, :, 2:] - img[:, :, :-2]
+    return g_row, g_col
+
+
 def _hog_cells(gray: np.ndarray, orientations: int, sub: int) -> np.ndarray:
     """L2-Hys-normalised orientation histograms of ``sub``-px cells, ``[B, H/sub, W/sub, O]`` float64,
     for gray ``[B, H, W]`` (H, W multiples of ``sub``), computed as skimage's ``hog`` does per image."""
@@ -113,24 +123,17 @@ def _hog_cells(gray: np.ndarray, orientations: int, sub: int) -> np.ndarray:
     # columns, on the image converted to float64. For uint8 the differences are exact small integers, so
     # they are taken in integers and looked up in tables made with skimage's float64 expressions.
     if gray.dtype == np.uint8:
-        g_row = np.zeros(gray.shape, np.int32)
-        g_row[:, 1:-1, :] = gray[:, 2:, :].astype(np.int32) - gray[:, :-2, :]
-        g_col = np.zeros(gray.shape, np.int32)
-        g_col[:, :, 1:-1] = gray[:, :, 2:].astype(np.int32) - gray[:, :, :-2]
+        g_row, g_col = _central_differences(gray, np.int32)
         key = (g_row + 255) * 511 + (g_col + 255)
         del g_row, g_col
         mag_table, bin_table = _uint8_gradient_tables(orientations)
         mag, idx = mag_table[key], bin_table[key]
         del key
     else:
-        img = gray.astype(np.float64)
-        g_row = np.zeros_like(img)
-        g_row[:, 1:-1, :] = img[:, 2:, :] - img[:, :-2, :]
-        g_col = np.zeros_like(img)
-        g_col[:, :, 1:-1] = img[:, :, 2:] - img[:, :, :-2]
+        g_row, g_col = _central_differences(gray, np.float64)
         mag, ori = _hog_magnitude_orientation(g_row, g_col)
         idx = _hog_orientation_bins(ori, orientations)
-        del img, g_row, g_col, ori
+        del g_row, g_col, ori
     # skimage's cell_hog: each cell sums its sub×sub pixels in row-major order into a float32 accumulator
     # (every addition done in float64 and rounded back to float32), skipping pixels of other bins, then
     # divides by the cell's pixel count in float32. Here every cell gets one pixel per step, added to the
